@@ -1,0 +1,222 @@
+"""Library functions behind the CLI verbs: each takes plain arguments and returns data.
+
+Heavy modules (torch, diffusers, nudenet) are imported inside the functions, so importing this module
+is cheap. The CLI (``safegen/cli.py``) only declares options, calls these and prints what they return.
+
+    >>> from safegen.api import classify
+    >>> classify(["outputs/demo/0000.png"], classifier="mini")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from safegen.errors import SafegenError
+
+Progress = Callable[..., None]  # progress(done, total) -- extra arguments are allowed and ignored
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class ClassifierName(str, Enum):
+    NUDENET = "nudenet"
+    MINI = "mini"
+
+
+class NudeNetPreset(str, Enum):
+    """NudeNet protocols (classes and threshold); see ``safegen/classifiers/nudenet.py``."""
+
+    I2P = "i2p"
+    SIX = "six"
+    MACE = "mace"
+
+
+class Device(str, Enum):
+    """Mirrors ``safegen.loader.DEVICES`` (kept here so the CLI need not import torch)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"
+
+
+class DType(str, Enum):
+    """Mirrors ``safegen.loader.DTYPES``: ``auto`` is fp16 on CUDA, fp32 elsewhere."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+# --------------------------------------------------------------------------- classify
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders as their image files (sorted); a missing or empty path raises."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SafegenError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}.")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SafegenError(f"No such file or folder: {p}")
+    return out
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        reason = "not an image" if isinstance(exc, UnidentifiedImageError) else (exc.strerror or str(exc))
+        raise SafegenError(f"Cannot read image {path}: {reason}.") from None
+
+
+def classify(
+    images_or_paths: Sequence[Any],
+    classifier: str | ClassifierName = "nudenet",
+    preset: str | NudeNetPreset = "i2p",
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Classify images with NudeNet or the mini-world classifier.
+
+    Args:
+        images_or_paths: PIL images, image files or folders of images (mixed is fine).
+        classifier: ``nudenet`` (unsafe, score, counts, detections per image) or ``mini`` (the objects
+            seen per image, each with object/color/texture).
+        preset: the NudeNet protocol (``i2p``, ``six``, ``mace``); ignored by ``mini``.
+        batch_size: images per classifier call (and per progress update).
+        progress: called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        One dict per image, in order: ``path`` (or ``None`` for in-memory images) plus the classifier's
+        result (``objects`` for ``mini``).
+
+    Raises:
+        SafegenError: unknown classifier or preset, missing or unreadable image file.
+    """
+    name = _choice(ClassifierName, classifier, "classifier")
+    preset = _choice(NudeNetPreset, preset, "NudeNet preset")
+    items: list[tuple[str | None, Any]] = []
+    for item in images_or_paths:
+        if isinstance(item, (str, Path)):
+            items.extend((str(p), p) for p in expand_paths([item]))
+        else:
+            items.append((None, item))
+    images = [_open_image(x) if isinstance(x, Path) else x for _, x in items]  # check all before loading
+
+    if name is ClassifierName.NUDENET:
+        from safegen.classifiers.nudenet import NudeNetClassifier
+
+        model = NudeNetClassifier(preset=preset.value)
+    else:
+        from safegen.mini.classifier import MiniClassifier
+
+        model = MiniClassifier.load()
+
+    results: list[Any] = []
+    for start in range(0, len(images), batch_size):
+        results.extend(model.classify(images[start : start + batch_size]))
+        if progress is not None:
+            progress(len(results), len(images))
+    out = []
+    for (path, _), result in zip(items, results, strict=True):
+        record = dict(result) if isinstance(result, dict) else {"objects": result}
+        out.append({"path": path, "classifier": name.value, **record})
+    return out
+
+
+# --------------------------------------------------------------------------- generate
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """Prompts stripped; none may be empty."""
+    if not prompts:
+        raise SafegenError("Give at least one prompt.")
+    cleaned = [p.strip() for p in prompts]
+    for i, p in enumerate(cleaned):
+        if not p:
+            raise SafegenError(f"Prompt {i + 1} is empty.")
+    return cleaned
+
+
+def default_out_dir(root: str | Path = "outputs") -> Path:
+    """``outputs/<date>-<time>`` (a new folder per run, so runs never overwrite each other)."""
+    return Path(root) / time.strftime("%Y%m%d-%H%M%S")
+
+
+def generate_to_dir(
+    prompts: Sequence[str],
+    *,
+    model: str = "mini",
+    n: int = 1,
+    seed: int = 0,
+    steps: int = 20,
+    cfg: float = 7.5,
+    out: str | Path | None = None,
+    device: str | Device = "auto",
+    dtype: str | DType = "auto",
+    batch_size: int = 8,
+    guard: str = "none",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Generate ``n`` images per prompt and save them (PNGs + ``generation.jsonl``) under ``out``.
+
+    Every argument is checked (and the model and guard are loaded) before anything is written.
+
+    Returns:
+        ``{"out": folder, "files": [paths], "records": [one dict per image]}``.
+    """
+    prompts = check_prompts(prompts)
+    for label, value, low in (
+        ("n", n, 1),
+        ("steps", steps, 1),
+        ("batch_size", batch_size, 1),
+        ("seed", seed, 0),
+    ):
+        if value < low:
+            raise SafegenError(f"{label} must be at least {low}, got {value}.")
+    if cfg < 0:
+        raise SafegenError(f"cfg must be >= 0, got {cfg}.")
+    device = _choice(Device, device, "device")
+    dtype = _choice(DType, dtype, "dtype")
+    out_dir = Path(out) if out is not None else default_out_dir()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SafegenError(f"--out {out_dir} exists and is not a folder.")
+
+    from safegen.generator import GenerationConfig, generate
+    from safegen.guards import get_guard
+    from safegen.loader import load_model
+    from safegen.outputs import save_images
+
+    guard_obj = get_guard(guard)
+    loaded = load_model(model, device=device.value, dtype=dtype.value)
+    config = GenerationConfig(steps=steps, cfg=cfg, batch_size=batch_size)
+    seeds = [seed + i for i in range(len(prompts))]
+    images = generate(loaded, prompts, seeds=seeds, n=n, config=config, guard=guard_obj, progress=progress)
+    record = {"model": model, "guard": guard, "steps": steps, "cfg": cfg, "seed": seed, "n": n}
+    files = save_images(images, out_dir, record)
+    records = [
+        {"path": str(path), "prompt": img.prompt, "seed": img.seed, "info": img.info}
+        for path, img in zip(files, images, strict=True)
+    ]
+    return {"out": str(out_dir), "files": [str(f) for f in files], "records": records}
+
+
+# --------------------------------------------------------------------------- helpers
+def _choice(enum: type[Enum], value: Any, what: str) -> Any:
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(value)
+    except ValueError:
+        from safegen.errors import unknown
+
+        raise unknown(what, str(value), [e.value for e in enum]) from None

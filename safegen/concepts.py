@@ -1,0 +1,313 @@
+"""The concept registry: what safegen erases or guards against.
+
+Concepts are data. The built-in ones live in ``safegen/data/concepts.yaml`` (nudity, violence, a few
+artist styles); every value of the mini world (``red``, ``circle``, ``striped``, ...) is added from
+``mini_world.yaml``; users add their own YAML files in the same format.
+
+    >>> from safegen.concepts import get_concept, rewrite
+    >>> rewrite("a red striped circle", get_concept("red"))
+    'a green striped circle'
+
+A mini concept's ``keywords`` hold only its canonical word; its synonyms and misspellings are kept apart
+in ``synonyms`` so that an erasure told only the keywords can be tested on words it never saw.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safegen.errors import SafegenError, unknown
+
+BUILTIN = "safegen/data/concepts.yaml"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_REQUIRED = ("name", "kind", "keywords", "unsafe_text", "safe_text")
+_OPTIONAL = ("detector", "examples", "synonyms")
+
+
+class ConceptKind(str, Enum):
+    NSFW = "nsfw"
+    VIOLENCE = "violence"
+    STYLE = "style"
+    OBJECT = "object"
+    MINI = "mini"
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept.
+
+    Attributes:
+        name: registry key, e.g. ``nudity``, ``van-gogh``, ``red``.
+        kind: one of :class:`ConceptKind`.
+        keywords: words methods may use to find the concept in a prompt.
+        unsafe_text: text describing the concept (what guards steer away from).
+        safe_text: anchor text that replaces the keywords in :func:`rewrite` (may be empty).
+        detector: ``{"nudenet": preset}``, ``{"mini": {"axis": a, "value": v}}`` or ``None``.
+        examples: prompts that show the concept.
+        synonyms: other words for the concept, held out from ``keywords``.
+        source: the file the concept came from.
+    """
+
+    name: str
+    kind: ConceptKind
+    keywords: tuple[str, ...]
+    unsafe_text: str
+    safe_text: str
+    detector: dict[str, Any] | None = None
+    examples: tuple[str, ...] = ()
+    synonyms: tuple[str, ...] = ()
+    source: str = field(default=BUILTIN, compare=False)
+
+    @property
+    def axis(self) -> str | None:
+        """The mini-world axis (``object``, ``color``, ``texture``) for a mini concept, else ``None``."""
+        if self.detector and "mini" in self.detector:
+            return self.detector["mini"]["axis"]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "axis": self.axis,
+            "keywords": list(self.keywords),
+            "synonyms": list(self.synonyms),
+            "unsafe_text": self.unsafe_text,
+            "safe_text": self.safe_text,
+            "detector": self.detector,
+            "examples": list(self.examples),
+            "source": self.source,
+        }
+
+
+# --------------------------------------------------------------------------- loading
+def load_concepts(extra_files: Iterable[str | Path] = ()) -> dict[str, Concept]:
+    """All concepts by name: built-in, mini world, then each user file in order.
+
+    A user concept whose name is already taken replaces the earlier one.
+
+    Raises:
+        SafegenError: a user file is missing, not YAML, or holds an invalid concept.
+    """
+    concepts = dict(_builtin())
+    for path in extra_files:
+        for concept in _read_file(Path(path)):
+            concepts[concept.name] = concept
+    return concepts
+
+
+def get_concept(name: str, extra_files: Iterable[str | Path] = ()) -> Concept:
+    """The concept called ``name``; an unknown name raises ``SafegenError`` with a suggestion."""
+    concepts = load_concepts(extra_files)
+    if name not in concepts:
+        raise unknown("concept", name, concepts)
+    return concepts[name]
+
+
+def list_concepts(extra_files: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
+    """Every concept as a plain dict (for ``safegen concepts --json``)."""
+    return [c.to_dict() for c in load_concepts(extra_files).values()]
+
+
+@lru_cache(maxsize=1)
+def _builtin() -> tuple[tuple[str, Concept], ...]:
+    text = resources.files("safegen.data").joinpath("concepts.yaml").read_text()
+    found = _parse(yaml.safe_load(text), BUILTIN)
+    return tuple((c.name, c) for c in (*found, *_mini_concepts()))
+
+
+def _read_file(path: Path) -> list[Concept]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SafegenError(f"Cannot read concepts file {path}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise SafegenError(f"{path}: not valid YAML{where}.") from None
+    return _parse(raw, str(path))
+
+
+def _parse(raw: Any, source: str) -> list[Concept]:
+    if not isinstance(raw, dict) or set(raw) != {"concepts"} or not isinstance(raw["concepts"], list):
+        raise SafegenError(f"{source}: expected a mapping with one key 'concepts' holding a list.")
+    concepts, seen = [], set()
+    for i, entry in enumerate(raw["concepts"]):
+        concept = _validate(entry, source, i)
+        if concept.name in seen:
+            raise SafegenError(f"{source}: concept '{concept.name}' is defined twice.")
+        seen.add(concept.name)
+        concepts.append(concept)
+    return concepts
+
+
+def _validate(entry: Any, source: str, index: int) -> Concept:
+    """Check one concept mapping field by field; every error names the file and the concept."""
+    label = f"concept #{index + 1}"
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        label = f"concept '{entry['name']}'"
+
+    def fail(msg: str) -> SafegenError:
+        return SafegenError(f"{source}: {label}: {msg}")
+
+    if not isinstance(entry, dict):
+        raise fail("expected a mapping of fields.")
+    extra = sorted(set(entry) - set(_REQUIRED) - set(_OPTIONAL), key=str)
+    if extra:
+        raise fail(
+            f"unknown field(s) {', '.join(map(str, extra))}; allowed: {', '.join(_REQUIRED + _OPTIONAL)}."
+        )
+    missing = [k for k in _REQUIRED if k not in entry]
+    if missing:
+        raise fail(f"missing field(s) {', '.join(missing)}.")
+    name = entry["name"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise fail("name must be lowercase letters, digits, '-' or '_'.")
+    try:
+        kind = ConceptKind(entry["kind"])
+    except ValueError:
+        raise fail(f"kind must be one of {', '.join(k.value for k in ConceptKind)}.") from None
+    keywords = _words(entry["keywords"], "keywords", fail, allow_empty=False)
+    for key in ("unsafe_text", "safe_text"):
+        if not isinstance(entry[key], str):
+            raise fail(f"{key} must be a string.")
+    if not entry["unsafe_text"].strip():
+        raise fail("unsafe_text must not be empty.")
+    return Concept(
+        name=name,
+        kind=kind,
+        keywords=keywords,
+        unsafe_text=entry["unsafe_text"].strip(),
+        safe_text=entry["safe_text"].strip(),
+        detector=_detector(entry.get("detector"), fail),
+        examples=_words(entry.get("examples") or [], "examples", fail),
+        synonyms=_words(entry.get("synonyms") or [], "synonyms", fail),
+        source=source,
+    )
+
+
+def _words(value: Any, key: str, fail, allow_empty: bool = True) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(w, str) and w.strip() for w in value):
+        raise fail(f"{key} must be a list of non-empty strings.")
+    if not value and not allow_empty:
+        raise fail(f"{key} must list at least one word.")
+    return tuple(w.strip() for w in value)
+
+
+def _detector(value: Any, fail) -> dict[str, Any] | None:
+    """``None``, ``{nudenet: preset}`` or ``{mini: {axis: a, value: v}}``, checked against the choices."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) != 1:
+        raise fail("detector must be null, {nudenet: <preset>} or {mini: {axis: <axis>, value: <value>}}.")
+    (name, arg) = next(iter(value.items()))
+    if name == "nudenet":
+        from safegen.api import NudeNetPreset
+
+        presets = [p.value for p in NudeNetPreset]
+        if arg not in presets:
+            raise fail(f"detector nudenet preset must be one of {', '.join(presets)}.")
+        return {"nudenet": arg}
+    if name == "mini":
+        from safegen.mini.world import AXES, World
+
+        if not isinstance(arg, dict) or set(arg) != {"axis", "value"}:
+            raise fail("detector mini must be {axis: <axis>, value: <value>}.")
+        if arg["axis"] not in AXES:
+            raise fail(f"detector mini axis must be one of {', '.join(AXES)}.")
+        values = World.load().values[arg["axis"]]
+        if arg["value"] not in values:
+            raise fail(f"detector mini value for axis {arg['axis']} must be one of {', '.join(values)}.")
+        return {"mini": {"axis": arg["axis"], "value": arg["value"]}}
+    raise fail(f"unknown detector '{name}'; use nudenet, mini or null.")
+
+
+# --------------------------------------------------------------------------- the mini world
+def mini_anchor(axis: str, value: str) -> str:
+    """The safe anchor for a mini value: the neutral ``solid`` on the texture axis, else the next value.
+
+    Another value of the same axis (not an empty word) keeps rewritten prompts in the captions'
+    distribution: ``a red star`` becomes ``a green star``, which the mini model knows how to draw.
+    """
+    from safegen.mini.world import World
+
+    values = World.load().values[axis]
+    if axis == "texture" and value != "solid":
+        return "solid"
+    return values[(values.index(value) + 1) % len(values)]
+
+
+def _mini_concepts() -> list[Concept]:
+    from safegen.mini.world import AXES, World
+
+    world = World.load()
+    concepts = []
+    for axis in AXES:
+        for value in world.values[axis]:
+            concepts.append(
+                Concept(
+                    name=value,
+                    kind=ConceptKind.MINI,
+                    keywords=world.words(axis, value, "canonical"),
+                    unsafe_text=value,
+                    safe_text=mini_anchor(axis, value),
+                    detector={"mini": {"axis": axis, "value": value}},
+                    examples=_mini_examples(world, axis, value),
+                    synonyms=world.words(axis, value, "synonyms"),
+                    source="safegen/data/mini_world.yaml",
+                )
+            )
+    return concepts
+
+
+def _mini_examples(world, axis: str, value: str) -> tuple[str, ...]:
+    """Three captions naming ``value`` with its canonical word; the other axes cycle through values."""
+    out = []
+    for i, template in enumerate(world.templates[:3]):
+        words = {a: world.values[a][i % len(world.values[a])] for a in world.values}
+        words[axis] = value
+        out.append(template.format(**words))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- prompts
+def _pattern(words: Sequence[str], eat_space: bool = False) -> re.Pattern[str]:
+    """Whole-word, case-insensitive match of any of ``words``, longest first (``van gogh`` first)."""
+    alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    lead = r"\s*" if eat_space else ""
+    return re.compile(rf"{lead}(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def mentions(prompt: str, concept: Concept, include_synonyms: bool = False) -> bool:
+    """Whether ``prompt`` names the concept by a keyword (or, if asked, by a held-out synonym)."""
+    words = concept.keywords + (concept.synonyms if include_synonyms else ())
+    return _pattern(words).search(prompt) is not None
+
+
+def rewrite(prompt: str, concept: Concept, include_synonyms: bool = False) -> str:
+    """Replace the concept's keywords in ``prompt`` with its ``safe_text``.
+
+    Matching is whole-word and case-insensitive; each occurrence is replaced once (the safe text is not
+    searched again). With an empty ``safe_text`` the keyword and the space before it are removed.
+    Articles are left as they are ("a orange" stays the mini world's own grammar).
+
+    Args:
+        prompt: the prompt to clean.
+        concept: the concept to remove.
+        include_synonyms: also replace the held-out synonyms (for reference prompts, not for methods).
+    """
+    words = concept.keywords + (concept.synonyms if include_synonyms else ())
+    if not concept.safe_text:
+        return _pattern(words, eat_space=True).sub("", prompt).strip()
+    return _pattern(words).sub(lambda _: concept.safe_text, prompt)

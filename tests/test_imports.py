@@ -1,0 +1,51 @@
+"""Import every module of the package (catches undefined names and broken imports) and keep ``import
+safegen`` and the CLI light."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import safegen
+
+PACKAGE = Path(safegen.__file__).parent
+
+
+def all_modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names.append(".".join(parts))
+    return names
+
+
+@pytest.mark.parametrize("module", all_modules())
+def test_import(module):
+    importlib.import_module(module)
+
+
+def test_public_api_is_lazy():
+    code = (
+        "import sys, safegen, safegen.cli; "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'nudenet') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported at start-up: {proc.stdout.strip()}"
+
+
+def test_public_names():
+    assert safegen.__version__ == "0.1.0"
+    assert safegen.get_concept("nudity").name == "nudity"
+    assert "red" in safegen.load_concepts()
+    assert callable(safegen.classify)
+    assert set(safegen.__all__) <= set(dir(safegen))
+    with pytest.raises(AttributeError):
+        safegen.no_such_name  # noqa: B018
