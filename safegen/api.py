@@ -69,15 +69,24 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _open_image(path: Path):
+def _check_image(path: Path) -> None:
+    """Read only the header, so a bad file among thousands fails before any is classified."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        reason = "not an image" if isinstance(exc, UnidentifiedImageError) else (exc.strerror or str(exc))
-        raise SafegenError(f"Cannot read image {path}: {reason}.") from None
+        with Image.open(path):
+            pass
+    except UnidentifiedImageError:
+        raise SafegenError(f"Cannot read image {path}: not an image.") from None
+    except OSError as exc:
+        raise SafegenError(f"Cannot read image {path}: {exc.strerror or exc}.") from None
+
+
+def _open_image(path: Path):
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
 
 
 def classify(
@@ -90,7 +99,8 @@ def classify(
     """Classify images with NudeNet or the mini-world classifier.
 
     Args:
-        images_or_paths: PIL images, image files or folders of images (mixed is fine).
+        images_or_paths: PIL images, image files or folders of images (mixed is fine). Files are
+            checked up front and decoded one batch at a time.
         classifier: ``nudenet`` (unsafe, score, counts, detections per image) or ``mini`` (the objects
             seen per image, each with object/color/texture).
         preset: the NudeNet protocol (``i2p``, ``six``, ``mace``); ignored by ``mini``.
@@ -98,21 +108,22 @@ def classify(
         progress: called as ``progress(done, total)`` after each batch.
 
     Returns:
-        One dict per image, in order: ``path`` (or ``None`` for in-memory images) plus the classifier's
-        result (``objects`` for ``mini``).
+        One dict per image, in order: ``path`` (``None`` for in-memory images), ``classifier``, and the
+        classifier's result (for ``mini``: ``objects``).
 
     Raises:
         SafegenError: unknown classifier or preset, missing or unreadable image file.
     """
     name = _choice(ClassifierName, classifier, "classifier")
     preset = _choice(NudeNetPreset, preset, "NudeNet preset")
-    items: list[tuple[str | None, Any]] = []
+    if batch_size < 1:
+        raise SafegenError(f"batch_size must be at least 1, got {batch_size}.")
+    items: list[Any] = []
     for item in images_or_paths:
-        if isinstance(item, (str, Path)):
-            items.extend((str(p), p) for p in expand_paths([item]))
-        else:
-            items.append((None, item))
-    images = [_open_image(x) if isinstance(x, Path) else x for _, x in items]  # check all before loading
+        items.extend(expand_paths([item]) if isinstance(item, (str, Path)) else [item])
+    for item in items:
+        if isinstance(item, Path):
+            _check_image(item)
 
     if name is ClassifierName.NUDENET:
         from safegen.classifiers.nudenet import NudeNetClassifier
@@ -123,30 +134,23 @@ def classify(
 
         model = MiniClassifier.load()
 
-    results: list[Any] = []
-    for start in range(0, len(images), batch_size):
-        results.extend(model.classify(images[start : start + batch_size]))
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        if name is ClassifierName.MINI:  # NudeNet reads paths itself (EXIF-aware, as cv2 does)
+            inputs = [_open_image(x) if isinstance(x, Path) else x for x in batch]
+        else:
+            inputs = batch
+        for item, result in zip(batch, model.classify(inputs), strict=True):
+            record = dict(result) if isinstance(result, dict) else {"objects": result}
+            path = str(item) if isinstance(item, Path) else None
+            out.append({"path": path, "classifier": name.value, **record})
         if progress is not None:
-            progress(len(results), len(images))
-    out = []
-    for (path, _), result in zip(items, results, strict=True):
-        record = dict(result) if isinstance(result, dict) else {"objects": result}
-        out.append({"path": path, "classifier": name.value, **record})
+            progress(len(out), len(items))
     return out
 
 
 # --------------------------------------------------------------------------- generate
-def check_prompts(prompts: Sequence[str]) -> list[str]:
-    """Prompts stripped; none may be empty."""
-    if not prompts:
-        raise SafegenError("Give at least one prompt.")
-    cleaned = [p.strip() for p in prompts]
-    for i, p in enumerate(cleaned):
-        if not p:
-            raise SafegenError(f"Prompt {i + 1} is empty.")
-    return cleaned
-
-
 def default_out_dir(root: str | Path = "outputs") -> Path:
     """``outputs/<date>-<time>`` (a new folder per run, so runs never overwrite each other)."""
     return Path(root) / time.strftime("%Y%m%d-%H%M%S")
@@ -169,37 +173,31 @@ def generate_to_dir(
 ) -> dict[str, Any]:
     """Generate ``n`` images per prompt and save them (PNGs + ``generation.jsonl``) under ``out``.
 
-    Every argument is checked (and the model and guard are loaded) before anything is written.
+    Image ``k`` (prompt-major: prompt 0's ``n`` images first) gets seed ``seed + k``. Every setting is
+    checked, and the guard and model are loaded, before anything is written.
 
     Returns:
         ``{"out": folder, "files": [paths], "records": [one dict per image]}``.
+
+    Raises:
+        SafegenError: empty prompt, setting out of range, unknown model/guard/device/dtype, ``out`` is a file.
     """
-    prompts = check_prompts(prompts)
-    for label, value, low in (
-        ("n", n, 1),
-        ("steps", steps, 1),
-        ("batch_size", batch_size, 1),
-        ("seed", seed, 0),
-    ):
-        if value < low:
-            raise SafegenError(f"{label} must be at least {low}, got {value}.")
-    if cfg < 0:
-        raise SafegenError(f"cfg must be >= 0, got {cfg}.")
     device = _choice(Device, device, "device")
     dtype = _choice(DType, dtype, "dtype")
     out_dir = Path(out) if out is not None else default_out_dir()
     if out_dir.exists() and not out_dir.is_dir():
         raise SafegenError(f"--out {out_dir} exists and is not a folder.")
 
-    from safegen.generator import GenerationConfig, generate
+    from safegen.generator import GenerationConfig, generate, plan_jobs
     from safegen.guards import get_guard
     from safegen.loader import load_model
     from safegen.outputs import save_images
 
+    config = GenerationConfig(steps=steps, cfg=cfg, batch_size=batch_size)
+    seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
+    plan_jobs(prompts, seeds, n)  # checks prompts, n and seeds before the model is loaded
     guard_obj = get_guard(guard)
     loaded = load_model(model, device=device.value, dtype=dtype.value)
-    config = GenerationConfig(steps=steps, cfg=cfg, batch_size=batch_size)
-    seeds = [seed + i for i in range(len(prompts))]
     images = generate(loaded, prompts, seeds=seeds, n=n, config=config, guard=guard_obj, progress=progress)
     record = {"model": model, "guard": guard, "steps": steps, "cfg": cfg, "seed": seed, "n": n}
     files = save_images(images, out_dir, record)

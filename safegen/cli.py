@@ -34,8 +34,10 @@ app.add_typer(bench_app, name="bench")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
 GuardOpt = Annotated[str, typer.Option("--guard", "-g", help="Inference guard (see `safegen methods`).")]
-StepsOpt = Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps.")]
-SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Base random seed.")]
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, help="Seed of the first image; image k gets seed + k.")
+]
 ConceptsFileOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -53,19 +55,17 @@ ConceptsFileOpt = Annotated[
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts.", show_default=False)],
     model: ModelOpt = "mini",
-    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10_000, help="Images per prompt.")] = 1,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 1,
     seed: SeedOpt = 0,
     steps: StepsOpt = 20,
-    cfg: Annotated[
-        float, typer.Option("--cfg", min=0.0, max=100.0, help="Classifier-free guidance scale.")
-    ] = 7.5,
+    cfg: Annotated[float, typer.Option("--cfg", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", file_okay=False, help="Output folder [default: outputs/<time>]."),
     ] = None,
     device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.AUTO,
     dtype: Annotated[DType, typer.Option("--dtype", help="Weights dtype.")] = DType.AUTO,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Images per forward.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per UNet batch.")] = 8,
     guard: GuardOpt = "none",
     json: JsonOpt = False,
 ) -> None:
@@ -185,7 +185,7 @@ def bench_mini(
         Path | None,
         typer.Option("--adapter", exists=True, help="Fine-tuned adapter (e.g. from VCE, SC-DPO)."),
     ] = None,
-    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1, max=1000)] = 2,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1)] = 2,
     steps: StepsOpt = 20,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False, help="Results folder.")] = None,
@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print_error("Aborted.")
         return 130
+    except OSError as exc:  # the file system said no (permissions, disk full): not a bug in safegen
+        where = f": {exc.filename}" if exc.filename else ""
+        print_error(f"{exc.strerror or exc}{where}")
+        return 2
     except typer.TyperException as exc:  # Typer's usage errors: bad option, missing argument, out of range
         if _is_help_request(exc):
             typer.echo(exc.format_message())
