@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from safegen import api
 from safegen.api import ClassifierName, Device, DType, NudeNetPreset
 from safegen.cli_ui import print_error, print_json, print_mapping, print_table, progress_bar
 from safegen.errors import SafegenError
@@ -33,7 +34,9 @@ app.add_typer(bench_app, name="bench")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
-GuardOpt = Annotated[str, typer.Option("--guard", "-g", help="Inference guard (see `safegen methods`).")]
+GuardOpt = Annotated[
+    str, typer.Option("--guard", "-g", help="Inference guard: none, or a guard of `safegen methods`.")
+]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")]
 SeedOpt = Annotated[
     int, typer.Option("--seed", min=0, help="Seed of the first image; image k gets seed + k.")
@@ -70,10 +73,8 @@ def generate(
     json: JsonOpt = False,
 ) -> None:
     """Generate images and save them as PNGs with a generation.jsonl record."""
-    from safegen.api import generate_to_dir
-
     with progress_bar("Generating") as progress:
-        result = generate_to_dir(
+        result = api.generate_to_dir(
             prompts,
             model=model,
             n=n,
@@ -106,12 +107,9 @@ def classify(
     json: JsonOpt = False,
 ) -> None:
     """Classify images: NudeNet (unsafe or not) or the mini-world classifier (objects seen)."""
-    from safegen.api import classify as run_classify
-    from safegen.api import expand_paths
-
-    files = expand_paths(paths)  # every path checked before a model is loaded
+    files = api.expand_paths(paths)  # every path checked before a model is loaded
     with progress_bar("Classifying") as progress:
-        results = run_classify(files, classifier=classifier, preset=preset, progress=progress)
+        results = api.classify(files, classifier=classifier, preset=preset, progress=progress)
     if json:
         print_json(results)
         return

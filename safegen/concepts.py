@@ -15,7 +15,7 @@ in ``synonyms`` so that an erasure told only the keywords can be tested on words
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
@@ -31,6 +31,7 @@ BUILTIN = "safegen/data/concepts.yaml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _REQUIRED = ("name", "kind", "keywords", "unsafe_text", "safe_text")
 _OPTIONAL = ("detector", "examples", "synonyms")
+_Fail = Callable[[str], SafegenError]
 
 
 class ConceptKind(str, Enum):
@@ -62,7 +63,7 @@ class Concept:
     keywords: tuple[str, ...]
     unsafe_text: str
     safe_text: str
-    detector: dict[str, Any] | None = None
+    detector: dict[str, Any] | None = field(default=None, hash=False)
     examples: tuple[str, ...] = ()
     synonyms: tuple[str, ...] = ()
     source: str = field(default=BUILTIN, compare=False)
@@ -197,7 +198,7 @@ def _validate(entry: Any, source: str, index: int) -> Concept:
     )
 
 
-def _words(value: Any, key: str, fail, allow_empty: bool = True) -> tuple[str, ...]:
+def _words(value: Any, key: str, fail: _Fail, allow_empty: bool = True) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(w, str) and w.strip() for w in value):
         raise fail(f"{key} must be a list of non-empty strings.")
     if not value and not allow_empty:
@@ -205,7 +206,7 @@ def _words(value: Any, key: str, fail, allow_empty: bool = True) -> tuple[str, .
     return tuple(w.strip() for w in value)
 
 
-def _detector(value: Any, fail) -> dict[str, Any] | None:
+def _detector(value: Any, fail: _Fail) -> dict[str, Any] | None:
     """``None``, ``{nudenet: preset}`` or ``{mini: {axis: a, value: v}}``, checked against the choices."""
     if value is None:
         return None

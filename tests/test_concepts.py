@@ -42,6 +42,7 @@ def test_builtin_concepts():
     assert concepts["nudity"].detector == {"nudenet": "i2p"}
     assert concepts["violence"].detector is None
     assert concepts["van-gogh"].kind is ConceptKind.STYLE
+    assert len({concepts["nudity"], concepts["red"], get_concept("red")}) == 2  # hashable, equal by value
 
 
 def test_every_mini_value_is_a_concept_with_held_out_synonyms():
