@@ -191,15 +191,22 @@ def generate_to_dir(
     from safegen.generator import GenerationConfig, generate, plan_jobs
     from safegen.guards import get_guard
     from safegen.loader import load_model
-    from safegen.outputs import save_images
+    from safegen.outputs import check_out_dir, save_images
 
     config = GenerationConfig(steps=steps, cfg=cfg, batch_size=batch_size)
     seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
     plan_jobs(prompts, seeds, n)  # checks prompts, n and seeds before the model is loaded
     guard_obj = get_guard(guard)
     loaded = load_model(model, device=device.value, dtype=dtype.value)
+    out_dir = check_out_dir(out_dir)  # created only once every input has passed, before the long part
     images = generate(loaded, prompts, seeds=seeds, n=n, config=config, guard=guard_obj, progress=progress)
-    record = {"model": model, "guard": guard, "steps": steps, "cfg": cfg, "seed": seed, "n": n}
+    record = {
+        "model": loaded.name,
+        "model_source": loaded.source,
+        "guard": guard_obj.describe(),
+        "settings": config.to_dict(),
+        "base_seed": seed,
+    }
     files = save_images(images, out_dir, record)
     records = [
         {"path": str(path), "prompt": img.prompt, "seed": img.seed, "info": img.info}

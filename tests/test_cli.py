@@ -188,7 +188,6 @@ needs_generator = pytest.mark.skipif(
         pytest.param([""], marks=needs_generator),
         pytest.param(["   "], marks=needs_generator),
         pytest.param(["ok", "\t"], marks=needs_generator),
-        pytest.param(["x", "--cfg", "1000"], marks=needs_generator),
         ["x", "--n", "0"],
         ["x", "--steps", "0"],
         ["x", "--cfg", "-1"],
@@ -248,26 +247,41 @@ def test_backend_errors_are_one_line(monkeypatch, capsys):
     assert err.strip() == "Error: Permission denied: /root/out"
 
 
-@pytest.mark.skipif(
-    not all(
-        has_module(m) for m in ("safegen.generator", "safegen.outputs", "safegen.guards", "safegen.loader")
-    ),
-    reason="generator, outputs, guards or loader not written yet",
-)
-def test_generate_mini(tmp_path):
-    from safegen.loader import list_models
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from safegen.loader import save_tiny_sd
 
-    if not next(m for m in list_models() if m["name"] == "mini")["available"]:
-        pytest.skip("bundled mini model not trained yet")
+    return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model", seed=0)
+
+
+@needs_generator
+def test_generate_real_run(tmp_path, tiny_model):
     out = tmp_path / "out"
-    args = ["generate", "a red striped circle", "--n", "2", "--steps", "2", "--out", str(out), "--json"]
-    result = runner.invoke(app, args)
+    args = ["generate", "a red circle", "a blue star", "--model", str(tiny_model), "--n", "2", "--steps", "2"]
+    result = runner.invoke(app, [*args, "--seed", "5", "--device", "cpu", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)["records"]
-    assert len(records) == 2 and all(Path(r["path"]).is_file() for r in records)
-    assert (out / "generation.jsonl").exists()
-    bad = runner.invoke(app, ["generate", "x", "--guard", "nope", "--out", str(tmp_path / "o2")])
-    assert isinstance(bad.exception, SafegenError) and not (tmp_path / "o2").exists()
+    assert [(r["prompt"], r["seed"]) for r in records] == [
+        ("a red circle", 5),
+        ("a red circle", 6),
+        ("a blue star", 7),
+        ("a blue star", 8),
+    ]
+    assert all(Path(r["path"]).is_file() for r in records)
+    lines = [json.loads(x) for x in (out / "generation.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and lines[0]["settings"]["steps"] == 2 and lines[0]["guard"]["name"] == "none"
+
+
+@needs_generator
+@pytest.mark.parametrize(
+    "bad", [["--guard", "nope"], ["--model", "minii"], ["--cfg", "1000"], ["--n", "100001"]]
+)
+def test_generate_backend_errors_write_nothing(tmp_path, tiny_model, capsys, bad):
+    out = tmp_path / "out"
+    args = ["generate", "x", "--model", str(tiny_model), "--steps", "1", *bad, "--out", str(out)]
+    code, _, err = run_main(capsys, *args)
+    assert_one_line_error(code, err)
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- bench
