@@ -1,0 +1,329 @@
+"""Text-to-image generation: safegen's own denoising loop, with a guard hook inside it.
+
+    >>> from safegen.loader import load_model
+    >>> from safegen.generator import GenerationConfig, generate
+    >>> model = load_model("mini")
+    >>> images = generate(model, ["a red circle"], n=2, config=GenerationConfig(steps=20))
+
+With the default ``none`` guard the loop gives the same pixels as diffusers'
+``StableDiffusionPipeline.__call__`` for the same model, seeds and settings (checked by
+``tests/test_generator.py`` and ``benchmarks/bench_generator.py``): prompt encoding, ``randn`` with one
+generator per image, ``init_noise_sigma``, ``scale_model_input``, one UNet call over the concatenated
+[uncond, cond] batch, ``eps_u + w * (eps_c - eps_u)``, ``scheduler.step`` (with ``eta``/``generator``
+where the scheduler takes them), VAE decode with ``scaling_factor`` and the same rounding to uint8.
+
+Every image has its own ``torch.Generator(device).manual_seed(seed)``, so the same (prompt, seed) gives the
+same pixels whatever batch it lands in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from safegen.errors import SafegenError, unknown
+from safegen.guards import Guard, NoGuard, RunContext, get_guard
+from safegen.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+OUTPUT_TYPES = ("pil", "np")
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings shared by every image of a run.
+
+    Attributes:
+        steps: denoising steps (1..1000).
+        cfg: classifier-free guidance scale w (0..50); as in diffusers, ``cfg <= 1`` means no CFG (the
+            conditional prediction alone) unless the guard needs the unconditional branch.
+        height: image height in pixels; None: the UNet's sample size times the VAE's scale factor.
+        width: image width in pixels; None: as height.
+        negative_prompt: the text of the unconditional branch ("" is plain CFG).
+        batch_size: images per UNet batch (does not change the pixels).
+        eta: DDIM eta (0..1), passed to schedulers whose ``step`` takes it.
+    """
+
+    steps: int = 20
+    cfg: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str = ""
+    batch_size: int = 8
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SafegenError on the first setting out of range."""
+        _check_int("steps", self.steps, 1, 1000)
+        _check_number("cfg", self.cfg, 0.0, 50.0)
+        _check_int("batch_size", self.batch_size, 1, 4096)
+        _check_number("eta", self.eta, 0.0, 1.0)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 8, 8192)
+                if value % 8:
+                    raise SafegenError(f"{name} must be a multiple of 8, got {value}.")
+        if not isinstance(self.negative_prompt, str):
+            raise SafegenError(
+                f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GeneratedImage:
+    """One generated image: its prompt, its seed, the image, and the guard's report on it."""
+
+    prompt: str
+    seed: int
+    image: Image.Image | np.ndarray  # PIL RGB, or (H, W, 3) uint8 with output_type="np"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def generate(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    n: int = 1,
+    config: GenerationConfig | None = None,
+    guard: Guard | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    output_type: str = "pil",
+) -> list[GeneratedImage]:
+    """Generate ``n`` images per prompt.
+
+    Args:
+        model: a loaded SD model (:func:`safegen.loader.load_model`).
+        prompts: the prompts; none may be empty.
+        seeds: one seed per image, prompt-major (prompt 0's ``n`` images first); default 0..N-1.
+        n: images per prompt.
+        config: sampling settings; default :class:`GenerationConfig()`.
+        guard: a guard object or registered name; default ``none`` (plain CFG).
+        progress: called as ``progress(done, total)`` after every denoising step, counting image-steps
+            (a step of a batch of B images adds B; total = images x steps).
+        output_type: ``pil`` or ``np`` ((H, W, 3) uint8 arrays).
+
+    Returns:
+        One :class:`GeneratedImage` per image, in prompt-major order.
+
+    Raises:
+        SafegenError: empty prompt, wrong number of seeds, bad settings or output type.
+    """
+    config = config or GenerationConfig()
+    config.validate()
+    if output_type not in OUTPUT_TYPES:
+        raise unknown("output type", output_type, OUTPUT_TYPES)
+    if model.kind != "sd":
+        raise SafegenError(f"generate() runs diffusion models; '{model.name}' is of kind '{model.kind}'.")
+    guard = get_guard(guard) if isinstance(guard, str) else guard or NoGuard()
+    jobs = plan_jobs(prompts, seeds, n)
+    height, width = image_size(model, config)
+    total, done = len(jobs) * config.steps, 0
+
+    def on_step(images: int) -> None:
+        nonlocal done
+        done += images
+        if progress is not None:
+            progress(done, total)
+
+    results: list[GeneratedImage] = []
+    with torch.no_grad():
+        negative = encode_text(model, [config.negative_prompt])  # (1, L, D), shared by all batches
+        for start in range(0, len(jobs), config.batch_size):
+            batch = jobs[start : start + config.batch_size]
+            pixels, infos = denoise(model, batch, config, guard, (height, width), negative, on_step)
+            for (prompt, seed), array, info in zip(batch, pixels, infos, strict=True):
+                image = Image.fromarray(array) if output_type == "pil" else array
+                results.append(GeneratedImage(prompt=prompt, seed=seed, image=image, info=info))
+    return results
+
+
+def denoise(
+    model: LoadedModel,
+    batch: list[tuple[str, int]],
+    config: GenerationConfig,
+    guard: Guard,
+    size: tuple[int, int],
+    negative: torch.Tensor,
+    on_step: Callable[[int], None],
+) -> tuple[np.ndarray, list[dict]]:
+    """Run the denoising loop for one batch of (prompt, seed) pairs.
+
+    Returns:
+        (B, H, W, 3) uint8 pixels and the guard's per-image reports.
+    """
+    prompts, seeds = [p for p, _ in batch], [s for _, s in batch]
+    device, unet, batch_size = model.device, model.unet, len(batch)
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    cond = encode_text(model, prompts)  # (B, L, D)
+    uncond = negative.expand(batch_size, -1, -1)  # (B, L, D)
+    scheduler = fresh_scheduler(model, config.steps)
+    timesteps = scheduler.timesteps
+    step_kwargs = scheduler_step_kwargs(scheduler, config.eta, generators)
+    latents = initial_noise(model, generators, size, cond.dtype) * scheduler.init_noise_sigma  # (B, 4, h, w)
+    do_cfg = config.cfg > 1.0 or guard.needs_uncond
+
+    def run_unet(latent_input: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return unet(latent_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    guard.begin(
+        RunContext(
+            prompts=prompts,
+            seeds=seeds,
+            n_steps=len(timesteps),
+            timesteps=timesteps,
+            cfg=config.cfg,
+            do_cfg=do_cfg,
+            prompt_embeds=cond,
+            negative_embeds=uncond,
+            encode=lambda texts: encode_text(model, list(texts)),
+            unet=run_unet,
+            make_scheduler=lambda: fresh_scheduler(model, config.steps),
+            step_kwargs=step_kwargs,
+            generators=generators,
+            device=device,
+            dtype=cond.dtype,
+            options=config.to_dict(),
+        )
+    )
+    base = [uncond, cond] if do_cfg else [cond]
+    for i, t in enumerate(timesteps):
+        extra = guard.branches(i)  # (k, B, L, D) or None
+        if extra is not None:
+            extra = extra.unsqueeze(0) if extra.dim() == 3 else extra
+            if extra.dim() != 4 or extra.shape[1] != batch_size:
+                raise RuntimeError(f"guard '{guard.name}' returned branches of shape {tuple(extra.shape)}")
+        embeds = torch.cat(base if extra is None else [*base, extra.flatten(0, 1)])  # (n_branches * B, L, D)
+        n_branches = embeds.shape[0] // batch_size
+        latent_input = torch.cat([latents] * n_branches) if n_branches > 1 else latents
+        latent_input = scheduler.scale_model_input(latent_input, t)
+        eps_all = run_unet(latent_input, t, embeds).chunk(n_branches)  # n_branches x (B, 4, h, w)
+        eps_uncond, eps_cond = (eps_all[0], eps_all[1]) if do_cfg else (None, eps_all[0])
+        eps_extra = torch.stack(eps_all[len(base) :]) if extra is not None else None  # (k, B, 4, h, w)
+        eps = guard.guide(i, t, latents, eps_uncond, eps_cond, eps_extra)
+        latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        latents = guard.after_step(i, t, latents)
+        on_step(batch_size)
+    infos = guard.end()
+    if len(infos) != batch_size:
+        raise RuntimeError(f"guard '{guard.name}' reported {len(infos)} images for a batch of {batch_size}")
+    return decode_latents(model, latents), infos
+
+
+def encode_text(model: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """Texts -> CLIP text embeddings (len(texts), L, D), padded/truncated to the tokenizer's max length."""
+    tokenizer, text_encoder = model.tokenizer, model.text_encoder
+    tokens = tokenizer(
+        texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    if max(len(ids) for ids in tokenizer(texts).input_ids) > tokenizer.model_max_length:
+        log.warning("A prompt was truncated to the text encoder's %d tokens.", tokenizer.model_max_length)
+    mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(model.device)
+    embeds = text_encoder(tokens.input_ids.to(model.device), attention_mask=mask)[0]
+    return embeds.to(dtype=text_encoder.dtype, device=model.device)
+
+
+def fresh_scheduler(model: LoadedModel, steps: int) -> Any:
+    """A new scheduler of the model's class and config with ``steps`` timesteps (never the shared one)."""
+    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    scheduler.set_timesteps(steps, device=model.device)
+    return scheduler
+
+
+def scheduler_step_kwargs(scheduler: Any, eta: float, generators: list[torch.Generator]) -> dict[str, Any]:
+    """``eta`` and ``generator`` for schedulers whose ``step`` accepts them (DDIM, ancestral samplers)."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    return kwargs
+
+
+def initial_noise(
+    model: LoadedModel, generators: list[torch.Generator], size: tuple[int, int], dtype: torch.dtype
+) -> torch.Tensor:
+    """Gaussian latents (B, C, h, w): one ``randn`` per image from its own generator, moved to the device."""
+    scale = model.vae_scale_factor
+    shape = (1, model.unet.config.in_channels, size[0] // scale, size[1] // scale)
+    noise = [torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]
+    return torch.cat(noise).to(model.device)
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> np.ndarray:
+    """Latents -> (B, H, W, 3) uint8 pixels, rounded exactly as diffusers' image processor rounds them."""
+    images = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False)[0]  # (B, 3, H, W)
+    images = (images * 0.5 + 0.5).clamp(0, 1)
+    arrays = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    return (arrays * 255).round().astype(np.uint8)
+
+
+def image_size(model: LoadedModel, config: GenerationConfig) -> tuple[int, int]:
+    """(height, width): the config's, or the UNet's sample size times the VAE's scale factor."""
+    scale = model.vae_scale_factor
+    sample = model.unet.config.sample_size
+    default_h, default_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    height = config.height or default_h * scale
+    width = config.width or default_w * scale
+    for name, value in (("height", height), ("width", width)):
+        if value % scale:
+            raise SafegenError(f"{name} must be a multiple of the VAE's scale factor {scale}, got {value}.")
+    return height, width
+
+
+def plan_jobs(prompts: Sequence[str], seeds: Sequence[int] | None, n: int) -> list[tuple[str, int]]:
+    """(prompt, seed) per image, prompt-major; seeds default to 0..N-1.
+
+    Raises:
+        SafegenError: no prompts, an empty prompt, bad ``n``, or a seed list of the wrong length.
+    """
+    if isinstance(prompts, str):
+        raise SafegenError("prompts must be a list of strings, not one string.")
+    if not prompts:
+        raise SafegenError("No prompts given.")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise SafegenError(f"Prompt {i} is empty; every prompt needs some text.")
+    _check_int("n", n, 1, 100_000)
+    total = len(prompts) * n
+    seeds = list(range(total)) if seeds is None else list(seeds)
+    if len(seeds) != total:
+        raise SafegenError(f"Got {len(seeds)} seeds for {total} images ({len(prompts)} prompts x n={n}).")
+    for seed in seeds:
+        _check_int("seed", seed, 0, MAX_SEED)
+    return [(prompts[k // n], seeds[k]) for k in range(total)]
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SafegenError(f"{name} must be an integer, got {value!r}.")
+    if not low <= value <= high:
+        raise SafegenError(f"{name} must be in {low}..{high}, got {value}.")
+
+
+def _check_number(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise SafegenError(f"{name} must be a number, got {value!r}.")
+    if not low <= value <= high:  # also rejects NaN
+        raise SafegenError(f"{name} must be in {low}..{high}, got {value}.")

@@ -1,0 +1,468 @@
+"""Load a text-to-image model: the bundled mini model, a local diffusers folder or a Hugging Face id.
+
+    >>> from safegen.loader import load_model
+    >>> model = load_model("mini")                    # bundled, safegen/assets/mini-sd/
+    >>> model = load_model("path/to/sd-folder")       # any SD 1.x/2.x diffusers layout
+    >>> model = load_model("org/name", device="cuda")  # the hub (or its local cache when offline)
+
+Every model is loaded with diffusers' ``StableDiffusionPipeline.from_pretrained`` (safetensors only, no
+safety checker: safegen has its own classifiers). The pipeline is kept only as a container of components;
+:mod:`safegen.generator` runs its own denoising loop over them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safegen.errors import SafegenError, unknown
+
+SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped inside the package, under ``safegen/assets/<folder>``."""
+
+    name: str
+    kind: str  # "sd" (a diffusers StableDiffusionPipeline folder); "ar" later
+    folder: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return Path(str(resources.files("safegen"))) / "assets" / self.folder
+
+    @property
+    def available(self) -> bool:
+        return (self.path / "model_index.json").is_file()
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "mini": BundledModel("mini", "sd", "mini-sd", "tiny Stable Diffusion trained on the mini world (64 px)"),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded diffusion model: its components, where they came from and where they run.
+
+    ``pipe`` is the diffusers ``StableDiffusionPipeline`` used only as a container of components.
+    """
+
+    name: str
+    kind: str
+    source: str
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def unet(self) -> Any:
+        return self.pipe.unet
+
+    @property
+    def vae(self) -> Any:
+        return self.pipe.vae
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.pipe.text_encoder
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def list_models() -> list[dict]:
+    """The bundled models: name, kind, path, whether their weights exist, and a description."""
+    return [
+        {
+            "name": m.name,
+            "kind": m.kind,
+            "path": str(m.path),
+            "available": m.available,
+            "description": m.description,
+        }
+        for m in BUNDLED.values()
+    ]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, then MPS, else CPU; an unavailable device is an error."""
+    if device not in DEVICES:
+        raise unknown("device", device, DEVICES)
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if device == "cuda" and not cuda:
+        raise SafegenError(
+            "Device 'cuda' was asked for but torch sees no CUDA GPU. Use --device cpu or auto."
+        )
+    if device == "mps" and not mps:
+        raise SafegenError("Device 'mps' was asked for but MPS is not available. Use --device cpu or auto.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on CUDA and fp32 on CPU/MPS; otherwise one of fp32, fp16, bf16."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise unknown("dtype", dtype, ["auto", *DTYPES])
+    return DTYPES[dtype]
+
+
+def load_model(
+    model: str = "mini", device: str = "auto", dtype: str = "auto", offload: bool = False
+) -> LoadedModel:
+    """Load a Stable Diffusion model by bundled name, local folder or Hugging Face id.
+
+    Args:
+        model: ``mini`` (bundled), a local diffusers folder, or a hub id ``org/name``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        dtype: ``auto`` (fp16 on CUDA, fp32 elsewhere), ``fp32``, ``fp16`` or ``bf16``.
+        offload: move each component to the GPU only while it runs (CUDA only).
+
+    Returns:
+        The loaded model, on its device, in eval mode.
+
+    Raises:
+        SafegenError: unknown name, missing or corrupt folder, bundled weights missing, hub id offline,
+            unavailable device, offload off CUDA.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if offload and torch_device.type != "cuda":
+        raise SafegenError(f"--offload needs a CUDA device (got '{torch_device.type}').")
+
+    if model in BUNDLED:
+        bundled = BUNDLED[model]
+        if not bundled.available:
+            raise SafegenError(
+                f"The bundled weights of '{model}' are missing ({bundled.path} has no model_index.json); "
+                "reinstall safegen or pass a local model folder."
+            )
+        if bundled.kind != "sd":
+            raise SafegenError(
+                f"Model '{model}' is of kind '{bundled.kind}', which load_model cannot load yet."
+            )
+        name, source, pipe = model, str(bundled.path), _load_folder(bundled.path, torch_dtype)
+    elif _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise SafegenError(f"Model folder not found: {path}")
+        name, source, pipe = path.name, str(path.resolve()), _load_folder(path, torch_dtype)
+    elif HUB_ID.fullmatch(model):
+        name, source, pipe = model, model, _load_hub(model, torch_dtype)
+    else:
+        raise unknown("model", model, BUNDLED)
+
+    _check_pipeline(pipe, source)
+    if offload:
+        pipe.enable_model_cpu_offload(device=torch_device)
+    else:
+        pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(name=name, kind="sd", source=source, pipe=pipe, device=torch_device, dtype=torch_dtype)
+
+
+def _looks_like_path(model: str) -> bool:
+    """A local folder: it exists, or it is written like a path (``./x``, ``/x``, ``~/x``, ``x/y/z``)."""
+    if Path(model).expanduser().exists():
+        return True
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def _load_folder(path: Path, torch_dtype: torch.dtype) -> Any:
+    """Check a diffusers folder file by file, then load it (safetensors only)."""
+    variant = _check_folder(path)
+    return _from_pretrained(str(path), torch_dtype, variant=variant, local_files_only=True, where=str(path))
+
+
+def _load_hub(repo_id: str, torch_dtype: torch.dtype) -> Any:
+    """Load from the local HF cache if it is there, else from the hub; fail at once when offline."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return _from_pretrained(
+            repo_id, torch_dtype, local_files_only=True, where=repo_id, passthrough=OSError
+        )
+    except (LocalEntryNotFoundError, OSError):
+        pass  # not in the cache
+    if _hub_offline():
+        raise SafegenError(
+            f"'{repo_id}' is not in the local Hugging Face cache and the hub is offline; download it on a "
+            "machine with network access, or pass a local model folder."
+        )
+    return _from_pretrained(repo_id, torch_dtype, where=repo_id)
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set, or huggingface.co cannot be reached within 3 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+def _from_pretrained(
+    source: str,
+    torch_dtype: torch.dtype,
+    *,
+    where: str,
+    variant: str | None = None,
+    local_files_only: bool = False,
+    passthrough: type[Exception] | None = None,
+) -> Any:
+    """``StableDiffusionPipeline.from_pretrained`` with safegen's fixed options; errors become one line."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        with _quiet_progress_bars():
+            return StableDiffusionPipeline.from_pretrained(
+                source,
+                dtype=torch_dtype,
+                variant=variant,
+                use_safetensors=True,
+                safety_checker=None,
+                requires_safety_checker=False,
+                local_files_only=local_files_only,
+            )
+    except Exception as e:
+        if passthrough is not None and isinstance(e, passthrough):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SafegenError(f"Could not load the model {where}: {first}") from e
+
+
+@contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Hide diffusers' and transformers' loading bars (the CLI draws its own), restoring them after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in states:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, enabled in states:
+            if enabled:
+                module.enable_progress_bar()
+
+
+def _check_folder(path: Path) -> str | None:
+    """Name the first thing wrong with a diffusers SD folder; return its variant (``fp16``) or None."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise SafegenError(f"{path} is not a diffusers model folder (no model_index.json).")
+    try:
+        json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SafegenError(f"{index} is not valid JSON: {e}") from e
+    for component in SD_COMPONENTS:
+        if not (path / component).is_dir():
+            raise SafegenError(f"Model folder {path} has no '{component}/' component.")
+    variants = set()
+    for component in WEIGHTED_COMPONENTS:
+        folder = path / component
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            pickles = [f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES]
+            if pickles:
+                raise SafegenError(
+                    f"{folder} has only pickle weights ({pickles[0]}); safegen loads safetensors only."
+                )
+            raise SafegenError(f"{folder} has no weights (*.safetensors).")
+        for file in weights:
+            check_safetensors(file)
+        plain = [f for f in weights if f.name.count(".") == 1]
+        variants.add(None if plain else weights[0].name.split(".")[-2])
+    if len(variants) > 1:
+        raise SafegenError(f"{path} mixes weight variants {sorted(map(str, variants))}; keep one.")
+    return variants.pop()
+
+
+def check_safetensors(file: Path) -> None:
+    """Check a safetensors file's header and that its size matches it (catches truncated downloads).
+
+    Raises:
+        SafegenError: naming the file and what is wrong with it.
+    """
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8 or n > 100_000_000:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise SafegenError(f"Corrupt weights file {file}: not a valid safetensors file ({e}).") from e
+    if 8 + n + max(ends, default=0) != size:
+        raise SafegenError(f"Corrupt weights file {file}: its size does not match its header (truncated?).")
+
+
+def _check_pipeline(pipe: Any, source: str) -> None:
+    """Catch components that loaded 'successfully' but cannot work (empty tokenizer, distilled UNet)."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    if tokenizer is None or len(tokenizer) <= 2:
+        raise SafegenError(
+            f"The tokenizer of {source} is empty (missing vocab.json/merges.txt or tokenizer.json)."
+        )
+    if len(tokenizer) > text_encoder.config.vocab_size:
+        raise SafegenError(
+            f"The tokenizer of {source} has {len(tokenizer)} tokens but its text encoder only "
+            f"{text_encoder.config.vocab_size}."
+        )
+    max_positions = text_encoder.config.max_position_embeddings
+    if not 0 < tokenizer.model_max_length <= max_positions:
+        raise SafegenError(
+            f"The tokenizer of {source} has model_max_length={tokenizer.model_max_length}; it must be at "
+            f"most the text encoder's {max_positions} positions (set it in tokenizer_config.json)."
+        )
+    if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
+        raise SafegenError(
+            f"{source} has a guidance-distilled UNet (time_cond_proj_dim), which is not supported."
+        )
+
+
+# --- Tiny random models, for tests and benchmarks ---------------------------------------------------------
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """A CLIP-style byte-level vocabulary without merges: every byte char, its ``</w>`` form, and BOS/EOS."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(c) for c in printable] + [chr(256 + i) for i in range(len(extra))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def save_tiny_sd(out_dir: str | Path, *, seed: int = 0, size: str = "test", max_length: int = 32) -> Path:
+    """Build a random Stable Diffusion pipeline from configs and save it as a diffusers folder.
+
+    No download: the tokenizer is a byte-level CLIP tokenizer written from :func:`byte_level_vocab`.
+
+    Args:
+        out_dir: folder to write (created).
+        seed: torch seed for the random weights.
+        size: ``test`` (8/16-channel UNet, 32 px images, milliseconds per step) or ``bench`` (32/64-channel
+            UNet with 2 layers per block, 64 px images, nearer the bundled mini model's cost).
+        max_length: the tokenizer's and text encoder's sequence length.
+
+    Returns:
+        The folder, loadable with :func:`load_model`.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if size not in ("test", "bench"):
+        raise unknown("tiny model size", size, ["test", "bench"])
+    out = Path(out_dir)
+    vocab = byte_level_vocab()
+    with tempfile.TemporaryDirectory() as tok_dir:
+        (Path(tok_dir) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tok_dir) / "merges.txt").write_text("#version: 0.2\n")
+        (Path(tok_dir) / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_length}))
+        # CLIPTokenizer(vocab_file=...) ignores the file in transformers 5: load the folder instead.
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    # (UNet channels, layers per block, VAE channels): the VAE downsamples 4x, so latents are 8 or 16 px.
+    channels, layers, vae_channels = (
+        ((8, 16), 1, (8, 8, 16)) if size == "test" else ((32, 64), 2, (16, 32, 32))
+    )
+    latent_size = 8 if size == "test" else 16
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_length,
+            projection_dim=32,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        layers_per_block=layers,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=4 * latent_size,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with _quiet_progress_bars():
+        pipe.save_pretrained(str(out), safe_serialization=True)
+    return out
