@@ -199,7 +199,7 @@ def load_rgb(image: ImageInput) -> np.ndarray:
         SafegenError: If the file is missing or unreadable, or the array has the wrong shape or type.
     """
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise SafegenError(f"Expected an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}.")
@@ -219,16 +219,14 @@ def _preprocess(rgb: np.ndarray) -> np.ndarray:
     """Pad to a square at the bottom/right with black, then resize to the model's side.
 
     Same steps as NudeNet's ``_read_image``: ``copyMakeBorder`` then ``blobFromImage``, whose bilinear
-    resize runs on uint8 (so it must be OpenCV's). NudeNet swaps channels twice (``RGBA2BGR`` on a BGR
-    image, then ``swapRB``), so the network sees BGR: we reverse our RGB channels.
+    resize runs on uint8 (so it must be OpenCV's).
 
     Returns:
-        The resized image ``(320, 320, 3)`` uint8, BGR.
+        The resized image ``(320, 320, 3)`` uint8, RGB.
     """
     h, w = rgb.shape[:2]
     side = max(h, w)
-    square = np.zeros((side, side, 3), dtype=np.uint8)  # (S, S, 3)
-    square[:h, :w] = rgb[..., ::-1]
+    square = cv2.copyMakeBorder(rgb, 0, side - h, 0, side - w, cv2.BORDER_CONSTANT, value=0)  # (S, S, 3)
     return cv2.resize(square, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
 
 
@@ -300,8 +298,11 @@ def _decode(output: np.ndarray, width: int, height: int) -> list[Detection]:
 def _run(session: ort.InferenceSession, items: Sequence[ImageInput]) -> list[list[Detection]]:
     """Read, preprocess, run and decode one batch."""
     rgbs = [load_rgb(item) for item in items]
-    batch = np.stack([_preprocess(rgb) for rgb in rgbs])  # (B, 320, 320, 3) uint8 BGR
-    blob = batch.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255.0)  # (B, 3, 320, 320)
+    batch = np.stack([_preprocess(rgb) for rgb in rgbs])  # (B, 320, 320, 3) uint8 RGB
+    # NudeNet swaps channels twice (RGBA2BGR on its BGR image, then swapRB), so the network sees BGR.
+    # The resize treats channels alike, so reversing them after it gives the same numbers.
+    bgr = batch[..., ::-1].transpose(0, 3, 1, 2)  # (B, 3, 320, 320) uint8 BGR
+    blob = bgr.astype(np.float32) * np.float32(1 / 255.0)  # (B, 3, 320, 320), as blobFromImage scales
     (output,) = session.run(None, {session.get_inputs()[0].name: blob})  # (B, 22, 2100)
     return [_decode(out, rgb.shape[1], rgb.shape[0]) for out, rgb in zip(output, rgbs, strict=True)]
 
