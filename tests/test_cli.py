@@ -285,7 +285,7 @@ def test_generate_backend_errors_write_nothing(tmp_path, tiny_model, capsys, bad
 
 
 # --------------------------------------------------------------------------- bench
-def test_bench_mini_forwards_options(monkeypatch, tmp_path):
+def test_bench_mini_forwards_options(monkeypatch):
     seen = {}
 
     def fake(**kw):
@@ -298,9 +298,13 @@ def test_bench_mini_forwards_options(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "safegen.bench.mini", types.SimpleNamespace(run_bench_mini=fake))
     args = ["bench", "mini", "--concept", "red", "--images-per-prompt", "3", "--steps", "4", "--seed", "1"]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert seen["concept"] == "red" and seen["images_per_prompt"] == 3 and seen["out"] == str(tmp_path)
+    assert (
+        seen["concept"] == "red"
+        and seen["images_per_prompt"] == 3
+        and (seen["steps"], seen["seed"]) == (4, 1)
+    )
     assert "metrics.erasure" in result.stdout and "[20 items]" in result.stdout
     as_json = runner.invoke(app, [*args, "--json"])
     assert json.loads(as_json.stdout)["metrics"]["kept"] == 0.8
