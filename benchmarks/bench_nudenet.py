@@ -101,10 +101,11 @@ def parity(reference: list[list[dict]], ours: list[list]) -> dict[str, float]:
     return {"boxes": n_boxes, "score": score_diff, "box": box_diff, "mismatch": mismatches}
 
 
-def images_per_second(fn, n: int) -> float:
-    start = time.perf_counter()
+def timed(fn, n: int) -> tuple[float, float]:
+    """Images per second (wall clock) and CPU milliseconds per image (all threads of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - wall), (time.process_time() - cpu) / n * 1e3
 
 
 def main() -> None:
@@ -120,49 +121,45 @@ def main() -> None:
     bgr = [np.ascontiguousarray(np.asarray(im)[..., ::-1]) for im in images]  # (H, W, 3) BGR
     detector = NudeDetector()
     ours = NudeNetClassifier("i2p", batch_size=args.batch_size, workers=args.workers)
-    # Attribution: the same decoding, but one batch at a time on one multi-threaded session.
-    serial = NudeNetClassifier("i2p", batch_size=args.batch_size, workers=1)
-
     reference = [detector.detect(x) for x in bgr]  # also warms both sessions up
     check = parity(reference, ours.detect(images))
 
-    serial.detect(images[:1])  # warm the multi-threaded session up
-    # Attribution: NudeDetector as is, but its idle onnxruntime threads sleep instead of spinning, as ours do.
+    # Attribution: ours one batch at a time on a multi-threaded session, and NudeDetector as is but with
+    # its idle onnxruntime threads sleeping instead of spinning, as ours do.
+    serial = NudeNetClassifier("i2p", batch_size=args.batch_size, workers=1)
+    serial.detect(images[:1])
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     nospin = NudeDetector()
     nospin.onnx_session = ort.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"])
     nospin.detect(bgr[0])
-    theirs_ips, ours_ips, serial_ips, nospin_ips = [], [], [], []
+
+    runs = {
+        "NudeDetector.detect (BGR arrays)": lambda: [detector.detect(x) for x in bgr],
+        f"ours: NudeNetClassifier.detect (PIL, batch <= {args.batch_size}, {ours.workers} workers)": (
+            lambda: ours.detect(images)
+        ),
+        "  attribution: NudeDetector.detect, threads not spinning": lambda: [nospin.detect(x) for x in bgr],
+        "  attribution: ours, 1 worker (one multi-threaded call at a time)": lambda: serial.detect(images),
+    }
+    names = list(runs)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for r in range(args.rounds):
-        runs = [
-            (theirs_ips, lambda: [detector.detect(x) for x in bgr]),
-            (ours_ips, lambda: ours.detect(images)),
-            (serial_ips, lambda: serial.detect(images)),
-            (nospin_ips, lambda: [nospin.detect(x) for x in bgr]),
-        ]
         # Rotate the order, so that each run follows each other run equally often.
-        for store, fn in runs[r % len(runs) :] + runs[: r % len(runs)]:
-            store.append(images_per_second(fn, len(images)))
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(timed(runs[name], len(images)))
 
     sizes = sorted(max(im.size) for im in images)
-    theirs, mine = statistics.median(theirs_ips), statistics.median(ours_ips)
+    theirs, mine, nospin_name = names[0], names[1], names[2]
     rows = [
         ("images", f"{len(images)} ({len(PHOTOS)} photos x 5 variants, long side {sizes[0]}-{sizes[-1]} px)"),
         ("detections compared", f"{check['boxes']}"),
         ("max |score diff|", f"{check['score']:.2e}"),
         ("max |box diff| (px)", f"{check['box']:.0f}"),
         ("images with class mismatch", f"{check['mismatch']}"),
-        ("NudeDetector.detect (BGR arrays)", f"{theirs:.1f} img/s  (rounds: {_fmt(theirs_ips)})"),
-        (
-            f"NudeNetClassifier.detect (PIL, batch <= {args.batch_size}, {ours.workers} workers)",
-            f"{mine:.1f} img/s  (rounds: {_fmt(ours_ips)})",
-        ),
-        ("speed-up (median of per-round ratios)", f"{_ratio(ours_ips, theirs_ips)}"),
-        ("attribution (speed-up vs NudeDetector.detect):", ""),
-        ("  NudeDetector.detect, threads not spinning", _vs(nospin_ips, theirs_ips)),
-        ("  ours, 1 worker (one multi-threaded call at a time)", _vs(serial_ips, theirs_ips)),
-        ("  ours vs NudeDetector.detect with threads not spinning", _ratio(ours_ips, nospin_ips)),
+        *[(name, _throughput(times[name])) for name in names],
+        ("speed-up: ours vs NudeDetector.detect", _ratio(times[mine], times[theirs])),
+        ("speed-up: ours vs NudeDetector.detect, not spinning", _ratio(times[mine], times[nospin_name])),
         ("rounds", f"{args.rounds}, order rotated each round"),
         (
             "onnxruntime / cores / load avg",
@@ -174,20 +171,20 @@ def main() -> None:
     print("|-" + "-" * width + "-|------")
     for key, value in rows:
         print("| " + key.ljust(width) + " | " + value)
+    print("img/s: median over rounds (all rounds listed); cpu: median CPU ms per image, all threads.")
 
 
-def _ratio(values: list[float], reference: list[float]) -> str:
-    """Median and range of the per-round ratios: rounds are minutes apart and the load changes."""
-    ratios = [v / r for v, r in zip(values, reference, strict=True)]
-    return f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})"
+def _ratio(values: list[tuple[float, float]], reference: list[tuple[float, float]]) -> str:
+    """Median and range of the per-round throughput ratios: a shared machine's load changes over minutes."""
+    ratios = [v[0] / r[0] for v, r in zip(values, reference, strict=True)]
+    return f"{statistics.median(ratios):.2f}x median of rounds (range {min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def _vs(values: list[float], reference: list[float]) -> str:
-    return f"{statistics.median(values):.1f} img/s, {_ratio(values, reference)}"
-
-
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in values)
+def _throughput(values: list[tuple[float, float]]) -> str:
+    ips = statistics.median(v[0] for v in values)
+    cpu = statistics.median(v[1] for v in values)
+    rounds = ", ".join(f"{v[0]:.1f}" for v in values)
+    return f"{ips:5.1f} img/s, cpu {cpu:5.1f} ms/img  (rounds: {rounds})"
 
 
 if __name__ == "__main__":
