@@ -4,6 +4,7 @@ safegen`` and the CLI light."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_public_api_is_lazy():
 
 
 def test_public_names():
-    assert safegen.__version__ == "0.1.0"
+    assert safegen.__version__ == importlib.metadata.version("safegen")
     assert safegen.get_concept("nudity").name == "nudity"
     assert "red" in safegen.load_concepts()
     assert callable(safegen.classify)
