@@ -4,7 +4,7 @@ Heavy modules (torch, diffusers, nudenet) are imported inside the functions, so 
 is cheap. The CLI (``safegen/cli.py``) only declares options, calls these and prints what they return.
 
     >>> from safegen.api import classify
-    >>> classify(["outputs/demo/0000.png"], classifier="mini")
+    >>> classify(["outputs/demo"], classifier="mini")  # a folder: every image in it
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from safegen.errors import SafegenError
+from safegen.errors import SafegenError, unknown
 
 Progress = Callable[..., None]  # progress(done, total) -- extra arguments are allowed and ignored
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -222,6 +222,4 @@ def _choice(enum: type[Enum], value: Any, what: str) -> Any:
     try:
         return enum(value)
     except ValueError:
-        from safegen.errors import unknown
-
         raise unknown(what, str(value), [e.value for e in enum]) from None
