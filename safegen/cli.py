@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from safegen import api
+from safegen import api, cli_bench
 from safegen.api import ClassifierName, Device, DType, NudeNetPreset
 from safegen.cli_ui import print_error, print_json, print_mapping, print_table, progress_bar
 from safegen.errors import SafegenError
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Reproducible benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+cli_bench.register(app, bench_app)  # bench i2p, bench attack, report
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
@@ -191,19 +192,15 @@ def bench_mini(
 ) -> None:
     """Benchmark on the mini world: concept erasure, leakage through synonyms and what is kept."""
     from safegen.bench.mini import run_bench_mini
+    from safegen.bench.runs import MiniRunWriter
 
+    settings = dict(model=model, concept=concept, guard=guard, adapter=str(adapter) if adapter else None)
+    settings.update(images_per_prompt=images_per_prompt, steps=steps, seed=seed)
+    writer = MiniRunWriter.create(out, settings) if out else None  # the run folder, as bench i2p writes it
     with progress_bar("Benchmarking") as progress:
-        result = run_bench_mini(
-            model=model,
-            concept=concept,
-            guard=guard,
-            adapter=str(adapter) if adapter else None,
-            images_per_prompt=images_per_prompt,
-            steps=steps,
-            seed=seed,
-            out=str(out) if out else None,
-            progress=progress,
-        )
+        result = run_bench_mini(**settings, progress=progress, on_images=writer)
+    if writer:
+        writer.finish(result)
     if json:
         print_json(result)
         return

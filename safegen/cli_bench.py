@@ -1,0 +1,255 @@
+"""CLI verbs of the reproducible benchmarks: ``bench i2p``, ``bench attack`` and ``report``.
+
+Registered on the main app by :func:`register` (``safegen/cli.py`` calls it). As elsewhere, each verb only
+declares options, forwards to a library function (:mod:`safegen.bench.i2p`, :mod:`safegen.bench.attack`,
+:mod:`safegen.report`) and prints; errors are :class:`~safegen.errors.SafegenError` (one line, exit 2).
+
+    safegen bench i2p --prompts ../shared/data/i2p_4703.csv --category sexual --limit 50 --out runs/base
+    safegen bench i2p ... --out runs/base --resume          # finish an interrupted run
+    accelerate launch --multi_gpu --num_processes 2 -m safegen bench i2p ...   # two processes, one folder
+    safegen bench attack --set unlearndiff --prompts ../shared/data/unlearndiffatk_nudity_142.csv
+    safegen report runs/base runs/guarded --out report.html
+
+With several GPUs, ``accelerate launch --num_processes N`` starts N processes. On CPU-only machines
+accelerate starts one process unless ``--multi_gpu`` is also passed (the flag only picks accelerate's
+multi-process launcher; the processes then join over gloo).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from safegen.api import Device, DType, NudeNetPreset
+from safegen.cli_ui import print_json, print_table, progress_bar
+from safegen.errors import SafegenError
+
+
+class AttackSetName(str, Enum):
+    UNLEARNDIFF = "unlearndiff"
+    RINGABELL = "ringabell"
+    MMA = "mma"
+    P4D = "p4d"
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
+GuardOpt = Annotated[str, typer.Option("--guard", "-g", help="Inference guard: none, or a registered guard.")]
+ConceptOpt = Annotated[str, typer.Option("--concept", help="Concept the guard acts against.")]
+AdapterOpt = Annotated[
+    Path | None,
+    typer.Option("--adapter", exists=True, help="Fine-tuned LoRA adapter to load into the model."),
+]
+PresetOpt = Annotated[
+    NudeNetPreset,
+    typer.Option("--preset", help="NudeNet protocol: i2p (5 classes, 0.6), six (0.5), mace (9, boxes)."),
+]
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option("--size", help="Image size N or WIDTHxHEIGHT [default: the model's native size]."),
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, help="Seed for every row (image k: seed + k) [default: each row's]."),
+]
+CfgOpt = Annotated[
+    float | None, typer.Option("--cfg", min=0.0, help="Guidance scale for every row [default: each row's].")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Only the first N prompts (after filters).")
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Images per UNet batch (results unchanged).")
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", file_okay=False, help="Run folder [default: outputs/<bench>-<time>]."),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Finish the run in --out (refused if its configuration differs).")
+]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Weights dtype.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as JSON.")]
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``64`` -> (64, 64); ``512x768`` (width x height) -> (768, 512) as (height, width)."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise SafegenError(f"--size must be N or WIDTHxHEIGHT (e.g. 64 or 512x512), got {text!r}.")
+    width, height = int(parts[0]), int(parts[-1])
+    return height, width
+
+
+def _out(out: Path | None, resume: bool, benchmark: str) -> Path:
+    """The run folder: ``--out``, or a new ``outputs/<benchmark>-<time>`` (``--resume`` needs ``--out``)."""
+    from safegen.bench.runs import default_run_dir
+
+    if out is not None:
+        return out
+    if resume:
+        raise SafegenError("--resume needs --out: the run folder to finish.")
+    return default_run_dir(benchmark)
+
+
+def _settings(**kw: Any):
+    from safegen.bench.evaluate import Settings
+
+    kw["size"] = parse_size(kw["size"])
+    kw["adapter"] = str(kw["adapter"]) if kw["adapter"] else None
+    kw["device"], kw["dtype"] = kw["device"].value, kw["dtype"].value
+    return Settings(**kw)
+
+
+def bench_i2p(
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="I2P CSV (either layout) [default: cached copy or the hub]."),
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Only these I2P categories (repeatable).")
+    ] = None,
+    hard: Annotated[bool, typer.Option("--hard", help="Only the prompts marked hard.")] = False,
+    limit: LimitOpt = None,
+    images_per_prompt: Annotated[
+        int, typer.Option("--images-per-prompt", min=1, help="Images per prompt (official: 10).")
+    ] = 10,
+    preset: PresetOpt = NudeNetPreset.I2P,
+    q16_clip: Annotated[
+        str | None, typer.Option("--q16-clip", help="Local CLIP ViT-L/14 folder (or cached id) for Q16.")
+    ] = None,
+    q16_prompts: Annotated[
+        Path | None,
+        typer.Option("--q16-prompts", help="Q16 prompt embeddings, safetensors (see bench/q16.py)."),
+    ] = None,
+    model: ModelOpt = "mini",
+    guard: GuardOpt = "none",
+    concept: ConceptOpt = "nudity",
+    adapter: AdapterOpt = None,
+    steps: StepsOpt = 50,
+    size: SizeOpt = None,
+    seed: SeedOpt = None,
+    cfg: CfgOpt = None,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = Device.AUTO,
+    dtype: DTypeOpt = DType.AUTO,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """I2P: nudity rate, per-class boxes, inappropriate probability and EMI, overall and per category."""
+    from safegen.bench.i2p import resolve_prompts, run_i2p
+
+    out = _out(out, resume, "i2p")
+    path, source = resolve_prompts(prompts)
+    if source != "file":
+        where = "a cached copy" if source == "cache" else "the Hugging Face dataset (now cached)"
+        typer.echo(f"I2P prompts: {where} at {path}", err=True)
+    settings = _settings(
+        model=model, guard=guard, concept=concept, adapter=adapter, steps=steps, size=size, seed=seed,
+        cfg=cfg, batch_size=batch_size, device=device, dtype=dtype,
+    )  # fmt: skip
+    with progress_bar("I2P") as progress:
+        results = run_i2p(
+            prompts=path, categories=category or [], hard=hard, limit=limit,
+            images_per_prompt=images_per_prompt, preset=preset.value, q16_clip=q16_clip,
+            q16_prompts=q16_prompts, settings=settings, out=out, resume=resume, progress=progress,
+        )  # fmt: skip
+    _show(results, json, out)
+
+
+def bench_attack(
+    attack_set: Annotated[AttackSetName, typer.Option("--set", help="Attack set (its file format).")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="The set's prompts file (CSV).")],
+    prompt_column: Annotated[
+        str | None, typer.Option("--prompt-column", help="Column holding the prompts [default: the set's].")
+    ] = None,
+    limit: LimitOpt = None,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1)] = 1,
+    preset: PresetOpt = NudeNetPreset.I2P,
+    model: ModelOpt = "mini",
+    guard: GuardOpt = "none",
+    concept: ConceptOpt = "nudity",
+    adapter: AdapterOpt = None,
+    steps: StepsOpt = 50,
+    size: SizeOpt = None,
+    seed: SeedOpt = None,
+    cfg: CfgOpt = None,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = Device.AUTO,
+    dtype: DTypeOpt = DType.AUTO,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Adversarial prompt sets: attack success rate under the chosen NudeNet preset."""
+    from safegen.bench.attack import run_attack
+
+    out = _out(out, resume, f"attack-{attack_set.value}")
+    settings = _settings(
+        model=model, guard=guard, concept=concept, adapter=adapter, steps=steps, size=size, seed=seed,
+        cfg=cfg, batch_size=batch_size, device=device, dtype=dtype,
+    )  # fmt: skip
+    with progress_bar(f"Attack {attack_set.value}") as progress:
+        results = run_attack(
+            attack_set=attack_set.value, prompts=prompts, prompt_column=prompt_column, limit=limit,
+            images_per_prompt=images_per_prompt, preset=preset.value, settings=settings, out=out,
+            resume=resume, progress=progress,
+        )  # fmt: skip
+    _show(results, json, out)
+
+
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+    grid: Annotated[int, typer.Option("--grid", min=0, help="Seeds shown in the image grid.")] = 8,
+) -> None:
+    """One self-contained HTML page comparing run folders: settings, metrics, image grids, plots."""
+    from safegen.report import write_report
+
+    path = write_report(runs, out, grid=grid)
+    typer.echo(f"Wrote {path}")
+
+
+def _show(results: dict[str, Any] | None, as_json: bool, out: Path) -> None:
+    if results is None:  # a non-main process of a multi-process run: the main one reports
+        return
+    if as_json:
+        print_json(results)
+        return
+    groups = {"overall": results["overall"], **results.get("categories", {})}
+    rows = []
+    for name, m in groups.items():
+        row = {"group": name, "prompts": m["n_prompts"], "images": m["n_images"], "boxes": m["n_boxes"]}
+        for key in ("asr", "image_rate", "nudity_rate", "inappropriate_probability"):
+            if key in m:
+                row[key] = f"{100 * m[key]:.2f} %"
+        if "expected_max_inappropriateness" in m:
+            emi = m["expected_max_inappropriateness"]
+            row["EMI"] = f"{emi['mean']:.3f} ± {emi['std']:.3f}"
+        rows.append(row)
+    preset = results["preset"]
+    print_table(
+        rows,
+        list(rows[0]),
+        title=f"{results['benchmark']} (preset {preset['name']}, >= {preset['threshold']})",
+    )
+    counts = [{"class": c, "boxes": n} for c, n in results["overall"]["counts"].items()]
+    print_table(counts, ["class", "boxes"], title="Boxes per class")
+    sys.stdout.write(f"Run folder: {out}\n")
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add ``bench i2p``, ``bench attack`` and ``report`` to the CLI."""
+    bench_app.command("i2p")(bench_i2p)
+    bench_app.command("attack")(bench_attack)
+    app.command("report")(report)
