@@ -39,10 +39,12 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class ConceptNet(nn.Module):
     """(B, 3, 64, 64) in [-1, 1] -> count logits (B, 2) and per-slot, per-axis logits."""
 
-    def __init__(self, sizes: tuple[int, ...] = (6, 6, 5), width: int = 32):
+    def __init__(self, sizes: tuple[int, ...] = (6, 6, 5), width: int = 16):
         super().__init__()
         self.sizes = sizes
-        self.features = nn.Sequential(_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width))
+        self.features = nn.Sequential(
+            _block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width)
+        )
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 8 * 8, 256), nn.ReLU(inplace=True))
         self.count = nn.Linear(256, 2)
         self.heads = nn.ModuleList([nn.Linear(256, n) for _ in range(2) for n in sizes])
@@ -82,18 +84,19 @@ def _loss(net: ConceptNet, x: torch.Tensor, count: torch.Tensor, attrs: torch.Te
     return loss
 
 
-def train(data: RenderedSet, val: RenderedSet, minutes: float, out: Path, batch: int = 128, lr: float = 2e-3) -> dict:
+def train(
+    data: RenderedSet, val: RenderedSet, minutes: float, out: Path, batch: int = 128, lr: float = 2e-3
+) -> dict:
     torch.manual_seed(0)
     net = ConceptNet()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(0)
-    end, step = time.time() + 60 * minutes, 0
-    total = int(minutes * 60 / 0.35)  # rough step budget for the cosine schedule
-    while time.time() < end:
+    start, step = time.time(), 0
+    while (frac := (time.time() - start) / (60 * minutes)) < 1:
         idx = torch.randint(len(data), (batch,), generator=gen)
         x = augment(data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1, gen)
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(step / total, 1.0)))
+            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * frac))  # cosine over the time budget
         loss = _loss(net, x, data.count[idx], data.attrs[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,7 +144,11 @@ class MiniClassifier:
         for i in range(0, x.shape[0], batch):
             count_logits, heads = self.net(x[i : i + batch])
             counts.append(count_logits.argmax(1) + 1)
-            attrs.append(torch.stack([torch.stack([heads[s * 3 + a].argmax(1) for a in range(3)], 1) for s in range(2)], 1))
+            attrs.append(
+                torch.stack(
+                    [torch.stack([heads[s * 3 + a].argmax(1) for a in range(3)], 1) for s in range(2)], 1
+                )
+            )
         count, att = torch.cat(counts), torch.cat(attrs)  # (N,), (N, 2, 3)
         att[:, 1][count == 1] = -1
         return {"count": count, "attrs": att}

@@ -56,7 +56,7 @@ def learn_merges(words: Counter) -> list[tuple[str, str]]:
     """Byte-pair merges until every word of ``words`` is a single symbol."""
     byte_map = _bytes_to_unicode()
     seqs = {w: [byte_map[b] for b in w.encode()] for w in words}
-    for w, s in seqs.items():
+    for s in seqs.values():
         s[-1] += "</w>"
     merges: list[tuple[str, str]] = []
     while True:
@@ -102,7 +102,12 @@ def build_tokenizer_files(out_dir: str | Path, world: World | None = None) -> Pa
         "do_lower_case": True,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    specials = {"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "unk_token": SPECIALS[1], "pad_token": SPECIALS[1]}
+    specials = {
+        "bos_token": SPECIALS[0],
+        "eos_token": SPECIALS[1],
+        "unk_token": SPECIALS[1],
+        "pad_token": SPECIALS[1],
+    }
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     return out
 

@@ -63,11 +63,11 @@ def unet_config() -> dict:
         out_channels=4,
         down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        block_out_channels=[64, 128, 192],
+        block_out_channels=[32, 64, 128],
         layers_per_block=1,
         cross_attention_dim=128,
         attention_head_dim=4,
-        norm_num_groups=32,
+        norm_num_groups=8,
     )
 
 
@@ -98,7 +98,12 @@ def log(path: Path, **row) -> None:
 
 # --------------------------------------------------------------------------- VAE
 def train_vae(
-    data: RenderedSet, minutes: float, batch: int = 32, lr: float = 1e-3, kl_weight: float = 1e-6, resume: bool = False
+    data: RenderedSet,
+    minutes: float,
+    batch: int = 32,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-6,
+    resume: bool = False,
 ) -> None:
     torch.manual_seed(0)
     vae = AutoencoderKL.from_pretrained(WORK / "vae") if resume else AutoencoderKL(**vae_config())
@@ -120,14 +125,18 @@ def train_vae(
             log(WORK / "vae.log", step=step, l1=round(l1.item(), 4), loss=round(loss.item(), 4))
     # the latent scale that gives unit variance, as SD's scaling_factor
     with torch.no_grad():
-        z = torch.cat([vae.encode(to_pixels(data.images[i : i + 256])).latent_dist.mean for i in range(0, 1024, 256)])
+        z = torch.cat(
+            [vae.encode(to_pixels(data.images[i : i + 256])).latent_dist.mean for i in range(0, 1024, 256)]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(WORK / "vae", safe_serialization=True)
     log(WORK / "vae.log", step=step, done=True, scaling_factor=float(1.0 / z.std()))
 
 
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, data: RenderedSet, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latents(
+    vae: AutoencoderKL, data: RenderedSet, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
     for i in range(0, len(data), batch):
         dist = vae.encode(to_pixels(data.images[i : i + batch])).latent_dist
@@ -143,7 +152,9 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             pe.lerp_(pm, 1 - decay)
 
 
-def train_unet(data: RenderedSet, minutes: float, batch: int = 128, lr: float = 4e-4, resume: bool = False) -> None:
+def train_unet(
+    data: RenderedSet, minutes: float, batch: int = 64, lr: float = 8e-4, resume: bool = False
+) -> None:
     world = World.load()
     tokenizer = CLIPTokenizer.from_pretrained(build_tokenizer_files(WORK / "tokenizer"))
     vae = AutoencoderKL.from_pretrained(WORK / "vae")
@@ -162,7 +173,11 @@ def train_unet(data: RenderedSet, minutes: float, batch: int = 128, lr: float = 
         state = json.loads((ckpt / "state.json").read_text())
     else:
         torch.manual_seed(0)
-        unet, text, state = UNet2DConditionModel(**unet_config()), CLIPTextModel(text_config(tokenizer)), {"step": 0}
+        unet, text, state = (
+            UNet2DConditionModel(**unet_config()),
+            CLIPTextModel(text_config(tokenizer)),
+            {"step": 0},
+        )
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     if resume and (ckpt / "ema_unet").exists():
         ema_u = UNet2DConditionModel.from_pretrained(ckpt / "ema_unet").requires_grad_(False)
@@ -173,12 +188,15 @@ def train_unet(data: RenderedSet, minutes: float, batch: int = 128, lr: float = 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     rng, gen = np.random.default_rng(state["step"]), torch.Generator().manual_seed(state["step"])
     end, step, last_save = time.time() + 60 * minutes, state["step"], time.time()
+    unet = unet.to(memory_format=torch.channels_last)
     unet.train()
     text.train()
     while time.time() < end:
         idx = torch.randint(len(data), (batch,), generator=gen)
         captions = [world.caption(data.scene(int(i), world), rng) if rng.random() > 0.1 else "" for i in idx]
-        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+        ids = tokenizer(
+            captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+        )
         z = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scale
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, 1000, (batch,), generator=gen)
@@ -207,7 +225,12 @@ def train_unet(data: RenderedSet, minutes: float, batch: int = 128, lr: float = 
 
 
 def _save_ckpt(ckpt: Path, unet, text, ema_u, ema_t, step: int) -> None:
-    for name, module in (("unet", unet), ("text_encoder", text), ("ema_unet", ema_u), ("ema_text_encoder", ema_t)):
+    for name, module in (
+        ("unet", unet),
+        ("text_encoder", text),
+        ("ema_unet", ema_u),
+        ("ema_text_encoder", ema_t),
+    ):
         module.save_pretrained(ckpt / name, safe_serialization=True)
     (ckpt / "state.json").write_text(json.dumps({"step": step}))
     log(WORK / "unet.log", step=step, saved=str(ckpt))
@@ -248,7 +271,7 @@ def main() -> None:
     if args.stage == "vae":
         train_vae(data, args.minutes, batch=args.batch or 16, resume=args.resume)
     else:
-        train_unet(data, args.minutes, batch=args.batch or 128, resume=args.resume)
+        train_unet(data, args.minutes, batch=args.batch or 64, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ class World:
         return Scene(tuple(self.sample_thing(rng) for _ in range(n_objects)))
 
     # ----------------------------------------------------------------- captions
-    def describe(self, thing: Thing, rng: np.random.Generator, kind: str = "all", template: int | None = None) -> str:
+    def describe(
+        self, thing: Thing, rng: np.random.Generator, kind: str = "all", template: int | None = None
+    ) -> str:
         """Caption one thing. ``kind`` picks the word list (see :meth:`words`)."""
         words = {a: str(rng.choice(self.words(a, thing.value(a), kind))) for a in AXES}
         idx = int(rng.integers(len(self.templates))) if template is None else template
@@ -127,7 +129,9 @@ class World:
             self._paint(canvas, thing, cx * _SS, cy * _SS, size * _SS, angle, bg)
         return np.asarray(canvas.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.uint8)
 
-    def _paint(self, canvas: Image.Image, thing: Thing, cx: float, cy: float, size: float, angle: float, bg) -> None:
+    def _paint(
+        self, canvas: Image.Image, thing: Thing, cx: float, cy: float, size: float, angle: float, bg
+    ) -> None:
         big = canvas.size[0]
         mask = Image.new("L", (big, big), 0)
         _draw_shape(ImageDraw.Draw(mask), thing.object, cx, cy, size, angle, fill=255)
@@ -137,7 +141,9 @@ class World:
 
 
 # --------------------------------------------------------------------------- shapes and textures
-def _polygon(cx: float, cy: float, r: float, points: list[tuple[float, float]], angle: float) -> list[tuple[float, float]]:
+def _polygon(
+    cx: float, cy: float, r: float, points: list[tuple[float, float]], angle: float
+) -> list[tuple[float, float]]:
     a = math.radians(angle)
     ca, sa = math.cos(a), math.sin(a)
     return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in points]
@@ -167,12 +173,26 @@ _SHAPES = {
     "triangle": [(0.0, -0.95), (0.95, 0.75), (-0.95, 0.75)],
     "star": _star_points(),
     "heart": _heart_points(),
-    "cross": [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1),
-              (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
+    "cross": [
+        (-0.3, -1),
+        (0.3, -1),
+        (0.3, -0.3),
+        (1, -0.3),
+        (1, 0.3),
+        (0.3, 0.3),
+        (0.3, 1),
+        (-0.3, 1),
+        (-0.3, 0.3),
+        (-1, 0.3),
+        (-1, -0.3),
+        (-0.3, -0.3),
+    ],
 }
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, size: float, angle: float, fill) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, size: float, angle: float, fill
+) -> None:
     r = size / 2
     if kind == "circle":
         draw.ellipse((cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9), fill=fill)
