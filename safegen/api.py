@@ -168,10 +168,13 @@ def generate_to_dir(
     device: str | Device = "auto",
     dtype: str | DType = "auto",
     batch_size: int = 8,
-    guard: str = "none",
+    guard: Any = "none",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` images per prompt and save them (PNGs + ``generation.jsonl``) under ``out``.
+
+    ``guard`` is a registered name or a guard object (``safegen.guards.build_guard``, for guards that take
+    a concept and options).
 
     Image ``k`` (prompt-major: prompt 0's ``n`` images first) gets seed ``seed + k``. Every setting is
     checked, and the guard and model are loaded, before anything is written.
@@ -196,7 +199,7 @@ def generate_to_dir(
     config = GenerationConfig(steps=steps, cfg=cfg, batch_size=batch_size)
     seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
     plan_jobs(prompts, seeds, n)  # checks prompts, n and seeds before the model is loaded
-    guard_obj = get_guard(guard)
+    guard_obj = get_guard(guard) if isinstance(guard, str) else guard
     loaded = load_model(model, device=device.value, dtype=dtype.value)
     out_dir = check_out_dir(out_dir)  # created only once every input has passed, before the long part
     images = generate(loaded, prompts, seeds=seeds, n=n, config=config, guard=guard_obj, progress=progress)

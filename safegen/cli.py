@@ -42,6 +42,24 @@ StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps."
 SeedOpt = Annotated[
     int, typer.Option("--seed", min=0, help="Seed of the first image; image k gets seed + k.")
 ]
+ConceptOpt = Annotated[
+    str | None,
+    typer.Option("--concept", help="Concept the guard acts against (`safegen concepts`; mini: red, ...)."),
+]
+StrengthOpt = Annotated[
+    str | None,
+    typer.Option("--strength", help="Guard preset: weak, medium or strong (sld also max) [default: medium]."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Guard option KEY=VALUE (repeatable; `safegen guards` lists them)."),
+]
+GuardConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--guard-config", exists=True, dir_okay=False, readable=True, help="YAML file of guard options."
+    ),
+]
 ConceptsFileOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -71,9 +89,26 @@ def generate(
     dtype: Annotated[DType, typer.Option("--dtype", help="Weights dtype.")] = DType.AUTO,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per UNet batch.")] = 8,
     guard: GuardOpt = "none",
+    concept: ConceptOpt = None,
+    strength: StrengthOpt = None,
+    set_: SetOpt = None,
+    guard_config: GuardConfigOpt = None,
+    save_masks: Annotated[
+        bool, typer.Option("--save-masks", help="SP-Guard: write each step's mask as PNGs in OUT/masks/.")
+    ] = False,
     json: JsonOpt = False,
 ) -> None:
     """Generate images and save them as PNGs with a generation.jsonl record."""
+    guard_obj: Any = guard
+    if guard != "none" or concept or strength or set_ or guard_config or save_masks:
+        from safegen.guards import build_guard
+
+        if save_masks and guard != "sp":
+            raise SafegenError("--save-masks needs --guard sp (the only guard with masks).")
+        extra = {"keep_masks": True} if save_masks else {}
+        guard_obj = build_guard(
+            guard, concept, strength, guard_config, set_ or [], model=model, **extra
+        )  # every guard input is checked here, before the model is loaded or anything is written
     with progress_bar("Generating") as progress:
         result = api.generate_to_dir(
             prompts,
@@ -86,15 +121,21 @@ def generate(
             device=device,
             dtype=dtype,
             batch_size=batch_size,
-            guard=guard,
+            guard=guard_obj,
             progress=progress,
         )
+    if save_masks:
+        from safegen.methods.sp_guard import save_masks as write_masks
+
+        result["masks"] = [str(p) for p in write_masks(guard_obj, result["files"])]
     if json:
         print_json(result)
         return
     rows = [{"file": r["path"], "seed": r["seed"], "prompt": r["prompt"]} for r in result["records"]]
     print_table(rows, ["file", "seed", "prompt"])
     typer.echo(f"Wrote {len(result['files'])} images to {result['out']}")
+    if save_masks:
+        typer.echo(f"Wrote {len(result['masks'])} masks to {Path(result['out']) / 'masks'}")
 
 
 # --------------------------------------------------------------------------- classify
@@ -172,6 +213,27 @@ def concepts(concepts_file: ConceptsFileOpt = None, json: JsonOpt = False) -> No
     print_table(rows, ["name", "kind", "axis", "keywords", "safe_text"], title="Concepts")
 
 
+@app.command()
+def guards(
+    name: Annotated[str | None, typer.Argument(help="Only this guard.", show_default=False)] = None,
+    json: JsonOpt = False,
+) -> None:
+    """List the inference guards with their presets and options (for --strength and --set)."""
+    from safegen.guards import list_guards
+
+    rows = list_guards([name] if name else None)
+    if json:
+        print_json(rows)
+        return
+    for row in rows:
+        presets = ", ".join(row["presets"]) or "-"
+        print_table(
+            row["options"],
+            ["name", "type", "default", "allowed", "help"],
+            title=f"{row['name']}: {row['summary']} (presets: {presets})",
+        )
+
+
 # --------------------------------------------------------------------------- bench
 @bench_app.command("mini")
 def bench_mini(
@@ -180,6 +242,9 @@ def bench_mini(
         str | None, typer.Option("--concept", help="Mini concept to erase (e.g. red).")
     ] = None,
     guard: GuardOpt = "none",
+    strength: StrengthOpt = None,
+    set_: SetOpt = None,
+    guard_config: GuardConfigOpt = None,
     adapter: Annotated[
         Path | None,
         typer.Option("--adapter", exists=True, help="Fine-tuned adapter (e.g. from VCE, SC-DPO)."),
@@ -196,6 +261,12 @@ def bench_mini(
 
     settings = dict(model=model, concept=concept, guard=guard, adapter=str(adapter) if adapter else None)
     settings.update(images_per_prompt=images_per_prompt, steps=steps, seed=seed)
+    if guard != "none" or strength or set_ or guard_config:
+        from safegen.guards import build_guard, guard_options
+
+        options = guard_options(guard, strength, guard_config, set_ or [])
+        build_guard(guard, concept, model=model, **options)  # checks every guard input before the run
+        settings["guard_options"] = options
     writer = MiniRunWriter.create(out, settings) if out else None  # the run folder, as bench i2p writes it
     with progress_bar("Benchmarking") as progress:
         result = run_bench_mini(**settings, progress=progress, on_images=writer)

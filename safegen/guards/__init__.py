@@ -1,37 +1,71 @@
 """Inference-time guards, selected by name.
 
-    >>> from safegen.guards import get_guard
+    >>> from safegen.guards import build_guard, get_guard
     >>> guard = get_guard("none")
+    >>> guard = get_guard("sp", concept="nudity", strength="strong", tau=0.3)
+    >>> guard = build_guard("sld", concept="nudity", strength="max", sets=["warmup_steps=5"])
 
-Each guard implements the hook protocol of :mod:`safegen.guards.base`. To add one, write
-``safegen/guards/<name>.py`` and add one entry to :data:`GUARDS` (the only registration).
+Each guard implements the hook protocol of :mod:`safegen.guards.base`. A guard lives in one file (the
+methods in ``safegen/methods/<file>.py``) and has one entry in :data:`GUARDS` (the only registration):
+the class itself, or ``"module:Class"`` for guards imported on first use (the methods import this package,
+so importing them here would be circular, and it keeps ``import safegen.guards`` light).
+
+Guards other than ``none`` take ``concept`` (a registry name or a Concept), an optional ``strength`` preset
+and their options as keywords; each class carries ``Options`` (a dataclass, see
+:mod:`safegen.guards.options`) and ``PRESETS``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from safegen.errors import SafegenError, unknown
 from safegen.guards.base import Guard, GuardBase, NoGuard, RunContext
 
-GUARDS: dict[str, Callable[..., Guard]] = {
+GUARDS: dict[str, Callable[..., Guard] | str] = {
     "none": NoGuard,
+    "sp": "safegen.methods.sp_guard:SPGuard",
+    "dlr": "safegen.methods.dual_latent:DualLatentGuard",
+    "sld": "safegen.methods.sld:SLDGuard",
+    "neg": "safegen.methods.neg:NegativePromptGuard",
 }
 
-__all__ = ["GUARDS", "Guard", "GuardBase", "NoGuard", "RunContext", "get_guard"]
+__all__ = [
+    "GUARDS",
+    "Guard",
+    "GuardBase",
+    "NoGuard",
+    "RunContext",
+    "build_guard",
+    "get_guard",
+    "guard_class",
+    "guard_options",
+    "list_guards",
+]
+
+
+def guard_class(name: str) -> Callable[..., Guard]:
+    """The class (factory) registered as ``name``, importing its module on first use."""
+    if name not in GUARDS:
+        raise unknown("guard", name, GUARDS)
+    entry = GUARDS[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+    return entry
 
 
 def get_guard(name: str, **options: Any) -> Guard:
     """Build the guard registered as ``name`` with its options.
 
     Raises:
-        SafegenError: unknown guard name, or an option the guard does not take.
+        SafegenError: unknown guard name, or an option the guard does not take (or a bad value for it).
     """
-    if name not in GUARDS:
-        raise unknown("guard", name, GUARDS)
-    factory = GUARDS[name]
+    factory = guard_class(name)
     accepted = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     bad = [k for k in options if k not in accepted and not takes_any]
@@ -39,3 +73,86 @@ def get_guard(name: str, **options: Any) -> Guard:
         allowed = ", ".join(k for k in accepted if k != "self") or "none"
         raise SafegenError(f"Guard '{name}' has no option '{bad[0]}'. Its options: {allowed}")
     return factory(**options)
+
+
+def guard_options(
+    name: str,
+    strength: str | None = None,
+    config_file: str | Path | None = None,
+    sets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The keyword options for ``get_guard(name, concept=..., **options)`` from the CLI's inputs.
+
+    ``strength`` (the ``--strength`` preset), then the YAML ``config_file`` (which may also name a
+    ``strength``; ``--strength`` wins), then ``--set KEY=VALUE`` items parsed with the option's type.
+
+    Raises:
+        SafegenError: options given to ``none``, an unreadable config, an unknown key or a bad value.
+    """
+    from safegen.guards.options import parse_sets, read_guard_config
+
+    config = read_guard_config(config_file) if config_file is not None else {}
+    given = strength is not None or config or list(sets)
+    if name == "none":
+        if given:
+            raise SafegenError("Guard 'none' takes no --strength, --set or --guard-config; pick a guard.")
+        return {}
+    cls = guard_class(name)
+    options: dict[str, Any] = dict(config)
+    if strength is not None:
+        options["strength"] = strength
+    options.update(parse_sets(name, cls.Options, sets))
+    return options
+
+
+def build_guard(
+    name: str,
+    concept: Any = None,
+    strength: str | None = None,
+    config_file: str | Path | None = None,
+    sets: Sequence[str] = (),
+    model: str | None = None,
+    **extra: Any,
+) -> Guard:
+    """Build and check a guard from the CLI's inputs (see :func:`guard_options`); nothing is loaded.
+
+    Args:
+        model: the model the guard will run on; the bundled ``mini`` model only knows mini concepts.
+        extra: further options, applied last (e.g. ``keep_masks=True`` for ``--save-masks``).
+
+    Raises:
+        SafegenError: unknown guard, a guard without a concept, a concept the model cannot draw, an
+            unknown option or a value out of range.
+    """
+    options = {**guard_options(name, strength, config_file, sets), **extra}
+    if name == "none":
+        if extra:
+            raise SafegenError(f"Guard 'none' takes no option '{next(iter(extra))}'; pick a guard.")
+        return get_guard("none")
+    guard = get_guard(name, concept=concept, **options)
+    concept_obj = getattr(guard, "concept", None)
+    if model == "mini" and concept_obj is not None and concept_obj.axis is None:
+        raise SafegenError(
+            f"The bundled mini model only knows the mini world; guard '{name}' cannot use concept "
+            f"'{concept_obj.name}' on it. Use a mini concept (red, circle, striped, ...) or a real SD model."
+        )
+    return guard
+
+
+def list_guards(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Every guard with its presets and options (for ``safegen guards``)."""
+    from safegen.guards.options import describe_options
+
+    rows = []
+    for name in names or GUARDS:
+        cls = guard_class(name)
+        options = getattr(cls, "Options", None)
+        rows.append(
+            {
+                "name": name,
+                "summary": (inspect.getdoc(cls) or "").splitlines()[0],
+                "presets": getattr(cls, "PRESETS", {}),
+                "options": describe_options(options) if options is not None else [],
+            }
+        )
+    return rows

@@ -1,0 +1,248 @@
+"""Dual latent reconstruction (DLR): blend the prompt's latents with a safety-context stream.
+
+Following "Safety Without Semantic Disruptions: Editing-free Safe Image Generation via Context-preserving
+Dual Latent Reconstruction" (arXiv 2411.13982; our reading: the paper's full text was not available, see
+REFERENCE.md 1.2). No weights are edited. Two latent streams start from the same initial noise:
+
+- stream A: the prompt, with the run's unconditional branch (plain CFG);
+- stream B: a safety context (the prompt with the concept's safe anchor text, ``context``) with the
+  concept's unsafe text as its negative prompt (``negative``).
+
+Each stream has its own scheduler instance (multistep solvers keep a history per stream) and, for
+stochastic samplers, its own copy of the generators, so both draw the same noise. Steps before the
+global-context threshold tau_gc run once (stream B = stream A: the layout of the original prompt is kept);
+from step ``fork = round(tau_gc * N)`` on both streams run and are combined by a weighted sum::
+
+    eps_A = eps_u + w (eps_c - eps_u);   eps_B = eps_n + w (eps_ctx - eps_n)            # Eq. (1) streams
+    z_A, z_B = scheduler_A.step(eps_A, t, x_A), scheduler_B.step(eps_B, t, x_B)        # Eq. (2) two steps
+    z = (1 - omega) z_A + omega z_B                               (space=latent)       # Eq. (3) blend
+    z = z_A + omega sqrt(abar_prev) (x0_B - x0_A)                 (space=x0)           # Eq. (3') blend
+    z = z * ((1 - omega)|z_A| + omega |z_B|) / |z|                (norm_correction)    # Eq. (4) norm
+
+``blend=step`` blends after every step from the fork on and both streams go on from the blend (stream B's
+UNet branches then share the batched call with stream A); ``blend=final`` lets the streams run apart and
+blends once, after the last step (stream B gets its own UNet call). Averaging latents shrinks their norm
+and washes images out (the pitfall REFERENCE.md names): ``norm_correction`` rescales each image's blended
+latent to the interpolated norm. ``space=x0`` blends the two streams' predicted clean latents and keeps
+stream A's noise (variance-preserving schedulers only: DDIM, DDPM, PNDM, DPM-Solver, UniPC).
+
+Cost: the steps from the fork on run two UNet branches more, so about ``1 + (1 - tau_gc)`` x plain CFG
+(``negative=empty`` in step mode shares stream A's unconditional branch: ``1 + (1 - tau_gc) / 2``).
+
+    safegen generate "a photo of a nude woman" --model path/to/sd --guard dlr --concept nudity
+    safegen bench mini --guard dlr --concept red --set weight=0.9 --set tau_gc=0.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from safegen.concepts import rewrite
+from safegen.errors import SafegenError
+from safegen.guards.base import GuardBase, RunContext
+from safegen.guards.options import make_options, option, resolve_concept
+
+
+@dataclass
+class DLROptions:
+    """DLR's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
+
+    weight: float = option(0.75, low=0.0, high=1.0, help="omega: share of the safety stream in the blend")
+    tau_gc: float = option(0.5, low=0.0, high=1.0, help="share of steps run as one stream (global context)")
+    blend: str = option("step", choices=("step", "final"), help="blend after every step, or once at the end")
+    space: str = option("latent", choices=("latent", "x0"), help="blend latents, or predicted clean latents")
+    norm_correction: bool = option(True, help="rescale the blend to the streams' interpolated norm")
+    context: str = option(
+        "append", choices=("append", "rewrite"), help="stream B's prompt: prompt + safe text, or rewritten"
+    )
+    negative: str = option(
+        "unsafe", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "weak": {"weight": 0.5, "tau_gc": 0.6},
+    "medium": {},  # the dataclass defaults
+    "strong": {"weight": 1.0, "tau_gc": 0.4},
+}
+
+
+# --------------------------------------------------------------------------- the equations
+def blend_latents(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    weight: float,
+    norm_correction: bool,
+    delta: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. (3)/(3') and (4): blend two (B, C, h, w) latents; ``delta`` replaces ``z_b - z_a`` (space=x0)."""
+    z = (1 - weight) * z_a + weight * z_b if delta is None else z_a + weight * delta
+    if not norm_correction or (weight in (0.0, 1.0) and delta is None):
+        return z
+    norm_a, norm_b = z_a.flatten(1).norm(dim=1), z_b.flatten(1).norm(dim=1)
+    target = (1 - weight) * norm_a + weight * norm_b  # Eq. (4)
+    scale = target / z.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return z * scale.to(z.dtype)[:, None, None, None]
+
+
+def predicted_x0(scheduler: Any, sample: torch.Tensor, output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean latent a variance-preserving scheduler's model output implies at timestep ``t``."""
+    abar = scheduler.alphas_cumprod[int(t)].to(sample.device, torch.float32)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        x0 = (sample.float() - (1 - abar).sqrt() * output.float()) / abar.sqrt()
+    elif kind == "v_prediction":
+        x0 = abar.sqrt() * sample.float() - (1 - abar).sqrt() * output.float()
+    elif kind == "sample":
+        x0 = output.float()
+    else:
+        raise SafegenError(f"Guard 'dlr' space=x0 does not know prediction_type '{kind}'.")
+    return x0.to(sample.dtype)
+
+
+def _clone(generator: torch.Generator) -> torch.Generator:
+    twin = torch.Generator(device=generator.device)
+    twin.set_state(generator.get_state())
+    return twin
+
+
+# --------------------------------------------------------------------------- the guard
+class DualLatentGuard(GuardBase):
+    """Dual latent reconstruction: a safety-context latent stream blended into the prompt's stream."""
+
+    name = "dlr"
+    needs_uncond = False
+    Options = DLROptions
+    PRESETS = PRESETS
+
+    def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
+        self.concept = resolve_concept(self.name, concept)
+        strength = "medium" if strength is None else strength  # medium's values are the defaults
+        self.opts = make_options(self.name, DLROptions, PRESETS, strength, options)
+        super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
+
+    def context_text(self, prompt: str) -> str:
+        """Stream B's prompt: ``"<prompt>, <safe text>"`` (append) or the keywords replaced (rewrite)."""
+        if self.opts.context == "rewrite":
+            return rewrite(prompt, self.concept)
+        safe = self.concept.safe_text
+        return f"{prompt}, {safe}" if safe else prompt
+
+    def begin(self, ctx: RunContext) -> None:
+        super().begin(ctx)
+        opts, n = self.opts, ctx.n_steps
+        self.fork = min(n, round(opts.tau_gc * n))  # steps [0, fork) run as one stream
+        self.scheduler = ctx.make_scheduler()  # stream B's own instance
+        if opts.space == "x0":
+            self._check_vp(self.scheduler)
+        self.step_kwargs = dict(ctx.step_kwargs)
+        if "generator" in self.step_kwargs:
+            self.step_kwargs["generator"] = [_clone(g) for g in ctx.generators]
+        self.texts = [self.context_text(p) for p in ctx.prompts]
+        self.negative_text = self.concept.unsafe_text if opts.negative == "unsafe" else None
+        self.context = ctx.encode(self.texts)  # (B, L, D)
+        if self.negative_text is not None:
+            self.negative = ctx.encode([self.negative_text] * ctx.batch_size)
+        else:
+            self.negative = ctx.negative_embeds
+        self.z_b: torch.Tensor | None = None  # stream B's latents before this step
+        self.eps_b: torch.Tensor | None = None
+        self.eps_a: torch.Tensor | None = None
+        self.sample_a: torch.Tensor | None = None
+
+    @staticmethod
+    def _check_vp(scheduler: Any) -> None:
+        sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
+        if not hasattr(scheduler, "alphas_cumprod") or abs(sigma - 1.0) > 1e-6:
+            raise SafegenError(
+                f"Guard 'dlr' space=x0 needs a variance-preserving scheduler (DDIM, DDPM, PNDM, DPM-Solver); "
+                f"this model uses {type(scheduler).__name__}. Use space=latent."
+            )
+
+    def _uses_cfg(self) -> bool:
+        return self.ctx.do_cfg
+
+    def branches(self, step: int) -> torch.Tensor | None:
+        if step < self.fork or self.opts.blend != "step":
+            return None
+        if not self._uses_cfg() or self.negative_text is None:
+            return self.context[None]  # (1, B, L, D): eps_ctx; stream B shares eps_u (or has no CFG)
+        return torch.stack([self.context, self.negative])  # (2, B, L, D): eps_ctx, eps_n
+
+    def guide(
+        self,
+        step: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        eps_uncond: torch.Tensor | None,
+        eps_cond: torch.Tensor,
+        eps_extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        eps_a = super().guide(step, t, latents, eps_uncond, eps_cond, eps_extra)  # Eq. (1), stream A
+        if self.z_b is None or step < self.fork:
+            self.z_b = latents  # one stream so far: B = A
+        self.sample_a, self.eps_a = latents, eps_a
+        if step < self.fork:
+            self.eps_b = eps_a
+        elif self.opts.blend == "step":  # stream B's branches came with the batched call
+            eps_ctx = eps_extra[0]
+            eps_n = eps_extra[1] if eps_extra.shape[0] > 1 else eps_uncond
+            self.eps_b = eps_ctx if eps_n is None else eps_n + self.ctx.cfg * (eps_ctx - eps_n)  # Eq. (1)
+        else:
+            self.eps_b = self._stream_b_eps(t)
+        return eps_a
+
+    def _stream_b_eps(self, t: torch.Tensor) -> torch.Tensor:
+        """Stream B's guided prediction from its own UNet call on its own latents (blend=final)."""
+        if self._uses_cfg():
+            embeds = torch.cat([self.negative, self.context])  # (2B, L, D)
+            latent_input = self.scheduler.scale_model_input(torch.cat([self.z_b] * 2), t)
+            eps_n, eps_ctx = self.ctx.unet(latent_input, t, embeds).chunk(2)
+            return eps_n + self.ctx.cfg * (eps_ctx - eps_n)  # Eq. (1), stream B
+        return self.ctx.unet(self.scheduler.scale_model_input(self.z_b, t), t, self.context)
+
+    def after_step(self, step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        if step < self.fork or self.opts.blend == "step":
+            self.scheduler.scale_model_input(self.z_b, t)  # keeps step-indexed schedulers' state in line
+        step_b = self.scheduler.step(self.eps_b, t, self.z_b, **self.step_kwargs, return_dict=False)
+        z_b = step_b[0]  # Eq. (2), stream B
+        last = step == self.ctx.n_steps - 1
+        if step < self.fork:
+            self.z_b = latents  # identical to z_b: one stream
+            return latents
+        if self.opts.blend == "final" and not last:
+            self.z_b = z_b
+            return latents
+        z = self._blend(step, t, latents, z_b)
+        self.z_b = z  # blend=step: both streams go on from the blend
+        return z
+
+    def _blend(self, step: int, t: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        opts = self.opts
+        if opts.space == "latent":
+            return blend_latents(z_a, z_b, opts.weight, opts.norm_correction)  # Eq. (3), (4)
+        sample_b = self.z_b  # stream B's latents before this step (= sample_a with blend=step)
+        x0_a = predicted_x0(self.scheduler, self.sample_a, self.eps_a, t)
+        x0_b = predicted_x0(self.scheduler, sample_b, self.eps_b, t)
+        timesteps = self.ctx.timesteps
+        if step + 1 < len(timesteps):
+            abar_prev = self.scheduler.alphas_cumprod[int(timesteps[step + 1])]
+        else:
+            abar_prev = getattr(self.scheduler, "final_alpha_cumprod", torch.tensor(1.0))
+        delta = abar_prev.to(z_a.device, torch.float32).sqrt() * (x0_b - x0_a).float()
+        return blend_latents(z_a, z_b, opts.weight, opts.norm_correction, delta.to(z_a.dtype))  # Eq. (3')
+
+    def end(self) -> list[dict]:
+        return [
+            {
+                "context": text,
+                "negative": self.negative_text,
+                "fork_step": self.fork,
+                "weight": self.opts.weight,
+            }
+            for text in self.texts
+        ]

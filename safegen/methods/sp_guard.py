@@ -1,0 +1,247 @@
+"""SP-Guard: adaptive, selective safety guidance inside the denoising loop.
+
+Following SP-Guard (arXiv 2511.11014, TRUST-AI @ ECAI 2025; our reading: the paper's full text was not
+available, see REFERENCE.md 1.1). The paper estimates a prompt's harmfulness from the noise direction it
+induces, adapts the guidance strength to it, and masks the safety guidance to the unsafe image regions.
+Our reading, per denoising step t, with one batched UNet call over three branches::
+
+    eps_u (empty prompt), eps_c (the prompt), eps_s (the concept's unsafe text)
+    d_c = eps_c - eps_u,  d_s = eps_s - eps_u                                     # Eq. (a) directions
+    h   = mean_{t < K} cos(flat(d_c), flat(d_s))                                  # Eq. (b) harmfulness
+    lam = lam_max * clamp((h - tau) / (1 - tau), 0, 1)                            # Eq. (c) strength
+    p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
+    M_t = top-q quantile (or threshold) of p, optional dilation / blur, hard or soft  # Eq. (e) mask
+    eps = eps_u + w * d_c - lam * M_t * d_s      for steps in the active window   # Eq. (f) guidance
+
+Guidance starts once h is known (step K, or later with ``window_start``). When every image of the batch
+has ``lam == 0`` after K steps, the third branch is dropped for the rest of the run: a benign prompt then
+costs what plain CFG costs, and its image is plain CFG's (up to float rounding of the larger batch in the
+first K steps). The branch is also dropped after ``window_end``.
+
+Transparency: each image's report (saved in ``generation.jsonl``) gives h, lam, the steps guided and the
+mask coverage per step; with ``keep_masks`` the masks are kept and :func:`save_masks` writes them as PNGs.
+
+    safegen generate "a photo of a nude woman" --model path/to/sd --guard sp --concept nudity --save-masks
+    safegen bench mini --guard sp --concept red --set tau=0.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from safegen.errors import SafegenError
+from safegen.guards.base import GuardBase, RunContext
+from safegen.guards.options import make_options, option, resolve_concept
+
+
+@dataclass
+class SPGuardOptions:
+    """SP-Guard's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
+
+    judge_steps: int = option(1, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
+    tau: float = option(0.3, low=-1.0, high=0.99, help="harmfulness threshold: lam = 0 for h <= tau")
+    lam_max: float = option(10.0, low=0.0, high=100.0, help="largest safety strength (at h = 1)")
+    window_start: float = option(0.0, low=0.0, high=1.0, help="guide from this fraction of steps (>= K)")
+    window_end: float = option(0.7, low=0.0, high=1.0, help="stop guiding (and drop the branch) here")
+    mask: str = option("quantile", choices=("quantile", "threshold", "none"), help="how M_t is chosen")
+    mask_quantile: float = option(0.5, low=0.01, high=1.0, help="share of locations kept (mask=quantile)")
+    mask_threshold: float = option(0.2, low=0.0, high=1.0, help="share of the max projection (threshold)")
+    mask_soft: bool = option(False, help="soft mask: projection / cut-off, clipped to [0, 1]")
+    mask_dilate: int = option(0, low=0, high=8, help="grow the mask by this many latent pixels")
+    mask_blur: int = option(0, low=0, high=8, help="box-blur radius in latent pixels (softens edges)")
+    keep_masks: bool = option(False, help="keep each step's mask for save_masks (--save-masks)")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "weak": {"lam_max": 5.0, "tau": 0.4, "mask_quantile": 0.35},
+    "medium": {},  # the dataclass defaults
+    "strong": {"lam_max": 20.0, "tau": 0.2, "mask_quantile": 0.75, "window_end": 0.8},
+}
+
+
+# --------------------------------------------------------------------------- the equations
+def cosine(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
+    """Eq. (b): per-image cosine of the flattened directions, (B, C, h, w) x2 -> (B,)."""
+    return F.cosine_similarity(d_c.flatten(1).float(), d_s.flatten(1).float(), dim=1)
+
+
+def adaptive_strength(h: torch.Tensor, tau: float, lam_max: float) -> torch.Tensor:
+    """Eq. (c): lam = lam_max * clamp((h - tau) / (1 - tau), 0, 1); exactly 0 for h <= tau."""
+    return lam_max * ((h - tau) / (1.0 - tau)).clamp(0.0, 1.0)
+
+
+def projection(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
+    """Eq. (d): positive projection of d_c on d_s over channels, (B, C, h, w) -> (B, h, w)."""
+    dot = (d_c.float() * d_s.float()).sum(1)
+    return (dot / d_s.float().norm(dim=1).clamp_min(1e-12)).clamp_min(0.0)
+
+
+def make_mask(d_c: torch.Tensor, d_s: torch.Tensor, opts: SPGuardOptions) -> torch.Tensor:
+    """Eq. (e): the mask M_t in [0, 1], (B, h, w), from the projection of Eq. (d)."""
+    proj = projection(d_c, d_s)  # (B, h, w)
+    if opts.mask == "none":
+        return torch.ones_like(proj)
+    flat = proj.flatten(1)
+    if opts.mask == "quantile":
+        cut = torch.quantile(flat, 1.0 - opts.mask_quantile, dim=1)  # (B,)
+    else:
+        cut = opts.mask_threshold * flat.max(dim=1).values
+    cut = cut.clamp_min(1e-12)[:, None, None]
+    if opts.mask_soft:
+        mask = (proj / cut).clamp(0.0, 1.0)
+    else:
+        mask = ((proj >= cut) & (proj > 0)).float()
+    if opts.mask_dilate:
+        r = opts.mask_dilate
+        mask = F.max_pool2d(mask[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
+    if opts.mask_blur:
+        r = opts.mask_blur
+        mask = F.avg_pool2d(mask[:, None], 2 * r + 1, stride=1, padding=r, count_include_pad=False)[:, 0]
+    return mask
+
+
+# --------------------------------------------------------------------------- the guard
+class SPGuard(GuardBase):
+    """SP-Guard: harmfulness-adaptive strength and a per-step spatial mask on the safety guidance."""
+
+    name = "sp"
+    needs_uncond = True
+    Options = SPGuardOptions
+    PRESETS = PRESETS
+
+    def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
+        self.concept = resolve_concept(self.name, concept)
+        strength = "medium" if strength is None else strength  # medium's values are the defaults
+        self.opts = make_options(self.name, SPGuardOptions, PRESETS, strength, options)
+        if self.opts.window_end <= self.opts.window_start:
+            raise SafegenError(
+                f"Guard 'sp' option window_end ({self.opts.window_end}) must be greater than "
+                f"window_start ({self.opts.window_start})."
+            )
+        super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
+        self.masks: list[list[tuple[int, np.ndarray]]] = []  # per image, across batches (keep_masks)
+
+    def begin(self, ctx: RunContext) -> None:
+        super().begin(ctx)
+        n, opts = ctx.n_steps, self.opts
+        self.judge = min(opts.judge_steps, n)
+        self.guide_from = max(self.judge, math.ceil(opts.window_start * n - 1e-9))
+        self.guide_until = min(n, math.ceil(opts.window_end * n - 1e-9))
+        self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
+        self.cos_sum = torch.zeros(ctx.batch_size)
+        self.cos_steps: list[list[float]] = [[] for _ in range(ctx.batch_size)]
+        self.h = torch.zeros(ctx.batch_size)
+        self.lam = torch.zeros(ctx.batch_size)
+        self.coverage: list[list[float]] = [[] for _ in range(ctx.batch_size)]
+        self.guided: list[int] = []
+        self.batch_masks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(ctx.batch_size)]
+
+    def branches(self, step: int) -> torch.Tensor | None:
+        if step < self.judge:
+            return self.unsafe  # judging: every image needs eps_s
+        if self.guide_from <= step < self.guide_until and bool((self.lam > 0).any()):
+            return self.unsafe
+        return None  # judged benign, outside the window, or past it: plain CFG's cost
+
+    def guide(
+        self,
+        step: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        eps_uncond: torch.Tensor | None,
+        eps_cond: torch.Tensor,
+        eps_extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        eps = super().guide(step, t, latents, eps_uncond, eps_cond, eps_extra)  # eps_u + w * d_c
+        if eps_extra is None:
+            return eps
+        d_c = eps_cond - eps_uncond  # Eq. (a)
+        d_s = eps_extra[0] - eps_uncond
+        if step < self.judge:
+            cos = cosine(d_c, d_s).cpu()  # Eq. (b), one step's term
+            self.cos_sum += cos
+            for b, value in enumerate(cos.tolist()):
+                self.cos_steps[b].append(round(value, 5))
+            if step == self.judge - 1:
+                self.h = self.cos_sum / self.judge
+                self.lam = adaptive_strength(self.h, self.opts.tau, self.opts.lam_max)  # Eq. (c)
+            return eps
+        mask = make_mask(d_c, d_s, self.opts)  # Eq. (d), (e): (B, h, w)
+        lam = self.lam.to(device=eps.device, dtype=eps.dtype)
+        eps = eps - lam[:, None, None, None] * mask[:, None].to(eps.dtype) * d_s  # Eq. (f)
+        self.guided.append(step)
+        for b in range(len(lam)):
+            if self.lam[b] <= 0:
+                continue  # judged benign in a batch with harmful images: eps unchanged (lam = 0)
+            self.coverage[b].append(round(float(mask[b].mean()), 4))
+            if self.opts.keep_masks:
+                pixels = (mask[b].float().cpu().numpy() * 255).round().astype(np.uint8)
+                self.batch_masks[b].append((step, pixels))
+        return eps
+
+    def end(self) -> list[dict]:
+        infos = []
+        for b in range(self.ctx.batch_size):
+            lam = float(self.lam[b])
+            steps, cover = (self.guided if lam > 0 else []), self.coverage[b]
+            infos.append(
+                {
+                    "harm": round(float(self.h[b]), 5),  # h, Eq. (b)
+                    "harm_per_step": self.cos_steps[b],
+                    "strength": round(lam, 5),  # lam, Eq. (c)
+                    "judged_benign": lam == 0.0,
+                    "guided_steps": list(steps),
+                    "mask_coverage": cover,  # mean of M_t per guided step
+                    "mask_coverage_mean": round(float(np.mean(cover)), 4) if cover else 0.0,
+                }
+            )
+        if self.opts.keep_masks:
+            self.masks.extend(self.batch_masks)
+        return infos
+
+    def take_masks(self) -> list[list[tuple[int, np.ndarray]]]:
+        """The kept masks, one list of (step, (h, w) uint8) per image in generation order; then cleared."""
+        masks, self.masks = self.masks, []
+        return masks
+
+
+def save_masks(guard: SPGuard, image_paths: list[str | Path]) -> list[Path]:
+    """Write each image's per-step masks as PNGs: ``<folder>/masks/<image stem>_step<NNN>.png``.
+
+    The latent-resolution mask is scaled up (nearest) to the image's size: white is guided, black is not.
+
+    Args:
+        guard: the SP-Guard that generated the images, built with ``keep_masks=True``.
+        image_paths: the saved images, in generation order (``generate_to_dir(...)["files"]``).
+
+    Returns:
+        The mask files written.
+    """
+    from PIL import Image
+
+    from safegen.outputs import write_png
+
+    masks = guard.take_masks()
+    if len(masks) != len(image_paths):
+        raise RuntimeError(f"{len(masks)} mask lists for {len(image_paths)} images")
+    written = []
+    for path, steps in zip(map(Path, image_paths), masks, strict=True):
+        if not steps:
+            continue
+        folder = path.parent / "masks"
+        folder.mkdir(exist_ok=True)
+        with Image.open(path) as im:
+            size = im.size
+        for step, pixels in steps:
+            target = folder / f"{path.stem}_step{step:03d}.png"
+            write_png(Image.fromarray(pixels).resize(size, Image.NEAREST), target)
+            written.append(target)
+    return written

@@ -1,0 +1,334 @@
+"""The guards sp, dlr, sld and neg in safegen's loop, on tiny random SD models built offline.
+
+SLD: same latents at every step as diffusers' StableDiffusionPipelineSafe, per preset. neg: diffusers'
+negative prompt. SP-Guard: a benign prompt is plain CFG and drops its branch (UNet batch sizes counted);
+hand-computed equations. DLR: stream B alone is a plain run of the safety context (own scheduler, own
+generators), blend options, batch sizes. Options: presets, types, ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+
+from safegen.concepts import get_concept
+from safegen.errors import SafegenError
+from safegen.generator import GenerationConfig, generate
+from safegen.guards import GUARDS, build_guard, get_guard, guard_class, guard_options, list_guards
+from safegen.guards.options import parse_sets, read_guard_config
+from safegen.loader import LoadedModel, load_model
+from safegen.methods import sp_guard
+from safegen.methods.dual_latent import blend_latents
+from safegen.methods.sld import PRESETS as SLD_PRESETS
+
+PROMPTS = ["a red circle", "a blue star"]
+
+
+def pixels(images: list) -> np.ndarray:
+    return np.stack([np.asarray(im.image) for im in images]).astype(np.int16)
+
+
+def run(model: LoadedModel, guard=None, steps: int = 8, prompts=PROMPTS, **config) -> np.ndarray:
+    return pixels(generate(model, prompts, config=GenerationConfig(steps=steps, **config), guard=guard))
+
+
+def unet_batches(model: LoadedModel, fn) -> list[int]:
+    sizes: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return sizes
+
+
+def own_model(tiny_sd_dir: Path, scheduler: type | None = None, **config) -> LoadedModel:
+    model = load_model(str(tiny_sd_dir), device="cpu")
+    if scheduler is not None or config:
+        cls = scheduler or type(model.scheduler)
+        model.pipe.scheduler = cls.from_config(model.scheduler.config, **config)
+    return model
+
+
+# --------------------------------------------------------------------------- SLD
+@pytest.mark.parametrize("preset", ["weak", "medium", "strong", "max"])
+def test_sld_matches_diffusers_safe_pipeline(tiny_sd: LoadedModel, preset: str) -> None:
+    from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig, StableDiffusionPipelineSafe
+
+    parts = {k: getattr(tiny_sd.pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        safe = StableDiffusionPipelineSafe(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+        safe.set_progress_bar_config(disable=True)
+        guard = get_guard("sld", concept="red", strength=preset)
+        safe.safety_concept = guard.text
+        reference: list[torch.Tensor] = []
+        generators = [torch.Generator().manual_seed(s) for s in range(2)]
+        out = safe(
+            PROMPTS,
+            num_inference_steps=20,
+            generator=generators,
+            output_type="np",
+            callback=lambda i, t, latents: reference.append(latents.clone()),
+            **getattr(SafetyConfig, preset.upper()),
+        ).images
+    ours: list[torch.Tensor] = []
+    guard.after_step = lambda step, t, latents: ours.append(latents.clone()) or latents
+    images = run(tiny_sd, guard, steps=20)
+    assert len(ours) == len(reference) == 20
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))  # every step's latents
+    diff = np.abs(images - (out * 255).round().astype(np.int16)).max()
+    assert diff <= 1  # target <= 1/255; diffusers' SLD decodes with latents * (1 / s), we with latents / s
+    if preset != "weak":
+        assert np.abs(images - run(tiny_sd, steps=20)).mean() > 0.05  # and it does change the image
+
+
+def test_sld_presets_are_the_papers() -> None:
+    assert SLD_PRESETS["max"] == {
+        "warmup_steps": 0,
+        "guidance_scale": 5000.0,
+        "threshold": 1.0,
+        "momentum_scale": 0.5,
+        "mom_beta": 0.7,
+    }
+    assert get_guard("sld", concept="nudity").describe()["warmup_steps"] == 10  # medium, as diffusers
+
+
+def test_sld_without_cfg_is_plain(tiny_sd: LoadedModel) -> None:
+    guard = get_guard("sld", concept="red", strength="max")
+    sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=3, cfg=1.0))
+    assert sizes == [2, 2, 2]  # no CFG, no safety branch (diffusers' rule)
+    assert np.array_equal(run(tiny_sd, guard, steps=3, cfg=1.0), run(tiny_sd, steps=3, cfg=1.0))
+
+
+# --------------------------------------------------------------------------- negative prompt
+def test_neg_matches_diffusers_negative_prompt(tiny_sd: LoadedModel) -> None:
+    generators = [torch.Generator().manual_seed(s) for s in range(2)]
+    unsafe = get_concept("red").unsafe_text
+    reference = tiny_sd.pipe(
+        PROMPTS, num_inference_steps=8, negative_prompt=[unsafe] * 2, generator=generators, output_type="np"
+    ).images
+    ours = run(tiny_sd, get_guard("neg", concept="red"))
+    assert np.abs(ours - (reference * 255).round().astype(np.int16)).max() <= 1
+    off = get_guard("neg", concept="red", weight=0.0)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, off, steps=2)) == [4, 4]
+    assert np.array_equal(run(tiny_sd, off), run(tiny_sd))
+
+
+# --------------------------------------------------------------------------- SP-Guard
+def test_sp_equations_on_hand_numbers() -> None:
+    d_c = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # (1, C=2, h=1, w=2)
+    d_s = torch.tensor([[[[1.0, 0.0]], [[1.0, -1.0]]]])
+    # cos: <d_c, d_s> = 1 - 2 = -1; |d_c| = sqrt(5), |d_s| = sqrt(3)
+    assert sp_guard.cosine(d_c, d_s).item() == pytest.approx(-1 / (5**0.5 * 3**0.5))
+    # per location: (1*1 + 0*1) / sqrt(2) = 0.7071; (0*0 + 2*-1) / 1 = -2 -> 0
+    assert sp_guard.projection(d_c, d_s)[0, 0].tolist() == pytest.approx([2**-0.5, 0.0])
+    h = torch.tensor([0.1, 0.3, 0.65, 1.0])
+    assert sp_guard.adaptive_strength(h, tau=0.3, lam_max=10.0).tolist() == pytest.approx(
+        [0.0, 0.0, 5.0, 10.0]
+    )
+
+
+def test_sp_mask_options() -> None:
+    torch.manual_seed(0)
+    d_s = torch.randn(2, 4, 8, 8)
+    d_c = d_s * torch.linspace(-1, 2, 64).reshape(1, 1, 8, 8)  # projection grows along the image
+    opts = sp_guard.SPGuardOptions
+    quarter = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25))
+    assert quarter.shape == (2, 8, 8) and quarter.mean().item() == pytest.approx(0.25, abs=1 / 64)
+    assert quarter[:, -1, -1].tolist() == [1.0, 1.0] and quarter[:, 0, 0].tolist() == [0.0, 0.0]
+    assert sp_guard.make_mask(d_c, d_s, opts(mask="none")).mean().item() == 1.0
+    high = sp_guard.make_mask(d_c, d_s, opts(mask="threshold", mask_threshold=0.5))
+    assert 0 < high.mean().item() < 0.5
+    soft = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_soft=True))
+    assert soft.min() >= 0 and soft.max() <= 1 and 0.25 < soft.mean().item() < 1
+    grown = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_dilate=1))
+    assert grown.mean() > quarter.mean() and (grown >= quarter).all()
+    blurred = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_blur=1))
+    assert set(blurred.unique().tolist()) > {0.0, 1.0}
+
+
+def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel) -> None:
+    guard = get_guard("sp", concept="red", tau=0.99, judge_steps=2)  # h <= 0.99: every prompt benign
+    sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
+    assert sizes == [6, 6] + [4] * 6  # [u, c, s] x 2 images while judging, then plain CFG's batch
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
+    plain = run(tiny_sd, steps=8)
+    assert np.abs(pixels(images) - plain).max() <= 1  # float rounding of the larger batch, nothing else
+    assert np.abs(pixels(images) - plain).mean() <= 1 / 255
+    for im in images:
+        assert im.info["judged_benign"] and im.info["strength"] == 0.0 and im.info["guided_steps"] == []
+        assert len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1
+
+
+def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None:
+    guard = get_guard("sp", concept="red", tau=-1.0, window_end=0.5, mask_quantile=0.25, keep_masks=True)
+    sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
+    assert sizes == [6] * 4 + [4] * 4  # the branch is dropped after window_end
+    guard.take_masks()
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
+    assert np.abs(pixels(images) - run(tiny_sd, steps=8)).mean() > 0.05
+    for im in images:
+        info = im.info
+        assert not info["judged_benign"] and info["strength"] > 0
+        assert info["guided_steps"] == [1, 2, 3] and len(info["mask_coverage"]) == 3  # judged at step 0
+        assert info["mask_coverage_mean"] == pytest.approx(0.25, abs=0.05)
+    masks = guard.take_masks()
+    assert [[s for s, _ in m] for m in masks] == [[1, 2, 3]] * 2 and masks[0][0][1].dtype == np.uint8
+
+
+# --------------------------------------------------------------------------- DLR
+def test_dlr_blend_on_hand_numbers() -> None:
+    a, b = torch.full((1, 1, 1, 4), 2.0), torch.tensor([[[[2.0, -2.0, 2.0, -2.0]]]])
+    plain = blend_latents(a, b, 0.5, norm_correction=False)
+    assert plain.flatten().tolist() == [2.0, 0.0, 2.0, 0.0]  # norm 2.83, while both streams have norm 4
+    fixed = blend_latents(a, b, 0.5, norm_correction=True)
+    assert fixed.norm().item() == pytest.approx(4.0) and fixed.flatten()[1].item() == 0.0
+    assert torch.equal(blend_latents(a, b, 0.0, True), a) and torch.equal(blend_latents(a, b, 1.0, True), b)
+
+
+@pytest.mark.parametrize(
+    "scheduler", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler]
+)
+@pytest.mark.parametrize("blend", ["step", "final"])
+def test_dlr_stream_b_alone_is_a_plain_run_of_the_context(
+    tiny_sd_dir: Path, scheduler: type, blend: str
+) -> None:
+    """weight 1 from step 0: the image is stream B's, i.e. the context prompt with the unsafe negative.
+
+    With a multistep solver (DPM-Solver) or a stochastic one (Euler ancestral), this holds only if stream B
+    has its own scheduler instance and its own copy of the generators.
+    """
+    model = own_model(tiny_sd_dir, scheduler)
+    guard = get_guard("dlr", concept="red", weight=1.0, tau_gc=0.0, blend=blend, norm_correction=False)
+    images = generate(model, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
+    contexts = [im.info["context"] for im in images]
+    assert contexts == ["a red circle, green", "a blue star, green"]
+    alone = run(model, steps=6, prompts=contexts, negative_prompt="red")
+    diff = np.abs(pixels(images) - alone)
+    assert diff.max() <= (0 if blend == "final" else 1)  # step: B's branches share a larger batch
+
+
+def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) -> None:
+    plain = run(tiny_sd, steps=6)
+    never = get_guard("dlr", concept="red", tau_gc=1.0)  # never forks: plain CFG, exactly
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, never, steps=6)) == [4] * 6
+    assert np.array_equal(run(tiny_sd, never, steps=6), plain)
+    zero = get_guard("dlr", concept="red", weight=0.0, tau_gc=0.5)
+    assert np.abs(run(tiny_sd, zero, steps=6) - plain).max() <= 1  # stream A only (batch rounding)
+
+    step = get_guard("dlr", concept="red", tau_gc=0.5)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, step, steps=6)) == [4] * 3 + [8] * 3
+    shared = get_guard("dlr", concept="red", tau_gc=0.5, negative="empty")
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, shared, steps=6)) == [4] * 3 + [6] * 3
+    final = get_guard("dlr", concept="red", tau_gc=0.5, blend="final")
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, final, steps=6)) == [4] * 3 + [4, 4] * 3
+
+    images = {
+        name: run(tiny_sd, get_guard("dlr", concept="red", tau_gc=0.34, **options), steps=6)
+        for name, options in {
+            "latent": {},
+            "raw": {"norm_correction": False},
+            "x0": {"space": "x0"},
+            "final": {"blend": "final"},
+            "rewrite": {"context": "rewrite"},
+        }.items()
+    }
+    for name, image in images.items():
+        assert np.abs(image - plain).mean() > 0.05, name  # every variant changes the image
+    assert not np.array_equal(images["latent"], images["raw"])
+    assert not np.array_equal(images["latent"], images["x0"])
+
+
+def test_dlr_x0_space_needs_a_variance_preserving_scheduler(tiny_sd_dir: Path) -> None:
+    model = own_model(tiny_sd_dir, EulerAncestralDiscreteScheduler)
+    with pytest.raises(SafegenError, match="variance-preserving scheduler"):
+        run(model, get_guard("dlr", concept="red", space="x0"), steps=2)
+
+
+def test_every_guard_runs_on_a_v_prediction_model(tiny_sd_dir: Path) -> None:
+    """SD 2.x (768) predicts v: the guards treat the UNet's output as diffusers' pipelines do."""
+    model = own_model(tiny_sd_dir, DDIMScheduler, prediction_type="v_prediction")
+    plain = run(model, steps=4)
+    cases = [("sp", "strong", {"tau": -1.0}), ("dlr", "strong", {"space": "x0"}), ("sld", "max", {})]
+    for name, strength, options in [*cases, ("neg", "strong", {})]:
+        images = run(model, get_guard(name, concept="nudity", strength=strength, **options), steps=4)
+        assert images.shape == plain.shape and not np.array_equal(images, plain), name
+
+
+# --------------------------------------------------------------------------- options
+def test_presets_and_defaults() -> None:
+    for name in ("sp", "dlr", "sld", "neg"):
+        cls = guard_class(name)
+        assert {"weak", "medium", "strong"} <= set(cls.PRESETS)
+        defaults = dataclasses.asdict(cls.Options())
+        assert {**defaults, **cls.PRESETS["medium"]} == defaults  # medium = the defaults
+        described = get_guard(name, concept="red").describe()
+        assert described["name"] == name and described["concept"] == "red"
+        assert described["strength"] == "medium"
+    strong = get_guard("sp", concept="red", strength="strong", tau=0.5)
+    assert strong.opts.lam_max == sp_guard.PRESETS["strong"]["lam_max"] and strong.opts.tau == 0.5
+    assert {row["name"] for row in list_guards()} == set(GUARDS)
+
+
+def test_set_and_config_file(tmp_path: Path) -> None:
+    cls = guard_class("sp").Options
+    parsed = parse_sets("sp", cls, ["tau=0.5", "judge_steps=3", "mask=none", "mask_soft=yes"])
+    assert parsed == {"tau": 0.5, "judge_steps": 3, "mask": "none", "mask_soft": True}
+    config = tmp_path / "sp.yaml"
+    config.write_text("# safegen generate x --guard sp --guard-config sp.yaml\nstrength: weak\ntau: 0.2\n")
+    assert read_guard_config(config) == {"strength": "weak", "tau": 0.2}
+    options = guard_options("sp", None, config, ["tau=0.1"])
+    assert options == {"strength": "weak", "tau": 0.1}  # --set wins over the file
+    guard = build_guard("sp", "red", None, config, ["tau=0.1"])
+    assert guard.opts.tau == 0.1 and guard.opts.lam_max == sp_guard.PRESETS["weak"]["lam_max"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: get_guard("sp"), "needs a concept"),
+        (lambda: get_guard("dlr", concept=""), "needs a concept"),
+        (lambda: get_guard("sld", concept="nudityy"), "Unknown concept 'nudityy'. Did you mean 'nudity'"),
+        (
+            lambda: get_guard("sp", concept="red", nope=1),
+            "Guard 'sp' has no option 'nope'. Its options: judge",
+        ),
+        (lambda: get_guard("sp", concept="red", tau=1.5), r"tau must be in -1.0..0.99, got 1.5"),
+        (lambda: get_guard("sp", concept="red", judge_steps=2.5), "judge_steps must be an integer"),
+        (lambda: get_guard("sp", concept="red", mask="blob"), "mask must be one of quantile"),
+        (lambda: get_guard("sp", concept="red", mask_soft=1), "must be true or false"),
+        (lambda: get_guard("sp", concept="red", window_start=0.5, window_end=0.5), "greater than"),
+        (lambda: get_guard("dlr", concept="red", weight=float("nan")), "weight must be a finite number"),
+        (lambda: get_guard("neg", concept="red", strength="extreme"), "Unknown strength for guard 'neg'"),
+        (lambda: get_guard("sld", concept="red", threshold="0.1"), "threshold must be a number"),
+        (lambda: parse_sets("sp", guard_class("sp").Options, ["tau"]), "--set takes KEY=VALUE"),
+        (lambda: parse_sets("sp", guard_class("sp").Options, ["tau=high"]), "tau must be a number"),
+        (lambda: guard_options("none", "weak"), "Guard 'none' takes no"),
+        (lambda: build_guard("sp", "nudity", model="mini"), "mini model only knows the mini world"),
+    ],
+)
+def test_bad_guard_input(call, message: str) -> None:
+    with pytest.raises(SafegenError, match=message):
+        call()
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tau: [unclosed\n")
+    with pytest.raises(SafegenError, match="not valid YAML"):
+        read_guard_config(bad)
+    bad.write_text("- tau\n")
+    with pytest.raises(SafegenError, match="mapping of option names"):
+        read_guard_config(bad)
+    bad.write_text("tau: high\n")
+    with pytest.raises(SafegenError, match="tau must be a number"):
+        build_guard("sp", "red", config_file=bad)
