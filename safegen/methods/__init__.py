@@ -43,10 +43,11 @@ class Method:
     reference: str
     baseline: bool = False
     status: Status = Status.PLANNED
+    file: str | None = None  # module file name when it differs from ``name``
 
     @property
     def module(self) -> str:
-        return f"safegen.methods.{self.name}"
+        return f"safegen.methods.{self.file or self.name}"
 
     def module_present(self) -> bool:
         """Whether ``safegen/methods/<name>.py`` exists (it may still be unfinished: see ``status``)."""
@@ -90,6 +91,8 @@ METHODS: dict[str, Method] = {
             family=ModelFamily.DIFFUSION,
             summary="Harmfulness from noise-direction cosine; adaptive strength; per-step spatial mask.",
             reference="SP-Guard, arXiv 2511.11014",
+            status=Status.EXPERIMENTAL,
+            file="sp_guard",
         ),
         Method(
             name="dlr",
@@ -97,6 +100,8 @@ METHODS: dict[str, Method] = {
             family=ModelFamily.DIFFUSION,
             summary="Dual latent reconstruction: blend the prompt's latents with a safety-context stream.",
             reference="arXiv 2411.13982",
+            status=Status.EXPERIMENTAL,
+            file="dual_latent",
         ),
         Method(
             name="sld",
@@ -105,6 +110,7 @@ METHODS: dict[str, Method] = {
             summary="Safe Latent Diffusion: guidance away from the unsafe text; presets weak..max.",
             reference="SLD, Schramowski et al. CVPR 2023, arXiv 2211.05105",
             baseline=True,
+            status=Status.EXPERIMENTAL,
         ),
         Method(
             name="neg",
@@ -113,6 +119,7 @@ METHODS: dict[str, Method] = {
             summary="Negative prompt: the concept's unsafe text replaces the empty prompt in CFG.",
             reference="classifier-free guidance with a negative prompt",
             baseline=True,
+            status=Status.EXPERIMENTAL,
         ),
     )
 }
