@@ -23,11 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from safegen.errors import SafegenError, unknown
+
+if TYPE_CHECKING:
+    from safegen.ar import ARModel
 
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
@@ -42,7 +45,7 @@ class BundledModel:
     """A model shipped inside the package, under ``safegen/assets/<folder>``."""
 
     name: str
-    kind: str  # "sd" (a diffusers StableDiffusionPipeline folder); "ar" later
+    kind: str  # "sd" (a diffusers StableDiffusionPipeline folder) or "ar" (a LlamaGen folder, safegen.ar)
     folder: str
     description: str
 
@@ -51,12 +54,23 @@ class BundledModel:
         return Path(str(resources.files("safegen"))) / "assets" / self.folder
 
     @property
+    def marker(self) -> str:
+        """The file whose presence means the weights are there."""
+        return "llamagen.json" if self.kind == "ar" else "model_index.json"
+
+    @property
     def available(self) -> bool:
-        return (self.path / "model_index.json").is_file()
+        return (self.path / self.marker).is_file()
 
 
 BUNDLED: dict[str, BundledModel] = {
     "mini": BundledModel("mini", "sd", "mini-sd", "tiny Stable Diffusion trained on the mini world (64 px)"),
+    "mini-ar": BundledModel(
+        "mini-ar",
+        "ar",
+        "mini-ar",
+        "tiny LlamaGen-style AR model (VQ + GPT) trained on the mini world (64 px)",
+    ),
 }
 
 
@@ -141,11 +155,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_model(
     model: str = "mini", device: str = "auto", dtype: str = "auto", offload: bool = False
-) -> LoadedModel:
-    """Load a Stable Diffusion model by bundled name, local folder or Hugging Face id.
+) -> LoadedModel | ARModel:
+    """Load a text-to-image model by bundled name, local folder or Hugging Face id.
+
+    Diffusion models come back as a :class:`LoadedModel` (``kind == "sd"``); autoregressive ones (``mini-ar``,
+    a LlamaGen checkpoint folder, a Janus folder or hub id) as a :class:`safegen.ar.ARModel`
+    (``kind == "ar"``), detected from the folder's files (see :func:`model_folder_kind`).
 
     Args:
-        model: ``mini`` (bundled), a local diffusers folder, or a hub id ``org/name``.
+        model: ``mini`` or ``mini-ar`` (bundled), a local folder, or a hub id ``org/name``.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         dtype: ``auto`` (fp16 on CUDA, fp32 elsewhere), ``fp32``, ``fp16`` or ``bf16``.
         offload: move each component to the GPU only while it runs (CUDA only).
@@ -165,21 +183,21 @@ def load_model(
     if model in BUNDLED:
         bundled = BUNDLED[model]
         if not bundled.available:
-            raise SafegenError(
-                f"The bundled weights of '{model}' are missing ({bundled.path} has no model_index.json); "
-                "reinstall safegen or pass a local model folder."
-            )
-        if bundled.kind != "sd":
-            raise SafegenError(
-                f"Model '{model}' is of kind '{bundled.kind}', which load_model cannot load yet."
-            )
+            raise _missing_weights(bundled)
+        if bundled.kind == "ar":
+            return _load_ar(bundled.path, "llamagen", model, torch_device, torch_dtype, offload)
         name, source, pipe = model, str(bundled.path), _load_folder(bundled.path, torch_dtype)
     elif _looks_like_path(model):
         path = Path(model).expanduser()
         if not path.is_dir():
             raise SafegenError(f"Model folder not found: {path}")
+        kind = model_folder_kind(path)
+        if kind != "sd":
+            return _load_ar(path, kind, path.name, torch_device, torch_dtype, offload)
         name, source, pipe = path.name, str(path.resolve()), _load_folder(path, torch_dtype)
     elif HUB_ID.fullmatch(model):
+        if _hub_is_janus(model):
+            return _load_ar(model, "janus", model, torch_device, torch_dtype, offload)
         name, source, pipe = model, model, _load_hub(model, torch_dtype)
     else:
         raise unknown("model", model, BUNDLED)
@@ -191,6 +209,58 @@ def load_model(
         pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(name=name, kind="sd", source=source, pipe=pipe, device=torch_device, dtype=torch_dtype)
+
+
+def _missing_weights(bundled: BundledModel) -> SafegenError:
+    if bundled.kind == "ar":
+        return SafegenError(
+            f"The bundled weights of '{bundled.name}' are not trained yet ({bundled.path} has no "
+            f"{bundled.marker}); train them with `python -m safegen.mini.train_ar`, or pass a LlamaGen or "
+            "Janus model."
+        )
+    return SafegenError(
+        f"The bundled weights of '{bundled.name}' are missing ({bundled.path} has no {bundled.marker}); "
+        "reinstall safegen or pass a local model folder."
+    )
+
+
+def model_folder_kind(path: Path) -> str:
+    """``sd`` (diffusers folder), ``llamagen`` or ``janus``, from the folder's files; else a clear error."""
+    from safegen.ar import detect_ar_folder
+
+    if (path / "model_index.json").is_file():
+        return "sd"
+    kind = detect_ar_folder(path)
+    if kind is None:
+        raise SafegenError(
+            f"{path} is not a model folder safegen knows: no model_index.json (diffusers Stable Diffusion), "
+            "no llamagen.json or t2i_*.pt + vq_*.pt (LlamaGen), no config.json of model_type 'janus'."
+        )
+    return kind
+
+
+def _hub_is_janus(repo_id: str) -> bool:
+    """A Janus hub id: its cached config.json says model_type 'janus', or (not cached) its name says Janus."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        try:
+            return json.loads(Path(cached).read_text()).get("model_type") == "janus"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return "janus" in repo_id.lower()
+
+
+def _load_ar(
+    source: str | Path, family: str, name: str, device: torch.device, dtype: torch.dtype, offload: bool
+) -> ARModel:
+    """An autoregressive model through :func:`safegen.ar.load_ar_model`."""
+    from safegen.ar import load_ar_model
+
+    if offload:
+        raise SafegenError("--offload is for diffusion models; autoregressive models load whole.")
+    return load_ar_model(source, family=family, name=name, device=device, dtype=dtype)
 
 
 def _looks_like_path(model: str) -> bool:

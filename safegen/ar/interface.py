@@ -1,0 +1,245 @@
+"""The one interface to autoregressive text-to-image models, used by ``generate``, ``bench`` and VCE.
+
+An :class:`ARModel` is composed of two parts behind small protocols:
+
+- an :class:`ARBackbone` (LlamaGen's GPT with its text encoder, or Janus's language model) that turns
+  prompts into a conditioning :class:`Prefix` and gives next-image-token logits, with or without a KV cache;
+- an :class:`ImageTokenizer` (a VQ autoencoder) that maps images to token grids and back.
+
+    >>> model = safegen.loader.load_model("mini-ar")                         # or safegen.ar.load_ar_model
+    >>> tokens = model.generate_tokens(["a red circle"], seeds=[0])            # (1, N) int64
+    >>> images = model.decode(tokens)                                          # (1, H, W, 3) uint8
+    >>> logp = model.token_logprobs(["a red circle"], tokens)                 # (1, N), differentiable
+
+``token_logprobs`` is what a DPO loss (VCE) needs: log p(y_i | y_<i, prompt) for given tokens,
+teacher-forced, conditional branch only (no CFG), with dropout off and no caption dropout even when the
+modules are in training mode (LlamaGen's own training forward swaps 10 % of captions for the null
+embedding and keeps dropout on; neither belongs in a log-probability).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from safegen.errors import SafegenError
+
+if TYPE_CHECKING:
+    from safegen.ar.sampler import SamplingConfig
+
+
+@dataclass
+class Prefix:
+    """The conditioning a backbone reads before the first image token, for a batch of B prompts.
+
+    ``embeds`` (B, T, D) are caption features (LlamaGen) or prompt-token embeddings (Janus); ``mask`` (B, T)
+    is False at (left) padding; ``ids`` (B, T) are the prompt token ids where the backbone has them.
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    @staticmethod
+    def cat(parts: Sequence[Prefix]) -> Prefix:
+        """Stack prefixes along the batch (all must have the same length T)."""
+        ids = [p.ids for p in parts]
+        return Prefix(
+            torch.cat([p.embeds for p in parts]),
+            torch.cat([p.mask for p in parts]),
+            torch.cat(ids) if all(i is not None for i in ids) else None,
+        )
+
+
+class ARBackbone(Protocol):
+    """The sequence model of an AR text-to-image model. Logits are float32 (B, ..., codebook_size)."""
+
+    codebook_size: int  # image-token vocabulary
+    n_tokens: int  # image tokens per image
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Prefix: ...
+
+    def null_prefix(self, cond: Prefix) -> Prefix:
+        """The unconditional prefix for classifier-free guidance, one row per row of ``cond``."""
+        ...
+
+    def logits(self, prefix: Prefix, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Without a cache: (B, n + 1, V) logits for image tokens 0..n given tokens (B, n).
+
+        ``last_only`` keeps the last position only: (B, 1, V).
+        """
+        ...
+
+    def new_cache(self, batch: int) -> Any: ...
+
+    def prefill(self, prefix: Prefix, cache: Any) -> torch.Tensor:
+        """Fill ``cache`` with the prefix; return (B, V) logits for image token 0."""
+        ...
+
+    def extend(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Append tokens (B, k) to ``cache``; return (B, k, V) logits for the tokens after each."""
+        ...
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules, for eval/train mode switching."""
+        ...
+
+
+class ImageTokenizer(Protocol):
+    """A VQ autoencoder: images (B, 3, H, W) in [-1, 1] <-> token grids (B, N), N = (H / downsample)^2."""
+
+    codebook_size: int
+    downsample: int
+
+    def encode_tokens(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+@contextmanager
+def eval_mode(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Dropout off inside the block (``.eval()``); each submodule's mode is restored after. Gradients flow."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+@dataclass
+class ARModel:
+    """A loaded AR text-to-image model: backbone + image tokenizer, where it came from, and its defaults.
+
+    ``kind`` is ``"ar"`` (diffusion models loaded by :func:`safegen.loader.load_model` have ``"sd"``);
+    ``family`` is ``"llamagen"`` or ``"janus"``; ``defaults`` are the family's sampling defaults
+    (``cfg``, ``temperature``, ``top_k``, ``top_p``).
+    """
+
+    name: str
+    source: str
+    family: str
+    backbone: ARBackbone
+    vq: ImageTokenizer
+    device: torch.device
+    dtype: torch.dtype
+    defaults: dict[str, float] = field(default_factory=dict)
+    kind: str = "ar"
+
+    def __post_init__(self) -> None:
+        if self.backbone.codebook_size != self.vq.codebook_size:
+            raise SafegenError(
+                f"{self.source}: the GPT predicts {self.backbone.codebook_size} image codes but the VQ "
+                f"tokenizer has {self.vq.codebook_size}; they must be trained together."
+            )
+
+    @property
+    def n_tokens(self) -> int:
+        return self.backbone.n_tokens
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images in pixels: token grid side x the VQ's downsampling."""
+        return math.isqrt(self.n_tokens) * self.vq.downsample
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Prefix:
+        """Prompts -> the conditioning prefix (B, T, D) with its mask."""
+        return self.backbone.encode_prompts(list(prompts))
+
+    def generate_tokens(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        config: SamplingConfig | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Sample image tokens (len(prompts), N), one seed per prompt, in batches of ``config.batch_size``.
+
+        ``config`` is a :class:`safegen.ar.sampler.SamplingConfig` (default: the model's defaults).
+        ``progress(k)`` is called after each token step with the number of images that advanced.
+        """
+        from safegen.ar.sampler import SamplingConfig, sample_tokens
+
+        config = config or SamplingConfig.for_model(self)
+        if len(prompts) != len(seeds):
+            raise SafegenError(f"Got {len(seeds)} seeds for {len(prompts)} prompts.")
+        out = []
+        with torch.no_grad(), eval_mode(self.backbone.modules()):
+            for start in range(0, len(prompts), config.batch_size):
+                batch = list(prompts[start : start + config.batch_size])
+                prefix = self.encode_prompts(batch)
+                seed_batch = list(seeds[start : start + config.batch_size])
+                out.append(sample_tokens(self.backbone, prefix, seed_batch, config, progress))
+        return torch.cat(out)
+
+    def decode(self, tokens: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+        """Tokens (B, N) -> (B, H, W, 3) uint8 images, rounded as torchvision's ``save_image`` rounds."""
+        self._check_tokens(tokens)
+        arrays = []
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], batch_size):
+                pixels = self.vq.decode_tokens(tokens[start : start + batch_size].to(self.device))
+                pixels = (pixels.float() * 0.5 + 0.5).clamp(0, 1)  # (b, 3, H, W)
+                arrays.append((pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
+        return np.concatenate(arrays)
+
+    def encode_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """PIL images, (H, W, 3) uint8 arrays, or a (B, 3, H, W) tensor in [-1, 1] -> tokens (B, N).
+
+        Raises:
+            SafegenError: an image is not ``image_size`` pixels square.
+        """
+        pixels = to_pixels(images, self.image_size).to(self.device)
+        with torch.no_grad():
+            return self.vq.encode_tokens(pixels)
+
+    def token_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log p(y_i | y_<i, prompt) of tokens (B, N) under prompts: (B, N) float32.
+
+        Conditional branch only, dropout off, no caption dropout; differentiable in the backbone's
+        parameters (call it under ``torch.no_grad()`` for a frozen reference model).
+        """
+        self._check_tokens(tokens)
+        if len(prompts) != tokens.shape[0]:
+            raise SafegenError(f"Got {len(prompts)} prompts for {tokens.shape[0]} token sequences.")
+        tokens = tokens.to(self.device)
+        with eval_mode(self.backbone.modules()):
+            prefix = self.encode_prompts(prompts)
+            logits = self.backbone.logits(prefix, tokens[:, :-1])  # (B, N, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp.gather(-1, tokens[..., None]).squeeze(-1)  # (B, N)
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.dim() != 2 or tokens.shape[1] != self.n_tokens:
+            raise SafegenError(
+                f"Expected image tokens of shape (B, {self.n_tokens}), got {tuple(tokens.shape)}."
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vq.codebook_size):
+            raise SafegenError(f"Image tokens must be in 0..{self.vq.codebook_size - 1}.")
+
+
+def to_pixels(images: Sequence[Any] | torch.Tensor, size: int) -> torch.Tensor:
+    """Images -> (B, 3, size, size) float32 in [-1, 1]; a tensor input is taken as already scaled."""
+    if isinstance(images, torch.Tensor):
+        pixels = images.float()
+    else:
+        arrays = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
+        if any(a.ndim != 3 or a.shape[2] != 3 for a in arrays):
+            raise SafegenError("Images must be RGB: (H, W, 3) arrays or PIL images.")
+        if len({a.shape for a in arrays}) > 1:
+            raise SafegenError("Images of one call must all have the same size.")
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != (size, size):
+        raise SafegenError(f"The model takes {size}x{size} RGB images, got shape {tuple(pixels.shape)}.")
+    return pixels
