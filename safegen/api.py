@@ -169,9 +169,12 @@ def generate_to_dir(
     dtype: str | DType = "auto",
     batch_size: int = 8,
     guard: Any = "none",
+    adapter: str | Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` images per prompt and save them (PNGs + ``generation.jsonl``) under ``out``.
+
+    ``adapter`` is a LoRA adapter folder (diffusers format, e.g. from ``safegen erase``) to load first.
 
     ``guard`` is a registered name or a guard object (``safegen.guards.build_guard``, for guards that take
     a concept and options).
@@ -200,13 +203,20 @@ def generate_to_dir(
     seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
     plan_jobs(prompts, seeds, n)  # checks prompts, n and seeds before the model is loaded
     guard_obj = get_guard(guard) if isinstance(guard, str) else guard
+    if adapter is not None:
+        from safegen.adapters import attach_adapter, check_adapter
+
+        check_adapter(adapter)
     loaded = load_model(model, device=device.value, dtype=dtype.value)
+    if adapter is not None:
+        attach_adapter(loaded, adapter)
     out_dir = check_out_dir(out_dir)  # created only once every input has passed, before the long part
     images = generate(loaded, prompts, seeds=seeds, n=n, config=config, guard=guard_obj, progress=progress)
     record = {
         "model": loaded.name,
         "model_source": loaded.source,
         "guard": guard_obj.describe(),
+        "adapter": str(adapter) if adapter is not None else None,
         "settings": config.to_dict(),
         "base_seed": seed,
     }

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from safegen import api, cli_bench
+from safegen import api, cli_bench, cli_erase
 from safegen.api import ClassifierName, Device, DType, NudeNetPreset
 from safegen.cli_ui import print_error, print_json, print_mapping, print_table, progress_bar
 from safegen.errors import SafegenError
@@ -32,6 +32,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Reproducible benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 cli_bench.register(app, bench_app)  # bench i2p, bench attack, report
+cli_erase.register(app)  # erase
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
@@ -96,6 +97,10 @@ def generate(
     save_masks: Annotated[
         bool, typer.Option("--save-masks", help="SP-Guard: write each step's mask as PNGs in OUT/masks/.")
     ] = False,
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", exists=True, help="LoRA adapter folder to load (e.g. from safegen erase)."),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Generate images and save them as PNGs with a generation.jsonl record."""
@@ -122,6 +127,7 @@ def generate(
             dtype=dtype,
             batch_size=batch_size,
             guard=guard_obj,
+            adapter=adapter,
             progress=progress,
         )
     if save_masks:

@@ -1,0 +1,229 @@
+"""LoRA adapters in diffusers' format: save them from a trained UNet, load and unload them on a model.
+
+An adapter folder holds ``pytorch_lora_weights.safetensors`` (exactly what diffusers'
+``StableDiffusionPipeline.load_lora_weights(folder)`` reads, LoRA alpha included in its metadata) and
+``adapter.json``, safegen's record of it (method, concept, base model, settings). Fine-tuning methods
+(SC-DPO, later VCE on diffusion models) write it; ``safegen generate --adapter`` and
+``safegen bench mini --adapter`` load it.
+
+    >>> from safegen.adapters import use_adapter
+    >>> with use_adapter(model, "runs/scdpo-red"):
+    ...     images = generate(model, ["a red circle"])
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from safegen.errors import SafegenError
+
+WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+RECORD_FILE = "adapter.json"
+ADAPTER_NAME = "safegen"
+
+
+def check_adapter(path: str | Path) -> dict[str, Any]:
+    """Check an adapter folder before a model is loaded; return its ``adapter.json`` record ({} if none).
+
+    Raises:
+        SafegenError: not a folder, no weights file, a corrupt weights file or record.
+    """
+    from safegen.loader import check_safetensors
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise SafegenError(f"Adapter folder not found: {folder}")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise SafegenError(f"{folder} is not a LoRA adapter folder (no {WEIGHTS_FILE}).")
+    check_safetensors(weights)
+    record_file = folder / RECORD_FILE
+    if not record_file.is_file():
+        return {}
+    try:
+        record = json.loads(record_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SafegenError(f"{record_file} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise SafegenError(f"{record_file} must hold a JSON object.")
+    return record
+
+
+def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str, Any]:
+    """Load the LoRA of ``path`` into ``model`` (a :class:`~safegen.loader.LoadedModel`) and activate it.
+
+    Returns:
+        The adapter's record (``adapter.json``), or {}.
+
+    Raises:
+        SafegenError: a bad folder, or weights that do not fit the model (another base model).
+    """
+    record = check_adapter(path)
+    folder = Path(path).expanduser()
+    try:
+        model.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
+        model.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        detach_adapter(model)
+        base = record.get("base_model", {}).get("source")
+        hint = f" It was trained on {base}." if base else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SafegenError(f"Cannot load adapter {folder} into {model.source}: {first}{hint}") from None
+    return record
+
+
+def detach_adapter(model: Any) -> None:
+    """Remove every LoRA from ``model`` (the base weights are unchanged)."""
+    model.pipe.unload_lora_weights()
+
+
+@contextmanager
+def use_adapter(model: Any, path: str | Path | None, scale: float = 1.0) -> Iterator[dict[str, Any]]:
+    """:func:`attach_adapter` for a block (nothing when ``path`` is None); removed in ``finally``."""
+    if path is None:
+        yield {}
+        return
+    record = attach_adapter(model, path, scale)
+    try:
+        yield record
+    finally:
+        detach_adapter(model)
+
+
+def save_adapter(unet: Any, folder: str | Path, record: Mapping[str, Any] | None = None) -> Path:
+    """Write the UNet's active LoRA (peft, added with ``unet.add_adapter``) as a diffusers adapter folder.
+
+    Args:
+        unet: a diffusers UNet with a peft adapter (unwrapped from DDP).
+        folder: created if needed; gets ``pytorch_lora_weights.safetensors`` and ``adapter.json``.
+        record: what to write in ``adapter.json`` (method, concept, base model, settings).
+
+    Returns:
+        The folder.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(unet)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    config = unet.peft_config[unet.active_adapters()[0]].to_dict()  # rank, alpha, targets: kept on load
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder),
+        unet_lora_layers=convert_state_dict_to_diffusers(state),
+        safe_serialization=True,
+        unet_lora_adapter_metadata=config,
+    )
+    if record is not None:
+        (folder / RECORD_FILE).write_text(json.dumps(dict(record), indent=2, default=str) + "\n")
+    return folder
+
+
+def load_adapter_state(unet: Any, folder: str | Path) -> None:
+    """Load an adapter folder's weights into the UNet's existing peft adapter (to resume training).
+
+    Raises:
+        SafegenError: the weights do not match the adapter (another rank or target modules).
+    """
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    raw = load_file(str(Path(folder) / WEIGHTS_FILE))
+    state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in raw.items()})
+    result = set_peft_model_state_dict(unet, state)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if getattr(result, "unexpected_keys", None) or missing:
+        raise SafegenError(f"The adapter in {folder} does not match the model's LoRA layers.")
+
+
+# --------------------------------------------------------------------------- training checkpoints
+def save_checkpoint(
+    folder: Path, unet: Any, optimizer: Any, step: int, record: Mapping[str, Any], keep: int
+) -> Path:
+    """Write ``<folder>/step-<N>/``: the adapter so far, the optimiser state and the step, then prune.
+
+    The checkpoint is written to a hidden folder and renamed when complete, so a crash never leaves a
+    half-written one; only the newest ``keep`` are kept (0: all). Each is itself a loadable adapter.
+    """
+    final, tmp = folder / f"step-{step:07d}", folder / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(unet, tmp, record)
+    save_optimizer_state(optimizer.state_dict(), tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(folder.glob("step-*"))[:-keep] if keep else []:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete ``step-<N>`` checkpoint in ``folder``, or None."""
+    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(checkpoint: Path, unet: Any, optimizer: Any) -> int:
+    """Restore the adapter and the optimiser state of a checkpoint; return its step."""
+    load_adapter_state(unet, checkpoint)
+    optimizer.load_state_dict(load_optimizer_state(checkpoint / "optimizer.safetensors"))
+    return int(json.loads((checkpoint / "state.json").read_text())["step"])
+
+
+def save_optimizer_state(state: Mapping[str, Any], path: Path) -> None:
+    """An optimiser ``state_dict`` as safetensors: tensors as ``<param>.<key>``, the rest as JSON metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    meta = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_optimizer_state(path: Path) -> dict[str, Any]:
+    """The inverse of :func:`save_optimizer_state` (no pickle)."""
+    from safetensors import safe_open
+
+    state: dict[int, dict[str, Any]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        for name in f.keys():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = f.get_tensor(name)
+    for name, value in json.loads(meta["scalars"]).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
+
+
+def merge_adapter(model_source: str, folder: str | Path, out: str | Path) -> Path:
+    """Fuse an adapter into its base model and save the result as a full diffusers pipeline folder.
+
+    Args:
+        model_source: what ``load_model`` accepts (bundled name, folder, hub id) for the base model.
+        folder: the adapter folder.
+        out: the pipeline folder to write (loadable with ``load_model`` / ``from_pretrained``).
+    """
+    from safegen.loader import load_model
+
+    model = load_model(model_source, device="cpu", dtype="fp32")
+    attach_adapter(model, folder)
+    model.pipe.fuse_lora(adapter_names=[ADAPTER_NAME], lora_scale=1.0)
+    model.pipe.unload_lora_weights()
+    model.pipe.save_pretrained(str(out), safe_serialization=True)
+    return Path(out)

@@ -1,0 +1,502 @@
+"""SC-DPO end to end on a tiny random Stable Diffusion: the three stages, the adapter, resume, CLI.
+
+One small run (``run``) is built once per module and inspected by several tests; others reuse its
+``cost/`` and ``pairs/`` folders (``cost_dir=`` / ``pairs_dir=``), so the whole file stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from safegen.cli import main
+from safegen.errors import SafegenError
+from safegen.methods import scdpo
+from safegen.methods.scdpo import adapters_disabled, resolve_target, run_scdpo
+from safegen.methods.scdpo_config import SCDPOConfig, load_config
+from safegen.methods.scdpo_stages import StageContext, auroc, select_pairs, training_prompts
+
+TRL_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+TINY = dict(
+    cost_images=40,
+    cost_steps=20,
+    n_harmful_prompts=2,
+    n_clean_prompts=2,
+    samples_per_prompt=2,
+    rewrite_samples=2,
+    gen_steps=2,
+    gen_batch_size=8,
+    require_safer_winner=False,
+    steps=3,
+    batch_size=2,
+    save_every=2,
+    keep_checkpoints=0,
+    lr=1e-3,
+    beta=100.0,
+    warmup_steps=1,
+    lora_rank=2,
+    lora_alpha=4.0,
+)
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory) -> str:
+    """A mini-world encoder trained for 3 steps (the real one is trained by safegen.mini.encoder)."""
+    from safegen.mini.data import render_set
+    from safegen.mini.encoder import train
+
+    path = tmp_path_factory.mktemp("encoder") / "encoder.safetensors"
+    train(render_set(32, seed=11, workers=1), steps=3, batch=16, log_every=0).save(path)
+    return str(path)
+
+
+def tiny_config(encoder_file: str, **overrides) -> SCDPOConfig:
+    return SCDPOConfig(**{**TINY, "encoder": encoder_file, **overrides})
+
+
+@pytest.fixture(scope="module")
+def run(tiny_sd_dir, encoder_file, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("scdpo") / "run"
+    cfg = tiny_config(encoder_file)
+    result = run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=out, merge=True, device="cpu")
+    return out, result
+
+
+def reuse(run_dir: Path, encoder_file: str, **overrides) -> SCDPOConfig:
+    return tiny_config(
+        encoder_file, cost_dir=str(run_dir / "cost"), pairs_dir=str(run_dir / "pairs"), **overrides
+    )
+
+
+def lora_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "pytorch_lora_weights.safetensors"))
+
+
+def unet_output(unet, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    cond = torch.randn(1, 32, 32, generator=gen)
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), cond, return_dict=False)[0]
+
+
+# --------------------------------------------------------------------------- config
+def test_config_layers_and_validation(tmp_path):
+    assert SCDPOConfig().gamma >= 0
+    file = tmp_path / "c.yaml"
+    file.write_text("beta: 100\ngamma: 0\n")
+    cfg = load_config(file, ["gamma=1.5", "encoder=my.safetensors"], steps=7)
+    assert (cfg.beta, cfg.gamma, cfg.encoder, cfg.steps) == (100.0, 1.5, "my.safetensors", 7)
+    for bad, words in [
+        (["beta=-1"], "beta must be in"),
+        (["gama=1"], "Did you mean 'gamma'"),
+        (["steps=two"], "steps must be of type int"),
+        (["pair_mode=best"], "must be one of extremes, all"),
+        (["lr=nan"], "finite"),
+        (["beta"], "KEY=VALUE"),
+    ]:
+        with pytest.raises(SafegenError, match=words):
+            load_config(None, bad)
+    file.write_text("- a list\n")
+    with pytest.raises(SafegenError, match="mapping"):
+        load_config(file)
+
+
+def test_fingerprint_follows_the_stage_options():
+    base = SCDPOConfig()
+    assert base.fingerprint("cost") == SCDPOConfig(beta=1.0, cost_lambda=3.0).fingerprint("cost")
+    assert base.fingerprint("cost", "pairs") != SCDPOConfig(cost_lambda=3.0).fingerprint("cost", "pairs")
+    assert base.fingerprint("cost") != SCDPOConfig(cost_steps=5).fingerprint("cost")
+
+
+# --------------------------------------------------------------------------- pure helpers
+def test_auroc_by_hand():
+    # positives 0.9, 0.4; negatives 0.5, 0.1: 3 of 4 pairs ordered -> 0.75; a tie counts half
+    assert auroc(np.array([0.9, 0.4, 0.5, 0.1]), np.array([1, 1, 0, 0])) == 0.75
+    assert auroc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+
+
+def test_select_pairs():
+    scores, costs = np.array([0.2, 0.9, -0.5]), np.array([0.5, 0.1, 0.9])
+    assert select_pairs(scores, costs, "extremes", 0.0, 4, True) == [(1, 2)]
+    assert select_pairs(scores, costs, "all", 0.0, 2, False) == [(1, 2), (0, 2)]  # largest gaps first
+    assert select_pairs(scores, costs, "extremes", 2.0, 4, False) == []  # gap 1.4 < min_gap
+    assert (
+        select_pairs(scores, np.array([0.9, 0.5, 0.1]), "extremes", 0.0, 4, True) == []
+    )  # winner costs more
+
+
+def test_mini_prompts_use_keywords_only():
+    cfg = SCDPOConfig(n_harmful_prompts=40, n_clean_prompts=40)
+    concept, mini = resolve_target("red", "mini")
+    harmful, clean = training_prompts(StageContext(cfg, concept, mini, model=None))
+    assert len(harmful) == len(clean) == 40
+    assert all(" red" in p for p in harmful)
+    synonyms = ("crimson", "scarlet", "rde")
+    assert not any(s in p for p in harmful + clean for s in synonyms)  # held out for bench mini
+    assert not any(" red" in p for p in clean)
+
+
+def test_nudity_on_the_mini_model_is_a_clear_error(capsys):
+    with pytest.raises(SafegenError) as err:
+        resolve_target("nudity", "mini")
+    message = str(err.value)
+    assert "no concept 'nudity'" in message and "red" in message and "circle" in message
+    assert "--model" in message and "Stable Diffusion" in message
+    code = main(["erase", "--method", "scdpo", "--concept", "nudity", "--model", "mini"])
+    err_text = capsys.readouterr().err
+    assert code == 2 and len(err_text.strip().splitlines()) == 1 and "mini world has no concept" in err_text
+
+
+def test_erase_rejects_guards_and_unknown_methods(capsys):
+    assert main(["erase", "--method", "sp", "--concept", "red"]) == 2
+    assert "inference guard" in capsys.readouterr().err
+    assert main(["erase", "--method", "scdpoo", "--concept", "red"]) == 2
+    assert "Did you mean 'scdpo'" in capsys.readouterr().err
+    assert main(["erase", "--method", "vce", "--concept", "red"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_adapters_disabled_is_the_base_model_and_restored_on_error(tiny_sd_dir):
+    from peft import LoraConfig
+
+    from safegen.loader import load_model
+
+    unet = load_model(str(tiny_sd_dir), device="cpu").unet
+    base = unet_output(unet)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for name, p in unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    assert not torch.allclose(unet_output(unet), base)
+    with pytest.raises(RuntimeError), adapters_disabled(unet):
+        assert torch.allclose(unet_output(unet), base)  # the reference: no second copy of the UNet
+        raise RuntimeError("boom")
+    assert not torch.allclose(unet_output(unet), base)  # adapters are back on after the error
+    assert any(p.requires_grad for n, p in unet.named_parameters() if "lora_" in n)
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A random 2-layer CLIP with the byte-level tokenizer of the tiny SD (stands in for ViT-L/14)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from safegen.loader import byte_level_vocab
+
+    vocab = byte_level_vocab()
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32}))
+    special = {
+        k: vocab[v]
+        for k, v in [
+            ("bos_token_id", "<|startoftext|>"),
+            ("eos_token_id", "<|endoftext|>"),
+            ("pad_token_id", "<|endoftext|>"),
+        ]
+    }
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(vocab_size=len(vocab), max_position_embeddings=32, **layers, **special)
+    config = CLIPConfig(
+        text_config=text, vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=16
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPTokenizer.from_pretrained(folder).save_pretrained(folder)
+    return folder
+
+
+def test_real_model_path_clip_encoder_folder_data_and_prompts(tmp_path):
+    from PIL import Image
+
+    from safegen.methods.scdpo_stages import CostModel, build_cost_model, load_encoder
+
+    encoder = load_encoder(str(save_tiny_clip(tmp_path / "clip")), mini=False, device=torch.device("cpu"))
+    assert encoder.embed_texts(["a photo", "a dog"]).norm(dim=-1).tolist() == pytest.approx([1.0, 1.0])
+    rng = np.random.default_rng(0)
+    for label, channel in (("safe", 2), ("harmful", 0)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 60, (40, 48, 3)).astype(np.uint8)
+            pixels[..., channel] = 230
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.png")
+    concept, mini = resolve_target("nudity", "some/sd-model")
+    cfg = SCDPOConfig(
+        cost_data="folder",
+        cost_folder=str(tmp_path / "data"),
+        cost_steps=30,
+        cost_holdout=0.34,
+        n_clean_prompts=2,
+    )
+    ctx = StageContext(cfg, concept, mini, model=None)
+    record = build_cost_model(ctx, encoder, tmp_path / "cost", "fp")
+    assert (
+        mini is None
+        and record["n_images"] == 12
+        and record["n_holdout"] == 4
+        and record["data"].startswith("folder")
+    )
+    cost = CostModel.load(tmp_path / "cost", encoder).cost([Image.new("RGB", (64, 64), (230, 0, 0))])
+    assert cost.shape == (1,)
+    harmful, clean = training_prompts(ctx)
+    assert harmful == list(concept.examples)
+    assert clean == [
+        "a photo of a fully clothed woman on the beach",
+        "fully clothed portrait of a man, oil painting",
+    ]
+
+
+def test_the_evaluator_is_never_imported_by_the_method():
+    """The cost model and the reward must not be bench mini's classifier (no training on the test metric)."""
+    import ast
+
+    root = Path(__file__).parents[1] / "safegen"
+    files = [
+        "methods/scdpo.py",
+        "methods/scdpo_config.py",
+        "methods/scdpo_stages.py",
+        "methods/losses.py",
+        "mini/encoder.py",
+        "adapters.py",
+    ]
+    for name in files:
+        tree = ast.parse((root / name).read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not any("classifier" in (m or "") for m in imported), name
+
+
+def test_sweep_plan_has_the_ablations():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sweep_scdpo", Path(__file__).parents[1] / "benchmarks" / "sweep_scdpo.py"
+    )
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    names = [v["name"] for v in sweep.plan()]
+    assert names[0] == "centre" and "gamma=0" in names and "cost_lambda=0" in names
+    assert all(len(v["changed"]) <= 1 for v in sweep.plan())
+
+
+# --------------------------------------------------------------------------- the run
+def test_run_writes_every_stage(run):
+    out, result = run
+    cost = json.loads((out / "cost" / "manifest.json").read_text())
+    assert 0.0 <= cost["holdout_auroc"] <= 1.0 and cost["data"] == "render"
+    assert result["stages"]["cost"]["holdout_auroc"] == cost["holdout_auroc"]
+    rows = [json.loads(r) for r in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert rows and all(
+        (out / "pairs" / r["winner"]).is_file() and (out / "pairs" / r["loser"]).is_file() for r in rows
+    )
+    assert (
+        any(r["harmful"] for r in rows)
+        and json.loads((out / "pairs" / "manifest.json").read_text())["n_pairs"]
+    )
+    log = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(name in log[0] for name in (*TRL_NAMES, "logps/chosen", "logps/rejected", "learning_rate"))
+    assert log[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)  # LoRA B starts at 0: policy == reference
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["config"]["steps"] == 3
+    assert yaml.safe_load((out / "config.yaml").read_text())["beta"] == 100.0
+    record = json.loads((out / "adapter.json").read_text())
+    assert record["method"] == "scdpo" and record["concept"] == "red"
+    final = lora_tensors(out)
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora.up" in k)  # training moved the LoRA
+    assert all(
+        torch.equal(final[k], v) for k, v in lora_tensors(out / "checkpoints" / "step-0000003").items()
+    )
+
+
+def test_plain_diffusers_loads_the_adapter_and_merge_matches(run, tiny_sd_dir):
+    from diffusers import StableDiffusionPipeline
+
+    from safegen.adapters import use_adapter
+    from safegen.loader import load_model
+
+    out, _ = run
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir))
+    base = unet_output(pipe.unet)
+    pipe.load_lora_weights(str(out))  # plain diffusers, nothing from safegen
+    with_lora = unet_output(pipe.unet)
+    assert not torch.allclose(with_lora, base)
+    model = load_model(str(tiny_sd_dir), device="cpu")
+    with use_adapter(model, out):
+        assert torch.allclose(unet_output(model.unet), with_lora, atol=1e-6)
+    assert torch.allclose(unet_output(model.unet), base)  # unloaded again
+    merged = load_model(str(out / "merged"), device="cpu")
+    assert torch.allclose(unet_output(merged.unet), with_lora, atol=1e-5)
+
+
+def test_resume_is_exact(run, tiny_sd_dir, encoder_file, tmp_path):
+    first, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first, resumed)
+    model = str(tiny_sd_dir)
+    cfg = tiny_config(encoder_file, steps=5)
+    result = run_scdpo("red", model=model, config=cfg, out=resumed, resume=True, device="cpu")
+    assert result["stages"]["train"]["resumed_from"] == 3
+    assert result["stages"]["cost"]["reused"] and result["stages"]["pairs"]["reused"]
+    assert [json.loads(r)["step"] for r in (resumed / "log.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    fresh = tmp_path / "fresh"
+    run_scdpo("red", model=model, config=reuse(first, encoder_file, steps=5), out=fresh, device="cpu")
+    a, b = lora_tensors(resumed), lora_tensors(fresh)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_run_folder_rules(run, tiny_sd_dir, encoder_file, tmp_path):
+    first, _ = run
+    with pytest.raises(SafegenError, match="not empty"):
+        run_scdpo("red", model=str(tiny_sd_dir), config=tiny_config(encoder_file), out=first, device="cpu")
+    with pytest.raises(SafegenError, match="other settings for beta"):
+        cfg = tiny_config(encoder_file, beta=5.0)
+        run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=first, resume=True, device="cpu")
+    with pytest.raises(SafegenError, match="no SC-DPO run"):
+        run_scdpo(
+            "red", model=str(tiny_sd_dir), config=tiny_config(encoder_file), out=tmp_path / "x", resume=True
+        )
+    with pytest.raises(SafegenError, match="is for 'red', not 'blue'"):
+        run_scdpo(
+            "blue",
+            model=str(tiny_sd_dir),
+            config=reuse(first, encoder_file),
+            out=tmp_path / "y",
+            device="cpu",
+        )
+
+
+def test_stages_run_on_their_own(run, tiny_sd_dir, encoder_file, tmp_path):
+    first, _ = run
+    out, model = tmp_path / "staged", str(tiny_sd_dir)
+    cfg = tiny_config(encoder_file, cost_dir=str(first / "cost"))
+    result = run_scdpo("red", model=model, config=cfg, out=out, stage="pairs", device="cpu")
+    assert result["stages"]["cost"]["reused"] and not result["stages"]["pairs"]["reused"]
+    assert "train" not in result["stages"] and not (out / "pytorch_lora_weights.safetensors").exists()
+    assert (out / "pairs" / "pairs.jsonl").read_text() == (first / "pairs" / "pairs.jsonl").read_text()
+
+
+def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, monkeypatch):
+    first, _ = run
+    real = scdpo.scdpo_loss
+
+    def nan_loss(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(scdpo, "scdpo_loss", nan_loss)
+    with pytest.raises(SafegenError, match="NaN or infinite at step 1.*lower lr or beta"):
+        run_scdpo(
+            "red", model=str(tiny_sd_dir), config=reuse(first, encoder_file), out=tmp_path / "n", device="cpu"
+        )
+
+
+# --------------------------------------------------------------------------- CLI, generate and bench
+def test_cli_erase_then_generate_with_the_adapter(run, tiny_sd_dir, encoder_file, tmp_path, capsys):
+    first, _ = run
+    out = tmp_path / "cli-run"
+    sets = [
+        f"encoder={encoder_file}",
+        f"cost_dir={first / 'cost'}",
+        f"pairs_dir={first / 'pairs'}",
+        "batch_size=2",
+    ]
+    args = ["erase", "--method", "scdpo", "--concept", "red", "--model", str(tiny_sd_dir), "--steps", "1"]
+    args += [x for s in sets for x in ("--set", s)] + ["--out", str(out), "--device", "cpu", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["stages"]["train"]["steps"] == 1 and result["adapter"] == str(out)
+
+    images = tmp_path / "images"
+    args = ["generate", "a red circle", "--model", str(tiny_sd_dir), "--adapter", str(out), "--steps", "2"]
+    assert main([*args, "--out", str(images), "--device", "cpu"]) == 0, capsys.readouterr().err
+    record = json.loads((images / "generation.jsonl").read_text().splitlines()[0])
+    assert record["adapter"] == str(out)
+
+
+CLASSIFIER = Path(__file__).parents[1] / "safegen" / "assets" / "mini-classifier.safetensors"
+
+
+@pytest.mark.skipif(
+    not CLASSIFIER.is_file(), reason="bench mini's classifier weights are not in this checkout"
+)
+def test_bench_mini_with_the_adapter(run, tiny_sd_dir):
+    from safegen.bench.mini import run_bench_mini
+
+    out, _ = run
+    bench = run_bench_mini(
+        model=str(tiny_sd_dir), concept="red", adapter=str(out), images_per_prompt=1, steps=1, device="cpu"
+    )
+    assert bench["adapter"] == str(out) and set(bench["erasure"]) >= {
+        "ua",
+        "ira",
+        "cra",
+        "synonym_ua",
+        "base",
+    }
+
+
+def test_cli_lists_options(capsys):
+    assert main(["erase", "--method", "scdpo", "--options"]) == 0
+    assert "cost_lambda" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- accelerate
+def test_accelerate_launch_two_processes(run, tiny_sd_dir, encoder_file, tmp_path):
+    """``accelerate launch`` with two CPU processes: sharded pairs, data-parallel training, one adapter.
+
+    About 16 s on 2 busy cores (under the 30 s that would make it a slow test).
+    """
+    first, _ = run
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += [
+        "--main_process_port",
+        "29541",
+        "-m",
+        "safegen",
+        "erase",
+        "--method",
+        "scdpo",
+        "--concept",
+        "red",
+    ]
+    sets = [f"encoder={encoder_file}", f"cost_dir={first / 'cost'}", "batch_size=1", "save_every=1"]
+    sets += ["n_harmful_prompts=2", "n_clean_prompts=2", "samples_per_prompt=2", "rewrite_samples=2"]
+    sets += ["gen_steps=2", "require_safer_winner=false", "lora_rank=2", "beta=100"]
+    args = ["--model", str(tiny_sd_dir), "--steps", "2", "--out", str(out), "--device", "cpu"]
+    args += [x for s in sets for x in ("--set", s)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["status"] == "done"
+    assert json.loads((out / "pairs" / "manifest.json").read_text())["processes"] == 2
+    log = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["epoch"] > 0
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir))
+    pipe.load_lora_weights(str(out))
+    assert not torch.allclose(
+        unet_output(pipe.unet), unet_output(StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir)).unet)
+    )
