@@ -127,6 +127,10 @@ def generate(
     config.validate()
     if output_type not in OUTPUT_TYPES:
         raise unknown("output type", output_type, OUTPUT_TYPES)
+    if model.kind == "ar":  # autoregressive models have their own sampler behind the same call
+        from safegen.ar.generate import generate as generate_ar
+
+        return generate_ar(model, prompts, seeds, n, config, guard, progress, output_type)
     if model.kind != "sd":
         raise SafegenError(f"generate() runs diffusion models; '{model.name}' is of kind '{model.kind}'.")
     guard = get_guard(guard) if isinstance(guard, str) else guard or NoGuard()

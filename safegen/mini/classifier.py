@@ -106,7 +106,9 @@ def train(
             print(f"step {step} loss {loss.item():.4f}", flush=True)
     net.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
+    # shipped as fp16 (the bundled-weights budget); loaded back as fp32
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(out))
     return evaluate(MiniClassifier(net), val)
 
 
@@ -135,7 +137,7 @@ class MiniClassifier:
         if not src.exists():
             raise SafegenError(f"Mini-world classifier weights not found at {src}")
         net = ConceptNet()
-        net.load_state_dict(load_file(str(src)))
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(src)).items()})
         return MiniClassifier(net)
 
     @torch.no_grad()
