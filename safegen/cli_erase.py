@@ -58,7 +58,7 @@ def erase(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", file_okay=False, help="Run folder [default: runs/<method>-<concept>-<time>]."
+            "--out", "-o", file_okay=False, help="Run folder (default: runs/scdpo-<concept>-<time>)."
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
