@@ -137,7 +137,9 @@ class MiniClassifier:
         if not src.exists():
             raise SafegenError(f"Mini-world classifier weights not found at {src}")
         net = ConceptNet()
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(src)).items()})
+        net.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+        )
         return MiniClassifier(net)
 
     @torch.no_grad()
