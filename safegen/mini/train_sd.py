@@ -245,7 +245,7 @@ def export(out: Path, ema: bool = True) -> Path:
         text_encoder=CLIPTextModel.from_pretrained(ckpt / ("ema_text_encoder" if ema else "text_encoder")),
         tokenizer=tokenizer,
         unet=UNet2DConditionModel.from_pretrained(ckpt / ("ema_unet" if ema else "unet")),
-        scheduler=DPMSolverMultistepScheduler(**SCHEDULE),
+        scheduler=DPMSolverMultistepScheduler(**SCHEDULE, steps_offset=1),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
