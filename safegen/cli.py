@@ -12,6 +12,7 @@ returns data (``safegen.api``, ``safegen.concepts``, ``safegen.methods``, ``safe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -287,6 +288,9 @@ def bench_mini(
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
+    # transformers warns at import that torchvision is absent (safegen never needs it); keep stderr for
+    # what matters. A user's own TRANSFORMERS_VERBOSITY wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         rv = app(args=argv, prog_name="safegen", standalone_mode=False)
     except SafegenError as exc:
