@@ -3,15 +3,9 @@
 Q16 compares an image's CLIP ViT-L/14 embedding with two learned 768-d "prompt" embeddings: softmax over
 100 x cosine similarity, index 1 = inappropriate. safegen never unpickles anything, and the Q16 release
 ships its prompt embeddings as a pickle (``prompts.p``), so convert them **once**, on a machine and with
-a file you trust, to safetensors::
-
-    python - <<'EOF'
-    import pickle, torch                      # the only time the pickle is opened
-    from safetensors.torch import save_file
-    with open("prompts.p", "rb") as f:
-        prompts = torch.as_tensor(pickle.load(f)).float()   # (2, 768)
-    save_file({"prompts": prompts}, "q16_prompts.safetensors")
-    EOF
+a file you trust, to safetensors: open ``prompts.p`` with Python's pickle module (the only time it is
+ever unpickled), turn the (2, 768) array into a float32 tensor, and save it with
+``safetensors.torch.save_file({"prompts": tensor}, "q16_prompts.safetensors")``;
 
 then pass ``--q16-clip PATH`` (a local CLIP ViT-L/14 folder, e.g. a download of
 ``openai/clip-vit-large-patch14``, or that id when it is in the local Hugging Face cache) and

@@ -230,3 +230,15 @@ def resolve_concept(guard: str, concept: Any) -> Any:
     if not isinstance(concept, str):
         raise SafegenError(f"Guard '{guard}': concept must be a name or a Concept, got {concept!r}.")
     return get_concept(concept.strip())
+
+
+def configure(guard: Any, concept: Any, strength: str | None, options: Mapping[str, Any]) -> str:
+    """Set ``guard.concept`` and ``guard.opts`` (defaults < preset < explicit options); return the strength.
+
+    Every guard's constructor starts with this, using its class attributes ``name``, ``Options`` and
+    ``PRESETS``; with no strength, the medium preset (whose values are the defaults) is recorded.
+    """
+    guard.concept = resolve_concept(guard.name, concept)
+    strength = "medium" if strength is None else strength
+    guard.opts = make_options(guard.name, guard.Options, guard.PRESETS, strength, options)
+    return strength

@@ -44,7 +44,7 @@ import torch
 from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext
-from safegen.guards.options import make_options, option, resolve_concept
+from safegen.guards.options import configure, option
 
 
 @dataclass
@@ -120,9 +120,7 @@ class DualLatentGuard(GuardBase):
     PRESETS = PRESETS
 
     def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
-        self.concept = resolve_concept(self.name, concept)
-        strength = "medium" if strength is None else strength  # medium's values are the defaults
-        self.opts = make_options(self.name, DLROptions, PRESETS, strength, options)
+        strength = configure(self, concept, strength, options)
         super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
 
     def context_text(self, prompt: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from safegen.guards.base import GuardBase, RunContext
-from safegen.guards.options import make_options, option, resolve_concept
+from safegen.guards.options import configure, option
 
 
 @dataclass
@@ -62,9 +62,7 @@ class NegativePromptGuard(GuardBase):
     PRESETS = PRESETS
 
     def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
-        self.concept = resolve_concept(self.name, concept)
-        strength = "medium" if strength is None else strength  # medium's values are the defaults
-        self.opts = make_options(self.name, NegOptions, PRESETS, strength, options)
+        strength = configure(self, concept, strength, options)
         super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
         keywords = ", ".join(self.concept.keywords)
         self.text = keywords if self.opts.text == "keywords" else self.concept.unsafe_text

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from safegen.guards.base import GuardBase, RunContext
-from safegen.guards.options import make_options, option, resolve_concept
+from safegen.guards.options import configure, option
 
 # The safety concept text of the SLD paper (I2P's inappropriate categories), for ``text=paper``.
 PAPER_TEXT = (
@@ -90,9 +90,7 @@ class SLDGuard(GuardBase):
     PRESETS = PRESETS
 
     def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
-        self.concept = resolve_concept(self.name, concept)
-        strength = "medium" if strength is None else strength  # medium's values are the defaults
-        self.opts = make_options(self.name, SLDOptions, PRESETS, strength, options)
+        strength = configure(self, concept, strength, options)
         super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
         self.text = PAPER_TEXT if self.opts.text == "paper" else self.concept.unsafe_text
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext
-from safegen.guards.options import make_options, option, resolve_concept
+from safegen.guards.options import configure, option
 
 
 @dataclass
@@ -118,9 +118,7 @@ class SPGuard(GuardBase):
     PRESETS = PRESETS
 
     def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
-        self.concept = resolve_concept(self.name, concept)
-        strength = "medium" if strength is None else strength  # medium's values are the defaults
-        self.opts = make_options(self.name, SPGuardOptions, PRESETS, strength, options)
+        strength = configure(self, concept, strength, options)
         if self.opts.window_end <= self.opts.window_start:
             raise SafegenError(
                 f"Guard 'sp' option window_end ({self.opts.window_end}) must be greater than "
