@@ -9,11 +9,8 @@ the same LoRA (``scdpo.add_lora``), AdamW and dtype. The plain step fine-tunes o
 the denoising loss; the SC-DPO step (``scdpo.dpo_errors`` + ``losses.scdpo_loss``) adds the reference
 pass (the same UNet with its adapters disabled, under ``no_grad``). Target: DPO <= 1.3x plain.
 
-Each mode runs in its own fresh process. On CPU the peak is the kernel's high-water mark of resident
-memory (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the steps, with glibc's mmap
-threshold fixed so freed tensors go back to the system); on CUDA it is ``torch.cuda.max_memory_allocated``.
-Reported: the peak above the memory held before the first step (``step MiB``; what the step itself
-needs: activations, gradients, optimiser state) and the whole process's peak (``total MiB``).
+Each mode runs in its own fresh process; how the peak is read is described in
+:mod:`safegen.bench.memory` (shared with ``bench_vce_memory.py``).
 """
 
 from __future__ import annotations
@@ -21,26 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def proc_status(field: str) -> float:
-    """A ``/proc/self/status`` field in MiB (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def child(args: argparse.Namespace) -> dict:
     """One mode in this process: set up, then measure ``--steps`` optimiser steps."""
     import torch
 
+    from safegen.bench.memory import measure
     from safegen.generator import encode_text
     from safegen.loader import load_model
     from safegen.methods.losses import denoising_error, scdpo_loss
@@ -80,40 +68,14 @@ def child(args: argparse.Namespace) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
-    else:
-        before = proc_status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    for _ in range(args.steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = proc_status("VmHWM")
-    return {
-        "mode": args.mode,
-        "before_mib": round(before, 1),
-        "total_mib": round(peak, 1),
-        "step_mib": round(peak - before, 1),
-    }
+    return {"mode": args.mode, **measure(step, args.steps, cuda)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="SD folder [default: a tiny random SD, --size bench]")
+    from safegen.bench.memory import compare, forwarded, parser, report, run_modes
+
+    ap = parser(__doc__, "SD folder [default: a tiny random SD, --size bench]")
     ap.add_argument("--size", default="bench", choices=["test", "bench"], help="tiny model size")
-    ap.add_argument("--pairs", type=int, default=4, help="pairs per step (2x images)")
-    ap.add_argument("--steps", type=int, default=3, help="measured steps (the peak over them)")
-    ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    ap.add_argument("--repeats", type=int, default=2, help="fresh processes per mode (the max is kept)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--mode", choices=["lora", "dpo"], help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(child(args)))
@@ -123,47 +85,17 @@ def main() -> None:
             from safegen.loader import save_tiny_sd
 
             args.model = str(save_tiny_sd(Path(tmp) / "tiny", size=args.size))
-        env = {
-            **os.environ,
-            "MALLOC_MMAP_THRESHOLD_": "65536",
-            "MALLOC_TRIM_THRESHOLD_": "0",
-            "OMP_NUM_THREADS": str(args.threads),
-        }
-        rows = []
-        for repeat in range(args.repeats):
-            for mode in ("lora", "dpo") if repeat % 2 == 0 else ("dpo", "lora"):
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--mode",
-                    mode,
-                    "--model",
-                    args.model,
-                    "--pairs",
-                    str(args.pairs),
-                ]
-                cmd += ["--steps", str(args.steps), "--rank", str(args.rank), "--device", args.device]
-                cmd += ["--threads", str(args.threads)]
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    peak = {m: max(r["step_mib"] for r in rows if r["mode"] == m) for m in ("lora", "dpo")}
-    total = {m: max(r["total_mib"] for r in rows if r["mode"] == m) for m in ("lora", "dpo")}
+        rows = run_modes(__file__, forwarded(args), args.threads, args.repeats)
     result = {
         "model": args.model if not args.model.startswith(tempfile.gettempdir()) else f"tiny-{args.size}",
         "device": args.device,
         "pairs": args.pairs,
         "images_per_step": 2 * args.pairs,
         "rank": args.rank,
-        "runs": rows,
-        "step_mib": peak,
-        "total_mib": total,
-        "ratio_step": round(peak["dpo"] / peak["lora"], 3),
-        "ratio_total": round(total["dpo"] / total["lora"], 3),
+        **compare(rows),
         "target": "ratio <= 1.3",
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

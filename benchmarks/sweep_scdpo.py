@@ -42,7 +42,6 @@ GRID: dict[str, list[Any]] = {
     "gamma": [0.0, 2.0, 5.0],
     "lora_rank": [4, 8, 16],
 }
-TARGETS = {"ua": 0.95, "ira_ratio": 0.90, "cra_ratio": 0.95, "synonym_ua": 0.85}
 
 
 def centre() -> dict[str, Any]:
@@ -53,37 +52,14 @@ def centre() -> dict[str, Any]:
 
 def plan(grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     """The variants: ``{"name", "changed": {option: value}, "config": {...}}``, the centre first."""
-    grid = GRID if grid is None else grid
-    base = centre()
-    variants = [{"name": "centre", "changed": {}, "config": base}]
-    for key, values in grid.items():
-        for value in values:
-            if value != base[key]:
-                variants.append(
-                    {"name": f"{key}={value:g}", "changed": {key: value}, "config": {**base, key: value}}
-                )
-    return variants
+    from safegen.bench.sweep import one_factor_plan
 
-
-def scored(bench: dict[str, Any]) -> dict[str, Any]:
-    """UA, IRA/base, CRA/base, synonym UA and whether each target is met."""
-    e, b = bench["erasure"], bench["erasure"]["base"]
-    row = {
-        "ua": e["ua"],
-        "ira": e["ira"],
-        "cra": e["cra"],
-        "synonym_ua": e["synonym_ua"],
-        "ira_ratio": e["ira"] / b["ira"] if b["ira"] else float("nan"),
-        "cra_ratio": e["cra"] / b["cra"] if b["cra"] else float("nan"),
-        "base": b,
-    }
-    row["meets"] = {k: bool(row[k] >= v) for k, v in TARGETS.items()}
-    row["worst_margin"] = min(row[k] / v for k, v in TARGETS.items())
-    return row
+    return one_factor_plan(centre(), GRID if grid is None else grid)
 
 
 def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str]]) -> list[dict[str, Any]]:
     from safegen.bench.mini import run_bench_mini
+    from safegen.bench.sweep import append_row, checkpoint_adapters, gcd_all, scored
     from safegen.methods.scdpo import run_scdpo
     from safegen.methods.scdpo_config import SCDPOConfig
 
@@ -119,15 +95,15 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
         is_centre = variant["name"] == "centre"
         train_cfg = {**config, "cost_dir": cost_dir, "pairs_dir": pairs_dir}
         if is_centre:
-            train_cfg |= {"steps": max(steps_values), "save_every": _gcd(steps_values), "keep_checkpoints": 0}
+            train_cfg |= {
+                "steps": max(steps_values),
+                "save_every": gcd_all(steps_values),
+                "keep_checkpoints": 0,
+            }
         trained = stage_run(f"train-{variant['name']}", train_cfg, "train")
         adapters = {variant["name"]: root / f"train-{variant['name']}"}
         if is_centre:  # the steps variants: checkpoints of this run
-            ckpts = root / f"train-{variant['name']}" / "checkpoints"
-            adapters = {
-                ("centre" if s == centre()["steps"] else f"steps={s}"): ckpts / f"step-{s:07d}"
-                for s in steps_values
-            }
+            adapters = checkpoint_adapters(root / f"train-{variant['name']}", steps_values, centre()["steps"])
         for name, adapter in adapters.items():
             if (concept, name) in done:
                 continue
@@ -155,14 +131,8 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
                 "final": trained["stages"]["train"]["final"],
                 **scored(bench),
             }
-            with (args.out / "results.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(args.out / "results.jsonl", row)
             rows.append(row)
-            print(
-                f"{concept} {name}: UA {row['ua']:.3f} IRA/base {row['ira_ratio']:.3f} "
-                f"CRA/base {row['cra_ratio']:.3f} synUA {row['synonym_ua']:.3f}",
-                flush=True,
-            )
     return rows
 
 
@@ -172,31 +142,12 @@ def _steps_share(name: str, trained_steps: int) -> float:
     return min(1.0, steps / trained_steps) if name.startswith("steps=") or name == "centre" else 1.0
 
 
-def _gcd(values: list[int]) -> int:
-    from math import gcd
-
-    out = 0
-    for v in values:
-        out = gcd(out, v)
-    return out
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per (concept, variant); targets met in bold; the ablations labelled."""
-    lines = [
-        "| concept | variant | UA | IRA / base | CRA / base | synonym UA | cost AUROC | end to end s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(rows, key=lambda r: (r["concept"], r["variant"] != "centre", r["variant"])):
-        cell = lambda k, r=r: f"**{r[k]:.3f}**" if r["meets"][k] else f"{r[k]:.3f}"  # noqa: E731
-        label = r["variant"] + (" (ablation: no DFM)" if r["variant"] == "gamma=0" else "")
-        label += " (ablation: no cost)" if r["variant"] == "cost_lambda=0" else ""
-        total = sum(r["seconds"].values())
-        lines.append(
-            f"| {r['concept']} | {label} | {cell('ua')} | {cell('ira_ratio')} | {cell('cra_ratio')} | "
-            f"{cell('synonym_ua')} | {r['cost_auroc']:.3f} | {total:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    from safegen.bench.sweep import table as sweep_table
+
+    labels = {"gamma=0": "ablation: no DFM", "cost_lambda=0": "ablation: no cost"}
+    return sweep_table(rows, labels, {"cost AUROC": lambda r: f"{r['cost_auroc']:.3f}"})
 
 
 def main() -> None:
@@ -218,16 +169,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = args.out / "results.jsonl"
-    previous = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
-    done = {(r["concept"], r["variant"]) for r in previous}
+    from safegen.bench.sweep import best_variants, read_rows
+
+    previous, done = read_rows(args.out / "results.jsonl")
     rows = previous + [r for c in args.concepts for r in run_concept(c, args, done)]
     (args.out / "results.md").write_text(table(rows))
-    best = {}
-    for concept in args.concepts:
-        ok = [r for r in rows if r["concept"] == concept]
-        if ok:
-            best[concept] = max(ok, key=lambda r: r["worst_margin"])["variant"]
+    best = best_variants(rows, args.concepts)
     print(table(rows))
     print("best variant per concept (largest worst-case margin to the targets):", json.dumps(best))
 

@@ -1,10 +1,17 @@
-"""LoRA adapters in diffusers' format: save them from a trained UNet, load and unload them on a model.
+"""LoRA adapters: save them from a trained model, load and unload them on a loaded model.
 
-An adapter folder holds ``pytorch_lora_weights.safetensors`` (exactly what diffusers'
-``StableDiffusionPipeline.load_lora_weights(folder)`` reads, LoRA alpha included in its metadata) and
-``adapter.json``, safegen's record of it (method, concept, base model, settings). Fine-tuning methods
-(SC-DPO, later VCE on diffusion models) write it; ``safegen generate --adapter`` and
-``safegen bench mini --adapter`` load it.
+Two formats, one per model kind, chosen by the files in the folder:
+
+- diffusion models (``kind == "sd"``): ``pytorch_lora_weights.safetensors``, exactly what diffusers'
+  ``StableDiffusionPipeline.load_lora_weights(folder)`` reads, LoRA alpha included in its metadata
+  (written by SC-DPO);
+- autoregressive models (``kind == "ar"``): a PEFT folder, ``adapter_model.safetensors`` +
+  ``adapter_config.json``, exactly what ``peft.PeftModel.from_pretrained(gpt, folder)`` reads, on the
+  LlamaGen GPT or the ``JanusForConditionalGeneration`` (written by VCE).
+
+Both hold ``adapter.json`` too, safegen's record of the adapter (method, concept, base model, settings).
+``safegen generate --adapter`` and ``safegen bench mini --adapter`` load either through
+:func:`attach_adapter`, which dispatches on the model's kind.
 
     >>> from safegen.adapters import use_adapter
     >>> with use_adapter(model, "runs/scdpo-red"):
@@ -23,8 +30,20 @@ from typing import Any
 from safegen.errors import SafegenError
 
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"
 RECORD_FILE = "adapter.json"
 ADAPTER_NAME = "safegen"
+KIND_WORDS = {"sd": "a diffusion model", "ar": "an autoregressive model"}
+
+
+def adapter_kind(folder: Path) -> str | None:
+    """``sd`` (diffusers LoRA), ``ar`` (PEFT LoRA) or None, from the folder's files."""
+    if (folder / WEIGHTS_FILE).is_file():
+        return "sd"
+    if (folder / PEFT_WEIGHTS_FILE).is_file() and (folder / PEFT_CONFIG_FILE).is_file():
+        return "ar"
+    return None
 
 
 def check_adapter(path: str | Path) -> dict[str, Any]:
@@ -38,10 +57,13 @@ def check_adapter(path: str | Path) -> dict[str, Any]:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise SafegenError(f"Adapter folder not found: {folder}")
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise SafegenError(f"{folder} is not a LoRA adapter folder (no {WEIGHTS_FILE}).")
-    check_safetensors(weights)
+    kind = adapter_kind(folder)
+    if kind is None:
+        raise SafegenError(
+            f"{folder} is not a LoRA adapter folder (no {WEIGHTS_FILE}, nor {PEFT_WEIGHTS_FILE} with "
+            f"{PEFT_CONFIG_FILE})."
+        )
+    check_safetensors(folder / (WEIGHTS_FILE if kind == "sd" else PEFT_WEIGHTS_FILE))
     record_file = folder / RECORD_FILE
     if not record_file.is_file():
         return {}
@@ -55,20 +77,29 @@ def check_adapter(path: str | Path) -> dict[str, Any]:
 
 
 def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str, Any]:
-    """Load the LoRA of ``path`` into ``model`` (a :class:`~safegen.loader.LoadedModel`) and activate it.
+    """Load the LoRA of ``path`` into ``model`` (a diffusion ``LoadedModel`` or an ``ARModel``), active.
 
     Returns:
         The adapter's record (``adapter.json``), or {}.
 
     Raises:
-        SafegenError: a bad folder, or weights that do not fit the model (another base model).
+        SafegenError: a bad folder, an adapter for the other kind of model, or weights that do not fit
+            the model (another base model).
     """
     record = check_adapter(path)
     folder = Path(path).expanduser()
+    kind = adapter_kind(folder)
+    if kind != model.kind:
+        raise SafegenError(
+            f"{folder} is a LoRA for {KIND_WORDS[kind]}, but {model.source} is {KIND_WORDS[model.kind]}."
+        )
     try:
-        model.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
-        model.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        if model.kind == "ar":
+            _attach_peft(model, folder, scale)
+        else:
+            model.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
+            model.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+    except (OSError, ValueError, RuntimeError, KeyError, SafegenError) as exc:
         detach_adapter(model)
         base = record.get("base_model", {}).get("source")
         hint = f" It was trained on {base}." if base else ""
@@ -79,6 +110,11 @@ def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str
 
 def detach_adapter(model: Any) -> None:
     """Remove every LoRA from ``model`` (the base weights are unchanged)."""
+    if model.kind == "ar":
+        if model.peft is not None:
+            model.peft.unload()  # puts the original layers back into the same module
+            model.peft = None
+        return
     model.pipe.unload_lora_weights()
 
 
@@ -95,6 +131,77 @@ def use_adapter(model: Any, path: str | Path | None, scale: float = 1.0) -> Iter
         detach_adapter(model)
 
 
+# --------------------------------------------------------------------------- autoregressive models (PEFT)
+def ar_lora_module(model: Any) -> Any:
+    """The module of an AR model that carries its LoRA: LlamaGen's GPT, or the whole Janus model."""
+    return model.backbone.gpt if model.family == "llamagen" else model.backbone.model
+
+
+def add_peft_lora(model: Any, config: Any, adapter_name: str = "default") -> Any:
+    """``peft.get_peft_model`` on :func:`ar_lora_module` (layers changed in place); the base is recorded.
+
+    Returns:
+        The ``peft.PeftModel``; the AR model keeps calling its own module, which now carries the LoRA.
+    """
+    import warnings
+
+    from peft import get_peft_model
+
+    config.base_model_name_or_path = None  # else peft warns that it renames it to the module's (none)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations that peft still calls
+        peft_model = get_peft_model(ar_lora_module(model), config, adapter_name=adapter_name)
+    peft_model.peft_config[adapter_name].base_model_name_or_path = model.source  # in adapter_config.json
+    return peft_model
+
+
+def _attach_peft(model: Any, folder: Path, scale: float) -> None:
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+
+    detach_adapter(model)
+    config = LoraConfig.from_pretrained(str(folder))
+    config.inference_mode = True  # adapter weights frozen
+    model.peft = add_peft_lora(model, config, ADAPTER_NAME)
+    load_peft_state(model.peft, folder)
+    model.peft.to(model.device)
+    if scale != 1.0:
+        for layer in model.peft.modules():
+            if isinstance(layer, LoraLayer):
+                layer.set_scale(ADAPTER_NAME, scale)
+
+
+def save_peft_adapter(peft_model: Any, folder: str | Path, record: Mapping[str, Any] | None = None) -> Path:
+    """Write a ``peft.PeftModel``'s active LoRA as a PEFT folder (+ ``adapter.json``); return the folder."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = peft_model.active_adapter
+    state = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    save_file(state, str(folder / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+    peft_model.peft_config[name].save_pretrained(str(folder))  # adapter_config.json
+    _write_record(folder, record)
+    return folder
+
+
+def load_peft_state(peft_model: Any, folder: str | Path) -> None:
+    """Load a PEFT folder's weights into the ``peft.PeftModel``'s active adapter (to resume or attach).
+
+    Raises:
+        SafegenError: the weights do not match the adapter (another rank or target modules).
+    """
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / PEFT_WEIGHTS_FILE))
+    result = set_peft_model_state_dict(peft_model, state, adapter_name=peft_model.active_adapter)
+    _check_loaded(result, folder)
+
+
+# --------------------------------------------------------------------------- diffusion models (diffusers)
 def save_adapter(unet: Any, folder: str | Path, record: Mapping[str, Any] | None = None) -> Path:
     """Write the UNet's active LoRA (peft, added with ``unet.add_adapter``) as a diffusers adapter folder.
 
@@ -122,9 +229,20 @@ def save_adapter(unet: Any, folder: str | Path, record: Mapping[str, Any] | None
         safe_serialization=True,
         unet_lora_adapter_metadata=config,
     )
+    _write_record(folder, record)
+    return folder
+
+
+def _write_record(folder: Path, record: Mapping[str, Any] | None) -> None:
     if record is not None:
         (folder / RECORD_FILE).write_text(json.dumps(dict(record), indent=2, default=str) + "\n")
-    return folder
+
+
+def _check_loaded(result: Any, folder: str | Path) -> None:
+    """Every LoRA weight of the model found in the file, and nothing else (``set_peft_model_state_dict``)."""
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if getattr(result, "unexpected_keys", None) or missing:
+        raise SafegenError(f"The adapter in {folder} does not match the model's LoRA layers.")
 
 
 def load_adapter_state(unet: Any, folder: str | Path) -> None:
@@ -139,24 +257,29 @@ def load_adapter_state(unet: Any, folder: str | Path) -> None:
 
     raw = load_file(str(Path(folder) / WEIGHTS_FILE))
     state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in raw.items()})
-    result = set_peft_model_state_dict(unet, state)
-    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if getattr(result, "unexpected_keys", None) or missing:
-        raise SafegenError(f"The adapter in {folder} does not match the model's LoRA layers.")
+    _check_loaded(set_peft_model_state_dict(unet, state), folder)
 
 
 # --------------------------------------------------------------------------- training checkpoints
+def _is_peft(module: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(module, PeftModel)
+
+
 def save_checkpoint(
     folder: Path, unet: Any, optimizer: Any, step: int, record: Mapping[str, Any], keep: int
 ) -> Path:
     """Write ``<folder>/step-<N>/``: the adapter so far, the optimiser state and the step, then prune.
+
+    ``unet``: a diffusers model with a peft adapter (diffusers format) or a ``peft.PeftModel`` (PEFT format).
 
     The checkpoint is written to a hidden folder and renamed when complete, so a crash never leaves a
     half-written one; only the newest ``keep`` are kept (0: all). Each is itself a loadable adapter.
     """
     final, tmp = folder / f"step-{step:07d}", folder / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(unet, tmp, record)
+    (save_peft_adapter if _is_peft(unet) else save_adapter)(unet, tmp, record)
     save_optimizer_state(optimizer.state_dict(), tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
     shutil.rmtree(final, ignore_errors=True)
@@ -174,7 +297,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def load_checkpoint(checkpoint: Path, unet: Any, optimizer: Any) -> int:
     """Restore the adapter and the optimiser state of a checkpoint; return its step."""
-    load_adapter_state(unet, checkpoint)
+    (load_peft_state if _is_peft(unet) else load_adapter_state)(unet, checkpoint)
     optimizer.load_state_dict(load_optimizer_state(checkpoint / "optimizer.safetensors"))
     return int(json.loads((checkpoint / "state.json").read_text())["step"])
 

@@ -174,7 +174,8 @@ def generate_to_dir(
 ) -> dict[str, Any]:
     """Generate ``n`` images per prompt and save them (PNGs + ``generation.jsonl``) under ``out``.
 
-    ``adapter`` is a LoRA adapter folder (diffusers format, e.g. from ``safegen erase``) to load first.
+    ``adapter`` is a LoRA adapter folder from ``safegen erase`` (diffusers format for diffusion models,
+    PEFT format for autoregressive ones; see :mod:`safegen.adapters`) to load first.
 
     ``guard`` is a registered name or a guard object (``safegen.guards.build_guard``, for guards that take
     a concept and options).

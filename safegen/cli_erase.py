@@ -2,16 +2,19 @@
 
 Registered on the main app by :func:`register` (``safegen/cli.py`` calls it). The verb declares its
 options, checks every input, forwards to the method's library function (SC-DPO:
-:func:`safegen.methods.scdpo.run_scdpo`) and prints; progress bars show one stage at a time.
+:func:`safegen.methods.scdpo.run_scdpo`, diffusion models; VCE: :func:`safegen.methods.vce.run_vce`,
+autoregressive models) and prints; progress bars show one stage at a time.
 
     safegen erase --method scdpo --concept red --model mini --out runs/scdpo-red
     safegen erase --method scdpo --concept red --set beta=2500 --set gamma=0 --steps 100 --out runs/g0
-    safegen erase --method scdpo --concept red --out runs/scdpo-red --resume      # continue a run
-    safegen erase --method scdpo --options                                        # every option
-    accelerate launch --multi_gpu --num_processes 2 -m safegen erase --method scdpo --concept red --out runs/x
+    safegen erase --method vce --concept red --model mini-ar --out runs/vce-red
+    safegen erase --method vce --concept red --out runs/vce-red --resume          # continue a run
+    safegen erase --method vce --options                                          # every option
+    accelerate launch --multi_gpu --num_processes 2 -m safegen erase --method vce --concept red --out runs/x
 
-The output folder is a LoRA in diffusers' format: ``safegen generate --adapter OUT``,
-``safegen bench mini --adapter OUT``, or plain diffusers ``pipe.load_lora_weights(OUT)``.
+The output folder is a LoRA: in diffusers' format for SC-DPO (plain diffusers reads it with
+``pipe.load_lora_weights(OUT)``), in PEFT's format for VCE (``peft.PeftModel.from_pretrained(gpt, OUT)``);
+either loads with ``safegen generate --adapter OUT`` and ``safegen bench mini --adapter OUT``.
 """
 
 from __future__ import annotations
@@ -35,18 +38,30 @@ class Stage(str, Enum):
     ALL = "all"
 
 
+# method -> (options dataclass path, default model, stages); the runners are imported when used
+METHODS = {
+    "scdpo": ("safegen.methods.scdpo_config:SCDPOConfig", "mini", ("cost", "pairs", "train", "all")),
+    "vce": ("safegen.methods.vce_config:VCEConfig", "mini-ar", ("pairs", "train", "all")),
+}
+
+
 def register(app: typer.Typer) -> None:
     app.command("erase")(erase)
 
 
 def erase(
-    method: Annotated[str, typer.Option("--method", help="Erasure method (`safegen methods`): scdpo.")],
+    method: Annotated[
+        str, typer.Option("--method", help="Erasure method (`safegen methods`): scdpo (diffusion), vce (AR).")
+    ],
     concept: Annotated[
         str | None, typer.Option("--concept", help="Concept to erase (`safegen concepts`; mini: red, ...).")
     ] = None,
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")
-    ] = "mini",
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Bundled model name, local folder or hub id (default: mini; vce: mini-ar)."
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", exists=True, dir_okay=False, readable=True, help="YAML file of options."),
@@ -58,46 +73,53 @@ def erase(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", file_okay=False, help="Run folder (default: runs/scdpo-<concept>-<time>)."
+            "--out", "-o", file_okay=False, help="Run folder (default: runs/<method>-<concept>-<time>)."
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     merge: Annotated[
-        bool, typer.Option("--merge", help="Also write the full fine-tuned pipeline to OUT/merged.")
+        bool, typer.Option("--merge", help="SC-DPO: also write the fine-tuned pipeline to OUT/merged.")
     ] = False,
     stage: Annotated[
-        Stage, typer.Option("--stage", help="Stop after this stage (cost, pairs) or run them all.")
+        Stage, typer.Option("--stage", help="Stop after this stage (scdpo: cost, pairs; vce: pairs) or all.")
     ] = Stage.ALL,
     device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.AUTO,
     options: Annotated[bool, typer.Option("--options", help="List the method's options and exit.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")] = False,
 ) -> None:
-    """Erase a concept by fine-tuning (a LoRA in diffusers' format, loadable with --adapter)."""
+    """Erase a concept by fine-tuning (a LoRA adapter, loadable with --adapter)."""
     check_method(method)
-    from safegen.methods.scdpo_config import describe_options, load_config
-
+    options_class, default_model, stages = resolve_method(method)
     if options:
+        rows = options_class.describe()
         print_table(
-            describe_options(), ["name", "stage", "default", "allowed", "help"], title="SC-DPO options"
+            rows, ["name", "stage", "default", "allowed", "help"], title=f"{options_class.label} options"
         )
         return
     if not concept:
         raise SafegenError("safegen erase needs --concept (e.g. red on the mini model; `safegen concepts`).")
-    cfg = load_config(config, set_ or [], steps)  # every option checked before a model is loaded
-    from safegen.methods.scdpo import run_scdpo
-
+    if stage.value not in stages:
+        raise SafegenError(f"--stage {stage.value} is not a stage of {method} ({', '.join(stages)}).")
+    if merge and method != "scdpo":
+        raise SafegenError(f"--merge is not available for {method}: load the adapter with --adapter instead.")
+    cfg = options_class.load(config, set_ or [], steps)  # every option checked before a model is loaded
+    kwargs = dict(
+        model=model or default_model,
+        config=cfg,
+        out=out,
+        resume=resume,
+        stage=stage.value,
+        device=device.value,
+    )
     with StageBars() as bars:
-        result = run_scdpo(
-            concept,
-            model=model,
-            config=cfg,
-            out=out,
-            resume=resume,
-            merge=merge,
-            stage=stage.value,
-            device=device.value,
-            progress=bars,
-        )
+        if method == "vce":
+            from safegen.methods.vce import run_vce
+
+            result = run_vce(concept, **kwargs, progress=bars)
+        else:
+            from safegen.methods.scdpo import run_scdpo
+
+            result = run_scdpo(concept, **kwargs, merge=merge, progress=bars)
     if result.get("main") is False:
         return
     if json:
@@ -106,6 +128,15 @@ def erase(
     print_mapping(summary(result), title=f"safegen erase --method {method} --concept {concept}")
     if result.get("adapter"):
         typer.echo(f"LoRA adapter in {result['adapter']}: safegen generate --adapter {result['adapter']} ...")
+
+
+def resolve_method(name: str) -> tuple[Any, str, tuple[str, ...]]:
+    """(options dataclass, default model, stages) of an implemented erasure method."""
+    import importlib
+
+    path, default_model, stages = METHODS[name]
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls), default_model, stages
 
 
 def check_method(name: str) -> None:
@@ -117,33 +148,34 @@ def check_method(name: str) -> None:
         raise SafegenError(
             f"'{name}' is an inference guard, not an erasure method: use safegen generate --guard {name}."
         )
-    if name != "scdpo":
+    if name not in METHODS:
         raise SafegenError(f"Erasure method '{name}' is not implemented yet (status: {method.status.value}).")
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The figures worth a glance: AUROC, pair counts, final DPO metrics, timings, files."""
+    """The figures worth a glance: AUROC (SC-DPO), pair counts, final DPO metrics, timings, files."""
     stages = result.get("stages", {})
-    cost, pairs, train = stages.get("cost", {}), stages.get("pairs", {}), stages.get("train", {})
+    pairs, train = stages.get("pairs", {}), stages.get("train", {})
     final = train.get("final", {})
-    return {
-        "out": result.get("out"),
-        "cost model": {
-            "holdout_auroc": cost.get("holdout_auroc"),
-            "reused": cost.get("reused"),
-            "seconds": cost.get("seconds"),
-        },
-        "pairs": {**pairs.get("n_pairs", {}), "reused": pairs.get("reused"), "seconds": pairs.get("seconds")},
-        "training": {
-            "steps": train.get("steps"),
-            "loss": final.get("loss"),
-            "rewards/accuracies": final.get("rewards/accuracies"),
-            "rewards/margins": final.get("rewards/margins"),
-            "seconds": train.get("seconds"),
-        },
-        "adapter": result.get("adapter"),
-        "merged": result.get("merged"),
+    counts = pairs.get("n_pairs", {})
+    if not isinstance(counts, dict):  # VCE: a count of pairs and one of retain samples
+        counts = {"pairs": counts, "retain": pairs.get("n_retain")}
+    out: dict[str, Any] = {"out": result.get("out")}
+    if "cost" in stages:
+        cost = stages["cost"]
+        out["cost model"] = {k: cost.get(k) for k in ("holdout_auroc", "reused", "seconds")}
+    out["pairs"] = {**counts, "reused": pairs.get("reused"), "seconds": pairs.get("seconds")}
+    out["training"] = {
+        "steps": train.get("steps"),
+        "loss": final.get("loss"),
+        "rewards/accuracies": final.get("rewards/accuracies"),
+        "rewards/margins": final.get("rewards/margins"),
+        "seconds": train.get("seconds"),
     }
+    out["adapter"] = result.get("adapter")
+    if "cost" in stages:  # SC-DPO can also write the merged pipeline
+        out["merged"] = result.get("merged")
+    return out
 
 
 class StageBars(ExitStack):

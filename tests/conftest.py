@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny random Stable Diffusion model built from configs, offline.
+"""Shared fixtures: tiny random models built from configs, offline, once per session.
 
-``tiny_sd_dir`` is a diffusers folder (saved with safetensors) built once per session; load it with
-``load_model(str(tiny_sd_dir))`` when a test changes the model (e.g. swaps its scheduler), or use the
-shared, read-only ``tiny_sd`` model.
+``tiny_sd_dir`` is a diffusers folder (saved with safetensors); load it with ``load_model(str(tiny_sd_dir))``
+when a test changes the model (e.g. swaps its scheduler), or use the shared, read-only ``tiny_sd`` model.
+``tiny_ar_dir`` is a LlamaGen folder in safegen's layout with the shapes of ``safegen.mini.train_ar``'s
+``tiny`` preset (64 px, 16 tokens of a 16-code VQ, a 1-layer CLIP text encoder on the mini tokenizer);
+``tiny_janus_dir`` a random ``JanusForConditionalGeneration`` (16 tokens, 8 px).
 """
 
 from __future__ import annotations
@@ -33,3 +35,36 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sd(tiny_sd_dir: Path) -> LoadedModel:
     """The tiny model loaded on CPU in fp32. Shared: do not modify it (load your own copy instead)."""
     return load_model(str(tiny_sd_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_ar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LlamaGen folder (fp32 safetensors, ``llamagen.json``) that ``load_model`` reads as mini-ar."""
+    from safegen.ar import save_random_llamagen
+
+    return save_random_llamagen(tmp_path_factory.mktemp("tiny-ar") / "model", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Janus with a word-level tokenizer (``safegen.ar.janus.save_tiny_janus``)."""
+    from safegen.ar.janus import save_tiny_janus
+
+    return save_tiny_janus(tmp_path_factory.mktemp("tiny-janus") / "model", grid=4)
+
+
+@pytest.fixture
+def nan_loss(monkeypatch: pytest.MonkeyPatch):
+    """``nan_loss(module, "name")``: the loss function ``module.name`` returns its result with a NaN loss."""
+
+    def patch(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def poisoned(*args, **kwargs):
+            out = real(*args, **kwargs)
+            out.loss = out.loss * float("nan")
+            return out
+
+        monkeypatch.setattr(module, name, poisoned)
+
+    return patch

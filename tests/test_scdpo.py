@@ -158,13 +158,17 @@ def test_nudity_on_the_mini_model_is_a_clear_error(capsys):
     assert code == 2 and len(err_text.strip().splitlines()) == 1 and "mini world has no concept" in err_text
 
 
-def test_erase_rejects_guards_and_unknown_methods(capsys):
+def test_erase_rejects_guards_and_unknown_methods(capsys, monkeypatch):
+    from safegen.methods import METHODS, Method, MethodKind, ModelFamily
+
     assert main(["erase", "--method", "sp", "--concept", "red"]) == 2
     assert "inference guard" in capsys.readouterr().err
     assert main(["erase", "--method", "scdpoo", "--concept", "red"]) == 2
     assert "Did you mean 'scdpo'" in capsys.readouterr().err
-    assert main(["erase", "--method", "vce", "--concept", "red"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    planned = Method("esd", MethodKind.ERASE, ModelFamily.DIFFUSION, "a planned method", "none")
+    monkeypatch.setitem(METHODS, "esd", planned)
+    assert main(["erase", "--method", "esd", "--concept", "red"]) == 2
+    assert "not implemented yet (status: planned)" in capsys.readouterr().err
 
 
 def test_adapters_disabled_is_the_base_model_and_restored_on_error(tiny_sd_dir):
@@ -393,16 +397,9 @@ def test_stages_run_on_their_own(run, tiny_sd_dir, encoder_file, tmp_path):
     assert (out / "pairs" / "pairs.jsonl").read_text() == (first / "pairs" / "pairs.jsonl").read_text()
 
 
-def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, nan_loss):
     first, _ = run
-    real = scdpo.scdpo_loss
-
-    def nan_loss(*args, **kwargs):
-        out = real(*args, **kwargs)
-        out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(scdpo, "scdpo_loss", nan_loss)
+    nan_loss(scdpo, "scdpo_loss")
     with pytest.raises(SafegenError, match="NaN or infinite at step 1.*lower lr or beta"):
         run_scdpo(
             "red", model=str(tiny_sd_dir), config=reuse(first, encoder_file), out=tmp_path / "n", device="cpu"

@@ -43,6 +43,7 @@ __all__ = [
     "load_ar_model",
     "read_state_dict",
     "save_llamagen",
+    "save_random_llamagen",
 ]
 
 SPEC_FILE = "llamagen.json"
@@ -359,3 +360,23 @@ def save_llamagen(
     }
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return out
+
+
+def save_random_llamagen(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """A randomly initialised LlamaGen folder with the shapes of a ``safegen.mini.train_ar`` preset.
+
+    ``tiny``: 64 px, 16 tokens of a 16-code VQ, a 1-layer GPT (tests); ``mini``: the bundled mini-ar's
+    shapes (benchmarks). The CLIP text encoder uses the mini-world tokenizer; weights are fp32. The GPT's
+    output layer is drawn at random (LlamaGen zeroes it, which would make every logit 0).
+    """
+    import tempfile
+
+    from safegen.mini.train_ar import PRESETS, SIZE, build_text
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, encoder = build_text(preset, Path(tmp))
+    gpt = LlamaGenGPT(GPTConfig.from_dict(PRESETS[preset]["gpt"]))
+    torch.nn.init.normal_(gpt.output.weight, std=0.5)
+    vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
+    return save_llamagen(out_dir, gpt, vq, encoder, tokenizer, image_size=SIZE, dtype=torch.float32)

@@ -136,6 +136,7 @@ class ARModel:
     dtype: torch.dtype
     defaults: dict[str, float] = field(default_factory=dict)
     kind: str = "ar"
+    peft: Any = field(default=None, repr=False)  # the peft.PeftModel of an attached LoRA (safegen.adapters)
 
     def __post_init__(self) -> None:
         if self.backbone.codebook_size != self.vq.codebook_size:
@@ -204,19 +205,28 @@ class ARModel:
         with torch.no_grad():
             return self.vq.encode_tokens(pixels)
 
-    def token_logprobs(self, prompts: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
+    def token_logprobs(
+        self, prompts: Sequence[str], tokens: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Teacher-forced log p(y_i | y_<i, prompt) of tokens (B, N) under prompts: (B, N) float32.
 
         Conditional branch only, dropout off, no caption dropout; differentiable in the backbone's
-        parameters (call it under ``torch.no_grad()`` for a frozen reference model).
+        parameters (call it under ``torch.no_grad()`` for a frozen reference model). ``inputs`` (B, N), when
+        given, is the context fed to the model in place of ``tokens`` (VCE's token corruption); the
+        log-probabilities are still those of ``tokens``.
         """
         self._check_tokens(tokens)
         if len(prompts) != tokens.shape[0]:
             raise SafegenError(f"Got {len(prompts)} prompts for {tokens.shape[0]} token sequences.")
         tokens = tokens.to(self.device)
+        if inputs is not None:
+            self._check_tokens(inputs)
+            if inputs.shape != tokens.shape:
+                raise SafegenError(f"inputs {tuple(inputs.shape)} and tokens {tuple(tokens.shape)} differ.")
+        context = tokens if inputs is None else inputs.to(self.device)
         with eval_mode(self.backbone.modules()):
             prefix = self.encode_prompts(prompts)
-            logits = self.backbone.logits(prefix, tokens[:, :-1])  # (B, N, V)
+            logits = self.backbone.logits(prefix, context[:, :-1])  # (B, N, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(-1, tokens[..., None]).squeeze(-1)  # (B, N)
 

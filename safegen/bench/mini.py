@@ -125,6 +125,7 @@ def run_bench_mini(
         ``{"model", "guard", "adapter", "concept", "n_images", "accuracy": {...},
         "erasure": None | {"ua", "ira", "cra", "synonym_ua", "base": {...}}}``.
     """
+    from safegen.adapters import attach_adapter, check_adapter, detach_adapter
     from safegen.generator import GenerationConfig, generate
     from safegen.loader import load_model
     from safegen.mini.classifier import MiniClassifier
@@ -133,6 +134,8 @@ def run_bench_mini(
         raise SafegenError("--images-per-prompt must be at least 1")
     world = World.load()
     target = concept_axis(concept, world) if concept else None
+    if adapter:
+        check_adapter(adapter)  # before the model is loaded
     prompts = grid_prompts(world) + (synonym_prompts(world, *target) if target else [])
     expanded = [p for p in prompts for _ in range(images_per_prompt)]
     seeds = [seed + k for _ in prompts for k in range(images_per_prompt)]
@@ -148,7 +151,7 @@ def run_bench_mini(
         done = k * len(expanded)
         guard_obj = _make_guard(g, concept, guard_options)
         if a:
-            _attach_adapter(loaded, a)
+            attach_adapter(loaded, a)
         try:
             images = generate(
                 loaded,
@@ -162,7 +165,7 @@ def run_bench_mini(
             )
         finally:
             if a:
-                _detach_adapter(loaded)
+                detach_adapter(loaded)
         reads = MiniClassifier.classify(classifier, [im.image for im in images])
         if on_images:
             on_images(name, images, expanded, reads)
@@ -190,14 +193,3 @@ def _make_guard(name: str, concept: str | None, options: dict | None):
     if concept is None:
         raise SafegenError(f"Guard '{name}' needs --concept")
     return get_guard(name, concept=concept, **(options or {}))
-
-
-def _attach_adapter(loaded, path: str) -> None:
-    try:
-        loaded.pipe.load_lora_weights(path, adapter_name="safegen")
-    except (OSError, ValueError) as exc:
-        raise SafegenError(f"Cannot load adapter '{path}': {str(exc).splitlines()[0]}") from None
-
-
-def _detach_adapter(loaded) -> None:
-    loaded.pipe.unload_lora_weights()

@@ -1,8 +1,9 @@
 """Preference and safety-cost losses as pure tensor functions, each beside the equation it implements.
 
-Used by SC-DPO (:mod:`safegen.methods.scdpo`); the DPO core is meant to be shared with VCE. Every
-function takes tensors and numbers and returns tensors: no models, no state, no randomness, so each one
-is checked against hand-computed numbers in ``tests/test_losses.py``.
+Used by SC-DPO (:mod:`safegen.methods.scdpo`) and VCE (:mod:`safegen.methods.vce`), which share the DPO
+core. Every function takes tensors and numbers and returns tensors: no models and no state; the two
+token-drop draws take an explicit ``torch.Generator``. Each one is checked against hand-computed numbers
+in ``tests/test_losses.py`` and ``tests/test_vce.py``.
 
 References:
     DPO: Rafailov et al., "Direct Preference Optimization", NeurIPS 2023.
@@ -12,6 +13,9 @@ References:
         Optimization", arXiv 2504.14290 v1. Its exact formulas could not be read here; the cost-model
         losses and the focal weight below are **our reading** of its abstract (see
         REFERENCE.md section 1.3), not the paper's verbatim method.
+    VCE: "Visual Contrast Exploitation" for concept erasure in autoregressive models, arXiv 2509.16986.
+        Its text could not be read here either; the token-level average and token drop below are
+        **our reading** of its abstract (REFERENCE.md section 1.4).
 """
 
 from __future__ import annotations
@@ -166,6 +170,102 @@ def dpo_loss(
         (B,) losses.
     """
     return -F.logsigmoid(beta * (logratio_chosen - logratio_rejected) - margin)
+
+
+# --------------------------------------------------------------------------- VCE: token-level DPO
+def _drawn_positions(rows: int, n_tokens: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """(rows, n_tokens) bool, True at exactly round(rate * n_tokens) random positions per row (< n_tokens)."""
+    k = min(round(rate * n_tokens), n_tokens - 1)
+    order = torch.rand(rows, n_tokens, generator=generator).argsort(dim=1)  # a random permutation per row
+    picked = torch.zeros(rows, n_tokens, dtype=torch.bool)
+    picked.scatter_(1, order[:, :k], True)
+    return picked
+
+
+def token_keep_mask(rows: int, n_tokens: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """VCE's token drop (our reading): which positions enter the token-level average.
+
+    K_b = {1..N} minus a uniformly random subset of round(rate * N) positions, drawn per row; at least one
+    position is always kept. The same mask must be used for the trained and the reference model.
+
+    Returns:
+        (rows, n_tokens) bool, True where kept.
+    """
+    return ~_drawn_positions(rows, n_tokens, rate, generator)
+
+
+def corrupt_tokens(
+    tokens: torch.Tensor, rate: float, codebook_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Token drop by corruption: replace round(rate * N) random input tokens per row with random codes.
+
+    The corrupted sequence is the teacher-forced *context*; the targets stay the true tokens, so the model
+    must predict y_i from a partly wrong y_<i.
+
+    Args:
+        tokens: (B, N) image tokens.
+
+    Returns:
+        (B, N) tokens, on ``tokens``' device.
+    """
+    picked = _drawn_positions(tokens.shape[0], tokens.shape[1], rate, generator)
+    noise = torch.randint(codebook_size, tokens.shape, generator=generator)
+    return torch.where(picked, noise, tokens.cpu()).to(tokens.device)
+
+
+def average_logprob(logp: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """VCE's token-level average log-likelihood of an image's tokens (our reading).
+
+    a(y | c) = (1 / |K|) * sum_{i in K} log p(y_i | y_<i, c)          (K: kept positions; all by default)
+
+    Averaging instead of summing keeps the scale independent of the number of image tokens (256 in
+    LlamaGen, 576 in Janus), so one beta fits both.
+
+    Args:
+        logp: (B, N) per-token log-probabilities.
+        keep: (B, N) bool, or None for every position.
+
+    Returns:
+        (B,) averages.
+    """
+    if keep is None:
+        return logp.mean(dim=-1)
+    keep = keep.to(logp.device, logp.dtype)
+    return (logp * keep).sum(dim=-1) / keep.sum(dim=-1).clamp(min=1.0)
+
+
+def vce_loss(
+    avg_chosen: torch.Tensor,
+    avg_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> PreferenceLoss:
+    """VCE's DPO on token-level averages (our reading), chosen = the safe image, rejected = the unsafe one.
+
+    z    = beta * ((a_theta(y_s) - a_ref(y_s)) - (a_theta(y_u) - a_ref(y_u)))
+    loss = mean_b -log sigmoid(z_b)                                     (:func:`dpo_loss`, margin 0)
+
+    with both images conditioned on the **unsafe** prompt. Implicit rewards, as TRL logs them:
+    r = beta * (a_theta - a_ref).
+
+    Args:
+        avg_chosen, avg_rejected: (B,) :func:`average_logprob` of the trained model.
+        ref_chosen, ref_rejected: (B,) the same of the reference model (same kept positions).
+        beta: the KL strength on averaged log-ratios (these are small: beta is swept, see the sweep).
+
+    Returns:
+        A :class:`PreferenceLoss` (weights all ones).
+    """
+    ratio_chosen, ratio_rejected = avg_chosen - ref_chosen, avg_rejected - ref_rejected  # (B,)
+    losses = dpo_loss(ratio_chosen, ratio_rejected, beta)  # (B,)
+    return PreferenceLoss(
+        loss=losses.mean(),
+        logits=(beta * (ratio_chosen - ratio_rejected)).detach(),
+        rewards_chosen=(beta * ratio_chosen).detach(),
+        rewards_rejected=(beta * ratio_rejected).detach(),
+        weights=torch.ones_like(losses).detach(),
+    )
 
 
 # --------------------------------------------------------------------------- the safety cost model

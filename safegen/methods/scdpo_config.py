@@ -17,31 +17,21 @@ Values are checked strictly: an unknown key, a wrong type or a value out of rang
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
+from safegen.methods.common import NOISY_KEYS, OptionSet, option
 
-from safegen.errors import SafegenError, unknown
-
-NOISY_KEYS = {"steps", "save_every", "keep_checkpoints", "log_every"}  # may change on --resume
-
-
-def option(default: Any, stage: str, *, low=None, high=None, choices=None, help: str = "") -> Any:  # noqa: A002
-    """A config field with its stage (``cost``, ``pairs``, ``train``), valid range or choices, and help."""
-    meta = {"stage": stage, "low": low, "high": high, "choices": choices, "help": help}
-    return field(default=default, metadata=meta)
+__all__ = ["NOISY_KEYS", "SCDPOConfig", "describe_options", "load_config"]
 
 
 @dataclass
-class SCDPOConfig:
+class SCDPOConfig(OptionSet):
     """Every choice SC-DPO makes. Defaults are provisional (to be set by ``benchmarks/sweep_scdpo.py``)."""
+
+    label: ClassVar[str] = "SC-DPO"
 
     seed: int = option(0, "cost", low=0, high=2**31 - 1, help="seed of every stage")
     # stage 1: the safety cost model
@@ -85,7 +75,7 @@ class SCDPOConfig:
     gen_cfg: float = option(7.5, "pairs", low=0.0, high=50.0, help="guidance scale of the samples")
     gen_batch_size: int = option(16, "pairs", low=1, high=4096, help="images per UNet batch")
     prompts_file: str = option("", "pairs", help="real concepts: more harmful prompts, one a line")
-    clean_prompts_file: str = option("", "pairs", help="real concepts: clean prompts [default: rewrites]")
+    clean_prompts_file: str = option("", "pairs", help="real concepts: clean prompts (default: rewrites)")
     # stage 3: Diffusion-DPO with DFM on a LoRA
     steps: int = option(300, "train", low=1, high=10_000_000, help="optimiser steps")
     batch_size: int = option(8, "train", low=1, high=4096, help="pairs per process per micro-step")
@@ -109,93 +99,14 @@ class SCDPOConfig:
     cost_dir: str = option("", "train", help="reuse the cost/ folder of an earlier run")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run")
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, check_value(f, getattr(self, f.name)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def fingerprint(self, *stages: str) -> str:
-        """A short hash of the options of the given stages (what a stage's output depends on)."""
-        keys = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["stage"] in stages
-        }
-        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_value(f: dataclasses.Field, value: Any) -> Any:
-    """Check one option's type and range (ints are accepted for floats); raise a one-line SafegenError."""
-    kind, meta, where = type(f.default), f.metadata, f"SC-DPO option {f.name}"
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SafegenError(f"{where} must be of type {kind.__name__}, got {value!r}.")
-    if kind is float and not math.isfinite(value):
-        raise SafegenError(f"{where} must be a finite number, got {value!r}.")
-    if meta["choices"] and value not in meta["choices"]:
-        raise SafegenError(f"{where} must be one of {', '.join(meta['choices'])}, got {value!r}.")
-    low, high = meta["low"], meta["high"]
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise SafegenError(f"{where} must be in {low}..{high}, got {value!r}.")
-    return value
-
 
 def load_config(
     config_file: str | Path | None = None, sets: Iterable[str] = (), steps: int | None = None
 ) -> SCDPOConfig:
-    """Defaults < YAML file (a mapping of option names) < ``--set KEY=VALUE`` < ``--steps``.
-
-    Raises:
-        SafegenError: unreadable or invalid YAML, unknown option, wrong type, out of range.
-    """
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            raw = yaml.safe_load(Path(config_file).read_text())
-        except OSError as exc:
-            raise SafegenError(f"Cannot read config {config_file}: {exc.strerror or exc}") from None
-        except yaml.YAMLError:
-            raise SafegenError(f"{config_file}: not valid YAML.") from None
-        if raw is not None and not isinstance(raw, dict):
-            raise SafegenError(f"{config_file}: an SC-DPO config is a mapping of option names to values.")
-        values.update(raw or {})
-    names = {f.name: f for f in dataclasses.fields(SCDPOConfig)}
-    for item in sets:
-        key, sep, text = (part.strip() for part in item.partition("="))
-        if not sep or not key:
-            raise SafegenError(f"--set takes KEY=VALUE, got {item!r}.")
-        values[key] = parse_text(names[key], text) if key in names else text
-    if steps is not None:
-        values["steps"] = steps
-    for key in values:
-        if key not in names:
-            raise unknown("SC-DPO option", str(key), names)
-    return SCDPOConfig(**values)
-
-
-def parse_text(f: dataclasses.Field, text: str) -> Any:
-    """A ``--set`` value as the option's type (left as text when it does not parse; checked later)."""
-    kind = type(f.default)
-    if kind is bool and text.lower() in {"true", "yes", "on", "1", "false", "no", "off", "0"}:
-        return text.lower() in {"true", "yes", "on", "1"}
-    try:
-        return int(text) if kind is int else float(text) if kind is float else text
-    except ValueError:
-        return text
+    """Defaults < YAML file < ``--set KEY=VALUE`` < ``--steps`` (see :meth:`OptionSet.load`)."""
+    return SCDPOConfig.load(config_file, sets, steps)
 
 
 def describe_options() -> list[dict[str, Any]]:
-    """One row per option (name, stage, default, allowed, help) for documentation and ``--help``."""
-    rows = []
-    for f in dataclasses.fields(SCDPOConfig):
-        m = f.metadata
-        allowed = (
-            ", ".join(m["choices"])
-            if m["choices"]
-            else ("" if m["low"] is None else f"{m['low']}..{m['high']}")
-        )
-        rows.append(
-            {"name": f.name, "stage": m["stage"], "default": f.default, "allowed": allowed, "help": m["help"]}
-        )
-    return rows
+    """One row per option (name, stage, default, allowed, help) for documentation and ``--options``."""
+    return SCDPOConfig.describe()

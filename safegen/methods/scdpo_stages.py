@@ -24,8 +24,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +35,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safegen.errors import SafegenError
+from safegen.methods.common import StageContext, concept_prompts, read_manifest
 from safegen.methods.losses import cost_anchor_loss, prototype_infonce
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-@dataclass
-class StageContext:
-    """What a stage needs: settings, concept, base model and this process's place among the processes."""
-
-    cfg: Any  # SCDPOConfig
-    concept: Any  # safegen.concepts.Concept
-    mini: tuple[str, str] | None  # (axis, value) on the mini world, None for real models
-    model: Any  # LoadedModel
-    rank: int = 0
-    world_size: int = 1
-    progress: Callable[[str, int, int], None] | None = None
-
-    def report(self, stage: str, done: int, total: int) -> None:
-        if self.progress is not None and self.rank == 0:
-            self.progress(stage, done, total)
 
 
 # --------------------------------------------------------------------------- encoders
@@ -313,44 +296,17 @@ def read_cost_folder(folder: Path) -> tuple[list[Any], np.ndarray]:
 
 # --------------------------------------------------------------------------- prompts
 def training_prompts(ctx: StageContext, seed_offset: int = 0) -> tuple[list[str], list[str]]:
-    """(harmful, clean) prompts: canonical mini-world captions, or the concept's examples and files.
-
-    Mini world: harmful prompts name the concept by its keyword only (its synonyms stay held out for
-    ``bench mini``); clean prompts hold any other value of every axis.
-    """
-    cfg, concept = ctx.cfg, ctx.concept
-    rng = np.random.default_rng(cfg.seed + 31 + seed_offset)
-    if ctx.mini is not None:
-        from safegen.mini.world import AXES, World
-
-        world = World.load()
-        axis, value = ctx.mini
-        combos = [
-            dict(zip(AXES, c, strict=True)) for c in itertools.product(*(world.values[a] for a in AXES))
-        ]
-        texts = [(t.format(**c), c[axis] == value) for c in combos for t in world.templates]
-        harmful = [t for t, has in texts if has]
-        clean = [t for t, has in texts if not has]
-        pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))]  # noqa: E731
-        return pick(harmful, cfg.n_harmful_prompts), pick(clean, cfg.n_clean_prompts)
-    from safegen.concepts import rewrite
-
-    harmful = list(concept.examples) + read_lines(cfg.prompts_file)
-    if not harmful:
-        raise SafegenError(f"Concept '{concept.name}' has no example prompts; pass --set prompts_file=FILE.")
-    harmful = harmful[: cfg.n_harmful_prompts]
-    clean = read_lines(cfg.clean_prompts_file) or list(dict.fromkeys(rewrite(p, concept) for p in harmful))
-    return harmful, clean[: cfg.n_clean_prompts]
-
-
-def read_lines(path: str) -> list[str]:
-    if not path:
-        return []
-    try:
-        lines = Path(path).expanduser().read_text().splitlines()
-    except OSError as exc:
-        raise SafegenError(f"Cannot read prompts file {path}: {exc.strerror or exc}") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    """(harmful, clean) prompts of this run (:func:`safegen.methods.common.concept_prompts`)."""
+    cfg = ctx.cfg
+    return concept_prompts(
+        ctx.concept,
+        ctx.mini,
+        seed=cfg.seed + 31 + seed_offset,
+        n_harmful=cfg.n_harmful_prompts,
+        n_clean=cfg.n_clean_prompts,
+        prompts_file=cfg.prompts_file,
+        clean_prompts_file=cfg.clean_prompts_file,
+    )
 
 
 def sample_images(ctx: StageContext, prompts: list[str], seeds: list[int], stage: str | None) -> list[Any]:
@@ -477,13 +433,6 @@ def _pairs_for(
                 row[f"{side}_cost"] = float(costs[j])
             rows.append(row)
     return rows
-
-
-def read_manifest(folder: Path, what: str) -> dict[str, Any]:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise SafegenError(f"{folder} holds no finished {what} (no manifest.json).")
-    return json.loads(path.read_text())
 
 
 # --------------------------------------------------------------------------- stage 3's data

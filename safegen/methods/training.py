@@ -1,0 +1,276 @@
+"""What the fine-tuning recipes share at training time: the reference model and the run.
+
+- :func:`adapters_disabled`: the DPO reference is the same model with its LoRA switched off;
+- :class:`RecipeRun`: the run folder (manifest, ``config.yaml``, ``log.jsonl``, ``checkpoints/``), the
+  rules of ``--out`` and ``--resume``, the processes of ``accelerate launch`` and the optimisation loop
+  (warm-up, gradient accumulation and clipping, NaN stop, TRL-named metrics, checkpoints, progress).
+
+Used by :mod:`safegen.methods.scdpo` and :mod:`safegen.methods.vce`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from safegen.errors import SafegenError
+from safegen.methods.common import NOISY_KEYS, OptionSet, Progress
+
+# the metrics TRL's DPO trainer logs, in its names; each recipe adds its own after them
+TRL_DPO_NAMES = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+# --------------------------------------------------------------------------- the reference model
+@contextmanager
+def adapters_disabled(model: Any) -> Iterator[None]:
+    """The reference model: the same model with its LoRA switched off; switched back on in ``finally``.
+
+    ``model``: a diffusers model with a peft adapter (``add_adapter``) or a ``peft.PeftModel``.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        off, on = model.base_model.disable_adapter_layers, model.base_model.enable_adapter_layers
+    else:
+        off, on = model.disable_adapters, model.enable_adapters
+    off()
+    try:
+        yield
+    finally:
+        on()
+
+
+# --------------------------------------------------------------------------- the run
+class RecipeRun:
+    """A fine-tuning run's folder, processes and loop, composed by a recipe.
+
+    Args:
+        method: ``scdpo`` or ``vce`` (in manifests and adapter records). label: its display name.
+        cfg: the recipe's :class:`OptionSet` (needs ``seed``, ``steps``, ``lr``, ``warmup_steps``,
+            ``grad_accum``, ``max_grad_norm``, ``beta``, ``mixed_precision``, ``save_every``,
+            ``keep_checkpoints``, ``log_every``).
+        concept: the concept's name. model: what ``--model`` said.
+        out: the run folder (None: ``runs/<method>-<concept>-<time>``).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        label: str,
+        cfg: OptionSet,
+        concept: str,
+        model: str,
+        out: str | Path | None,
+        resume: bool,
+        progress: Progress | None = None,
+    ):
+        self.method, self.label, self.cfg, self.concept, self.model_name = method, label, cfg, concept, model
+        self.resume, self.progress, self.out_given = resume, progress, out is not None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.out = Path(out) if out else Path("runs") / f"{method}-{concept}-{stamp}"
+        self.acc: Any = None
+        self.is_main = True
+        self.start_step, self.last_metrics = 0, {}
+
+    # ----------------------------------------------------------------- folder rules
+    def check_out(self) -> None:
+        """``--out`` must be empty, or hold a run of the same concept and settings with ``--resume``."""
+        if self.out_given is False and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SafegenError(
+                "Under accelerate launch, pass --out (every process must write to one folder)."
+            )
+        manifest = self.out / "manifest.json"
+        if self.resume:
+            if not manifest.is_file():
+                raise SafegenError(f"--resume: {self.out} holds no {self.label} run (no manifest.json).")
+            saved = json.loads(manifest.read_text())
+            if saved.get("method", self.method) != self.method:
+                raise SafegenError(f"--resume: {self.out} holds a {saved['method']} run, not {self.method}.")
+            if saved.get("concept") != self.concept:
+                raise SafegenError(
+                    f"--resume: {self.out} erases {saved.get('concept')!r}, not {self.concept!r}."
+                )
+            old, new = saved.get("config", {}), self.cfg.to_dict()
+            changed = [k for k in new if k not in NOISY_KEYS and old.get(k) != new[k]]
+            if changed:
+                raise SafegenError(
+                    f"--resume: the run in {self.out} used other settings for {', '.join(changed)}; "
+                    "use a new --out to change them."
+                )
+        elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise SafegenError(
+                f"{self.out} is not empty: pass --resume to continue the run in it, or another --out."
+            )
+
+    def start(self, device: str) -> Any:
+        """The Accelerator (one per process under ``accelerate launch``); a missing device is an error."""
+        from accelerate import Accelerator
+
+        from safegen.loader import resolve_device
+
+        cpu = resolve_device(device).type == "cpu"
+        self.acc = Accelerator(
+            cpu=cpu, mixed_precision=self.cfg.mixed_precision, gradient_accumulation_steps=self.cfg.grad_accum
+        )
+        self.is_main = self.acc.is_main_process
+        return self.acc
+
+    def write_manifest(self, model: Any, result: dict[str, Any], done: bool = False, **extra: Any) -> None:
+        """``manifest.json`` (settings, versions, git, the result so far) and a re-runnable config.yaml."""
+        from safegen.bench.runs import git_commit, versions
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "method": self.method,
+            "concept": self.concept,
+            "status": "done" if done else "running",
+            "model": {"name": model.name, "source": model.source},
+            **extra,
+            "processes": self.acc.num_processes,
+            "config": self.cfg.to_dict(),
+            "versions": versions(),
+            "git": git_commit(),
+            **{k: v for k, v in result.items() if k != "concept"},
+        }
+        (self.out / "manifest.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        command = f"safegen erase --method {self.method} --concept {self.concept} --model {self.model_name}"
+        header = f"# {command} --config {self.out / 'config.yaml'} --out NEW_OUT\n"
+        (self.out / "config.yaml").write_text(header + yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+
+    # ----------------------------------------------------------------- processes
+    def any_failed(self, failed: bool) -> bool:
+        """Whether any process reports a failure (a collective: every process must call it)."""
+        if self.acc.num_processes == 1:
+            return failed
+        flag = torch.tensor([1.0 if failed else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item() > 0)
+
+    def collective(self, fn: Callable[[], Any], main_only: bool = False) -> Any:
+        """Run ``fn`` on every process (or the main one); if any fails, every process raises."""
+        error, value = None, None
+        if self.is_main or not main_only:
+            try:
+                value = fn()
+            except Exception as exc:  # re-raised below, after the other processes have heard of it
+                error = exc
+        if self.any_failed(error is not None):
+            raise error if error is not None else SafegenError("Another process failed; see its error above.")
+        return value
+
+    # ----------------------------------------------------------------- checkpoints
+    def resume_from(self, adapter: Any, opt: Any) -> int:
+        """With ``--resume``: load the newest checkpoint and cut ``log.jsonl`` back to it; return its step."""
+        from safegen.adapters import latest_checkpoint, load_checkpoint
+
+        last = latest_checkpoint(self.out / "checkpoints") if self.resume else None
+        if last is not None:
+            self.start_step = load_checkpoint(last, adapter, opt)
+        log = self.out / "log.jsonl"
+        if self.is_main and log.is_file():  # drop rows past the checkpoint we resume from
+            rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= self.start_step]
+            log.write_text("".join(r + "\n" for r in rows))
+            self.last_metrics = json.loads(rows[-1]) if rows else {}
+        return self.start_step
+
+    def save_checkpoint(self, step: int, adapter: Any, opt: Any, record: dict[str, Any]) -> None:
+        from safegen.adapters import save_checkpoint
+
+        if self.is_main:
+            folder = self.out / "checkpoints"
+            save_checkpoint(folder, adapter, opt, step, record, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def check_finite(self, loss: torch.Tensor, step: int, lr: float) -> None:
+        """Stop every process before the update when any has a NaN or infinite loss."""
+        from safegen.adapters import latest_checkpoint
+
+        if self.any_failed(not bool(torch.isfinite(loss))):
+            last = latest_checkpoint(self.out / "checkpoints")
+            where = f"the last checkpoint is {last} (continue with --resume)" if last else "no checkpoint yet"
+            raise SafegenError(
+                f"The {self.label} loss is NaN or infinite at step {step + 1}; stopped before the update "
+                f"(lr {lr:g}, beta {self.cfg.beta:g}): lower lr or beta; {where}."
+            )
+
+    # ----------------------------------------------------------------- the loop
+    def train(
+        self,
+        micro_step: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+        names: Sequence[str],
+        module: Any,
+        adapter: Any,
+        opt: Any,
+        params: list[torch.nn.Parameter],
+        n_data: int,
+        record: Callable[[int], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Optimise from the resumed step to ``cfg.steps``; return the training stage's record.
+
+        Args:
+            micro_step: ``gen -> (loss, stats)``: one micro-batch drawn with ``gen`` (a CPU generator seeded
+                from the seed, step, micro-step and process); ``stats`` (len(names),) for the log.
+            names: the metric names of ``stats`` (TRL's: ``loss``, ``rewards/chosen``, ...).
+            module: what gradients are accumulated on (the DDP wrapper under ``accelerate``).
+            adapter: what checkpoints save (the LoRA's module). opt, params: the optimiser, its parameters.
+            n_data: training pairs, for ``epoch``. record: ``step -> adapter.json record``.
+        """
+        cfg, acc, start = self.cfg, self.acc, time.time()
+        module.train()
+        step = self.start_step
+        while step < cfg.steps:
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up
+            for group in opt.param_groups:
+                group["lr"] = lr
+            sums, grad_norm = torch.zeros(len(names)), None
+            for micro in range(cfg.grad_accum):
+                seed = (cfg.seed * 1_000_003 + step * 1_009 + micro) * 1_013 + acc.process_index
+                with acc.accumulate(module):
+                    loss, stats = micro_step(torch.Generator().manual_seed(seed))
+                    self.check_finite(loss, step, lr)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                sums += stats
+            step += 1
+            means = acc.reduce((sums / cfg.grad_accum).to(acc.device), reduction="mean").cpu().tolist()
+            seen = step * cfg.batch_size * cfg.grad_accum * acc.num_processes
+            row = {
+                "step": step,
+                **dict(zip(names, means, strict=True)),
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "epoch": seen / max(1, n_data),
+                "seconds": round(time.time() - start, 2),
+            }
+            self.last_metrics = row
+            if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                with (self.out / "log.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                self.save_checkpoint(step, adapter, opt, record(step))
+            if self.progress is not None and self.is_main:
+                self.progress("training", step, cfg.steps)
+        return {
+            "steps": step,
+            "resumed_from": self.start_step,
+            "seconds": round(time.time() - start, 2),
+            "final": self.last_metrics,
+        }

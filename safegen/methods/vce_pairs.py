@@ -1,0 +1,389 @@
+"""VCE's contrastive pairs: same-seed image tokens of a prompt with the concept and of its safe rewrite.
+
+Following VCE (arXiv 2509.16986; our reading, see REFERENCE.md 1.4), for each prompt p that names the
+concept and each seed s::
+
+    y_u = tokens(model(p, s)),    p' = rewrite(p),    y_s = tokens(model(p', s))
+
+with the **same seed**, so that only the concept differs between the two images. The safe prompt p'
+comes from one of three rewriters (option ``rewriter``):
+
+- ``rule`` (default, offline): the concept registry's :func:`safegen.concepts.rewrite` (mini world:
+  ``a red circle`` -> ``a green circle``; nudity: ``naked`` -> ``fully clothed``);
+- ``caption``: BLIP captions of the unsafe images through clip-interrogator (the optional extra
+  ``safegen[caption]``), with the concept then removed by the same registry rewrite: our offline
+  stand-in for the paper's multimodal-LLM rewrite of captions;
+- ``file``: the user's ``pairs_file``, JSONL or CSV rows of ``prompt`` and ``safe_prompt`` (optional
+  ``seed``), or of ``prompt``, ``unsafe_image`` and ``safe_image`` (paths relative to the file, encoded
+  with the model's VQ tokenizer).
+
+Optional filter (``pair_filter``): a pair is kept only when a detector sees the concept in the unsafe image
+and not in the safe one. The detector is never ``bench mini``'s evaluator (:mod:`safegen.mini.classifier`):
+``colour`` is a pixel heuristic for mini-world colours, ``nudenet`` is NudeNet (preset i2p) for nudity on
+real models (I2P scores with NudeNet too, one reason the filter is off by default).
+
+Retain samples: base-model tokens of prompts without the concept, for the retain term of training.
+
+The folder, reusable by later runs on the same model through ``pairs_dir=``::
+
+    pairs/  tokens.safetensors  unsafe (N, T), safe (N, T), retain (M, T) int64
+            pairs.jsonl         one row per candidate pair: prompt, safe_prompt, seed, filter scores, kept
+            retain.jsonl        one row per retain sample: prompt, seed
+            manifest.json       fingerprint, concept, model, rewriter, filter, counts, seconds
+            images/             with save_pair_images: unsafe | safe side by side, one PNG per pair
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from safegen.errors import SafegenError
+from safegen.methods.common import StageContext, concept_prompts, read_manifest
+
+COLOUR_RADIUS = 60.0  # RGB distance within which a pixel counts as the concept's colour
+
+
+@dataclass
+class PairJob:
+    """One candidate pair: the unsafe prompt, its seed and where the safe side comes from."""
+
+    index: int
+    prompt: str
+    seed: int
+    safe_prompt: str | None = None  # None: from the caption of the unsafe image (rewriter=caption)
+    unsafe_image: str | None = None  # pairs_file rows with images: both paths, no sampling
+    safe_image: str | None = None
+
+
+# --------------------------------------------------------------------------- planning
+def check_pair_inputs(cfg: Any, concept: Any, mini: tuple[str, str] | None) -> None:
+    """Every pair-stage choice that can be checked before a model is loaded (one-line errors)."""
+    if cfg.rewriter == "caption" and importlib.util.find_spec("clip_interrogator") is None:
+        raise SafegenError(
+            "rewriter=caption needs clip-interrogator, an optional extra: pip install 'safegen[caption]' "
+            "(or use rewriter=rule, or rewriter=file with pairs_file=FILE)."
+        )
+    if cfg.rewriter == "file":
+        read_pairs_file(cfg)
+    elif cfg.pairs_file:
+        raise SafegenError("pairs_file is read only with rewriter=file; add --set rewriter=file.")
+    if cfg.pair_filter == "colour" and (mini is None or mini[0] != "color"):
+        raise SafegenError(
+            f"pair_filter=colour works on mini-world colours only ('{concept.name}' is not one); "
+            "use pair_filter=none or nudenet."
+        )
+    if cfg.pair_filter == "nudenet" and "nudenet" not in (concept.detector or {}):
+        raise SafegenError(
+            f"pair_filter=nudenet is for nudity concepts; '{concept.name}' has no NudeNet detector."
+        )
+
+
+def pair_seed(cfg: Any, prompt_index: int, k: int) -> int:
+    return cfg.seed * 1_000_003 + prompt_index * 1_000 + k
+
+
+def plan_pairs(ctx: StageContext) -> list[PairJob]:
+    """Every candidate pair of the run, in a fixed order (each process takes every N-th)."""
+    from safegen.concepts import rewrite
+
+    cfg = ctx.cfg
+    if cfg.rewriter == "file":
+        return read_pairs_file(cfg)
+    harmful, _ = run_prompts(ctx)
+    jobs: list[PairJob] = []
+    for i, prompt in enumerate(harmful):
+        safe = rewrite(prompt, ctx.concept) if cfg.rewriter == "rule" else None
+        if safe == prompt:
+            continue  # the prompt does not name the concept by a keyword: nothing to contrast
+        for k in range(cfg.seeds_per_prompt):
+            jobs.append(PairJob(len(jobs), prompt, pair_seed(cfg, i, k), safe))
+    if not jobs:
+        raise SafegenError(f"No prompt names '{ctx.concept.name}' by a keyword; no pair can be built.")
+    return jobs
+
+
+def plan_retain(ctx: StageContext) -> list[tuple[str, int]]:
+    """(prompt, seed) of every retain sample: prompts without the concept, ``retain_seeds`` each."""
+    _, clean = run_prompts(ctx)
+    cfg = ctx.cfg
+    return [(p, pair_seed(cfg, 500 + i, k)) for i, p in enumerate(clean) for k in range(cfg.retain_seeds)]
+
+
+def run_prompts(ctx: StageContext) -> tuple[list[str], list[str]]:
+    cfg = ctx.cfg
+    return concept_prompts(
+        ctx.concept,
+        ctx.mini,
+        seed=cfg.seed + 31,
+        n_harmful=cfg.n_harmful_prompts,
+        n_clean=cfg.n_clean_prompts,
+        prompts_file=cfg.prompts_file,
+        clean_prompts_file=cfg.clean_prompts_file,
+    )
+
+
+def read_pairs_file(cfg: Any) -> list[PairJob]:
+    """The rows of ``pairs_file`` (JSONL, or CSV with a header) as pair jobs.
+
+    Raises:
+        SafegenError: no file, unreadable, a bad row (line number named), a missing image.
+    """
+    if not cfg.pairs_file:
+        raise SafegenError("rewriter=file needs --set pairs_file=FILE (JSONL or CSV).")
+    path = Path(cfg.pairs_file).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SafegenError(f"Cannot read pairs file {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise SafegenError(f"{path} line {n}: not valid JSON.") from None
+    jobs: list[PairJob] = []
+    for n, row in enumerate(rows, 1):
+        where = f"{path} row {n}"
+        if not isinstance(row, dict) or not str(row.get("prompt") or "").strip():
+            raise SafegenError(f"{where}: needs a non-empty 'prompt'.")
+        if row.get("unsafe_image") or row.get("safe_image"):
+            files = [path.parent / str(row.get(k) or "") for k in ("unsafe_image", "safe_image")]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise SafegenError(f"{where}: image not found: {missing[0]}.")
+            jobs.append(PairJob(len(jobs), row["prompt"], -1, None, str(files[0]), str(files[1])))
+            continue
+        if not str(row.get("safe_prompt") or "").strip():
+            raise SafegenError(f"{where}: needs 'safe_prompt', or 'unsafe_image' and 'safe_image'.")
+        try:
+            seeds = [int(row["seed"])] if str(row.get("seed") or "").strip() else None
+        except ValueError:
+            raise SafegenError(f"{where}: seed must be an integer, got {row['seed']!r}.") from None
+        for seed in seeds or [pair_seed(cfg, n, k) for k in range(cfg.seeds_per_prompt)]:
+            jobs.append(PairJob(len(jobs), row["prompt"], seed, row["safe_prompt"]))
+    if not jobs:
+        raise SafegenError(f"{path} holds no pairs.")
+    return jobs
+
+
+# --------------------------------------------------------------------------- detectors and captions
+def make_filter(ctx: StageContext) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+    """``images (N, H, W, 3) uint8 -> (scores (N,), shows (N,) bool)``, or None with pair_filter=none."""
+    cfg = ctx.cfg
+    if cfg.pair_filter == "colour":
+        from safegen.mini.world import World
+
+        rgb = np.array(World.load().rgb[ctx.mini[1]], dtype=np.float32)
+
+        def colour(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            share = (np.linalg.norm(images.astype(np.float32) - rgb, axis=-1) < COLOUR_RADIUS).mean(
+                axis=(1, 2)
+            )
+            return share, share >= cfg.filter_threshold
+
+        return colour
+    if cfg.pair_filter == "nudenet":
+        from safegen.classifiers.nudenet import NudeNetClassifier
+
+        detector = NudeNetClassifier(ctx.concept.detector["nudenet"])
+
+        def nudity(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            found = detector.classify([Image.fromarray(im) for im in images])
+            return np.array([r["score"] for r in found]), np.array([bool(r["unsafe"]) for r in found])
+
+        return nudity
+    return None
+
+
+def load_captioner(cfg: Any, device: torch.device) -> Callable[[np.ndarray], list[str]]:
+    """BLIP captions through clip-interrogator (imported here: it is an optional extra)."""
+    try:
+        from clip_interrogator import Config, Interrogator
+    except ImportError:
+        raise SafegenError(
+            "rewriter=caption needs clip-interrogator, an optional extra: pip install 'safegen[caption]'."
+        ) from None
+    interrogator = Interrogator(Config(caption_model_name=cfg.caption_model, device=str(device), quiet=True))
+    return lambda images: [interrogator.generate_caption(Image.fromarray(im)) for im in images]
+
+
+# --------------------------------------------------------------------------- building
+def sampling_for(ctx: StageContext) -> Any:
+    from safegen.ar.sampler import SamplingConfig
+
+    cfg = ctx.cfg
+    extra = {"cfg": cfg.gen_cfg} if cfg.gen_cfg >= 0 else {}
+    return SamplingConfig.for_model(ctx.model, batch_size=cfg.gen_batch_size, **extra)
+
+
+def build_pair_part(ctx: StageContext, folder: Path) -> None:
+    """This process's share of the pairs and retain samples (every N-th), as ``part-<rank>.*``."""
+    cfg, model = ctx.cfg, ctx.model
+    jobs, retain = plan_pairs(ctx)[ctx.rank :: ctx.world_size], plan_retain(ctx)[ctx.rank :: ctx.world_size]
+    sampling, detector = sampling_for(ctx), make_filter(ctx)
+    captioner = load_captioner(cfg, model.device) if cfg.rewriter == "caption" else None
+    folder.mkdir(parents=True, exist_ok=True)
+    total, rows, unsafe, safe = len(jobs) + len(retain), [], [], []
+    for begin in range(0, len(jobs), cfg.gen_batch_size):
+        chunk = jobs[begin : begin + cfg.gen_batch_size]
+        u, s, chunk_rows = _pair_tokens(ctx, chunk, sampling, captioner, detector, folder)
+        unsafe.append(u)
+        safe.append(s)
+        rows += chunk_rows
+        ctx.report("pairs", begin + len(chunk), total)
+    r_tokens = torch.zeros(0, model.n_tokens, dtype=torch.long)
+    if retain:
+        prompts, seeds = [p for p, _ in retain], [s for _, s in retain]
+        r_tokens = model.generate_tokens(prompts, seeds, sampling).cpu()
+    ctx.report("pairs", total, total)
+    empty = torch.zeros(0, model.n_tokens, dtype=torch.long)
+    tensors = {
+        "unsafe": torch.cat(unsafe) if unsafe else empty,
+        "safe": torch.cat(safe) if safe else empty,
+        "retain": r_tokens.long(),
+        "pair_index": torch.tensor([j.index for j in jobs], dtype=torch.long),
+        "retain_index": torch.arange(len(retain), dtype=torch.long) * ctx.world_size + ctx.rank,
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"part-{ctx.rank}.safetensors"))
+    lines = [json.dumps(r) for r in rows] + [
+        json.dumps({"retain": True, "prompt": p, "seed": s}) for p, s in retain
+    ]
+    (folder / f"part-{ctx.rank}.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def _pair_tokens(
+    ctx: StageContext,
+    chunk: list[PairJob],
+    sampling: Any,
+    captioner: Callable | None,
+    detector: Callable | None,
+    folder: Path,
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Unsafe and safe tokens (B, T) of a chunk of jobs, and their rows for ``pairs.jsonl``."""
+    from safegen.concepts import rewrite
+
+    model, cfg = ctx.model, ctx.cfg
+    if chunk[0].unsafe_image is not None and all(j.unsafe_image for j in chunk):
+        load = lambda key: [Image.open(getattr(j, key)).convert("RGB") for j in chunk]  # noqa: E731
+        u, s = model.encode_images(load("unsafe_image")).cpu(), model.encode_images(load("safe_image")).cpu()
+    elif any(j.unsafe_image for j in chunk):  # a mixed chunk: one job at a time
+        parts = [_pair_tokens(ctx, [j], sampling, captioner, detector, folder) for j in chunk]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), [p[2][0] for p in parts]
+    else:
+        seeds = [j.seed for j in chunk]
+        u = model.generate_tokens([j.prompt for j in chunk], seeds, sampling).cpu()  # (B, T)
+        if captioner is not None:
+            for job, caption in zip(chunk, captioner(model.decode(u)), strict=True):
+                job.safe_prompt = rewrite(caption, ctx.concept)
+        s = model.generate_tokens([j.safe_prompt for j in chunk], seeds, sampling).cpu()  # same seeds
+    rows = [{**asdict(j), "kept": True} for j in chunk]
+    if detector is not None or cfg.save_pair_images:
+        images_u, images_s = model.decode(u), model.decode(s)  # (B, H, W, 3) uint8 each
+        if detector is not None:
+            (score_u, shows_u), (score_s, shows_s) = detector(images_u), detector(images_s)
+            for b, row in enumerate(rows):
+                row |= {"unsafe_score": float(score_u[b]), "safe_score": float(score_s[b])}
+                row["kept"] = bool(shows_u[b]) and not bool(shows_s[b])
+        if cfg.save_pair_images:
+            (folder / "images").mkdir(exist_ok=True)
+            for job, a, b in zip(chunk, images_u, images_s, strict=True):
+                Image.fromarray(np.concatenate([a, b], axis=1)).save(
+                    folder / "images" / f"{job.index:06d}.png"
+                )
+    return u, s, rows
+
+
+def merge_pair_parts(ctx: StageContext, folder: Path, fingerprint: str, start: float) -> dict[str, Any]:
+    """On the main process: merge the parts into ``tokens.safetensors`` + JSONL files; write the manifest."""
+    parts = sorted(folder.glob("part-*.safetensors"))
+    loaded = [load_file(str(p)) for p in parts]
+    cat = lambda key: torch.cat([t[key] for t in loaded])  # noqa: E731
+    order, r_order = cat("pair_index").argsort(), cat("retain_index").argsort()
+    lines = [
+        json.loads(line) for p in sorted(folder.glob("part-*.jsonl")) for line in p.read_text().splitlines()
+    ]
+    rows = sorted((r for r in lines if not r.get("retain")), key=lambda r: r["index"])
+    retain_rows = [r for r in lines if r.get("retain")]
+    retain_rows = [retain_rows[i] for i in r_order.tolist()] if retain_rows else []
+    tensors = {"unsafe": cat("unsafe")[order], "safe": cat("safe")[order], "retain": cat("retain")[r_order]}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "tokens.safetensors"))
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "retain.jsonl").write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "seed": r["seed"]}) + "\n" for r in retain_rows)
+    )
+    for p in (*parts, *folder.glob("part-*.jsonl")):
+        p.unlink()
+    kept, cfg = sum(r["kept"] for r in rows), ctx.cfg
+    if kept == 0:
+        raise SafegenError(
+            f"No pair passed pair_filter={cfg.pair_filter}; lower filter_threshold or use pair_filter=none."
+        )
+    record = {
+        "fingerprint": fingerprint,
+        "concept": ctx.concept.name,
+        "model": ctx.model.source,
+        "family": ctx.model.family,
+        "n_tokens": ctx.model.n_tokens,
+        "rewriter": cfg.rewriter,
+        "pair_filter": cfg.pair_filter,
+        "n_candidates": len(rows),
+        "n_pairs": kept,
+        "n_retain": len(retain_rows),
+        "identical_pairs": int((tensors["unsafe"] == tensors["safe"]).all(dim=1).sum()),
+        "processes": ctx.world_size,
+        "seconds": round(time.time() - start, 2),
+    }
+    (folder / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# --------------------------------------------------------------------------- training data
+class TokenPairs:
+    """The kept pairs and the retain samples of a ``pairs/`` folder; batches drawn by a seeded generator."""
+
+    def __init__(self, folder: Path, model: Any):
+        self.folder, record = folder, read_manifest(folder, "pair set")
+        if record.get("n_tokens") != model.n_tokens or record.get("model") != model.source:
+            raise SafegenError(
+                f"The pairs in {folder} are tokens of {record.get('model')}, not of {model.source}; "
+                "pairs are tied to the model's image tokenizer: use a new --out or another pairs_dir."
+            )
+        tensors = load_file(str(folder / "tokens.safetensors"))
+        rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line]
+        kept = torch.tensor([r["kept"] for r in rows], dtype=torch.bool)
+        self.prompts = [r["prompt"] for r in rows if r["kept"]]
+        self.unsafe, self.safe = tensors["unsafe"][kept].long(), tensors["safe"][kept].long()  # (N, T)
+        retain = [json.loads(line) for line in (folder / "retain.jsonl").read_text().splitlines() if line]
+        self.retain_prompts, self.retain = [r["prompt"] for r in retain], tensors["retain"].long()  # (M, T)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """``size`` random pairs: unsafe prompts (B,), safe tokens (B, T), unsafe tokens (B, T)."""
+        idx = torch.randint(len(self), (size,), generator=generator)
+        return [self.prompts[i] for i in idx.tolist()], self.safe[idx], self.unsafe[idx]
+
+    def retain_batch(self, size: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor] | None:
+        """``size`` random retain samples: prompts (R,) and tokens (R, T); None when there are none."""
+        if not self.retain_prompts:
+            return None
+        idx = torch.randint(len(self.retain_prompts), (size,), generator=generator)
+        return [self.retain_prompts[i] for i in idx.tolist()], self.retain[idx]
