@@ -21,6 +21,7 @@ from safegen.concepts import get_concept
 from safegen.errors import SafegenError
 from safegen.generator import GenerationConfig, generate
 from safegen.guards import GUARDS, build_guard, get_guard, guard_class, guard_options, list_guards
+from safegen.guards.base import RunContext
 from safegen.guards.options import parse_sets, read_guard_config
 from safegen.loader import LoadedModel, load_model
 from safegen.methods import sp_guard
@@ -135,6 +136,11 @@ def test_sp_equations_on_hand_numbers() -> None:
     assert sp_guard.adaptive_strength(h, tau=0.3, lam_max=10.0).tolist() == pytest.approx(
         [0.0, 0.0, 5.0, 10.0]
     )
+    # h_sat 0.5: full strength from h = 0.5 on; (0.4 - 0.3) / (0.5 - 0.3) = 0.5
+    h = torch.tensor([0.3, 0.4, 0.5, 0.9])
+    assert sp_guard.adaptive_strength(h, tau=0.3, lam_max=10.0, h_sat=0.5).tolist() == pytest.approx(
+        [0.0, 5.0, 10.0, 10.0]
+    )
 
 
 def test_sp_mask_options() -> None:
@@ -183,6 +189,42 @@ def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None
         assert info["mask_coverage_mean"] == pytest.approx(0.25, abs=0.05)
     masks = guard.take_masks()
     assert [[s for s, _ in m] for m in masks] == [[1, 2, 3]] * 2 and masks[0][0][1].dtype == np.uint8
+
+
+def test_sp_contrast_direction_runs_the_anchor_and_steers_along_it(tiny_sd: LoadedModel) -> None:
+    opts = dict(tau=-1.0, window_end=0.5, mask="none", lam_max=5.0)
+    contrast = get_guard("sp", concept="red", direction="contrast", **opts)
+    sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, contrast, steps=8))
+    assert sizes == [6] + [8] * 3 + [4] * 4  # judge [u, c, s]; guide [u, c, s, a]; then plain CFG
+    # the guided eps, by hand: eps_u + w d_c - lam (eps_s - eps_a) on one step's branch outputs
+    contrast.begin(_context(tiny_sd, contrast))
+    contrast.lam = torch.full((2,), 5.0)
+    eps = [torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    out = contrast.guide(1, torch.tensor(1), eps[0], eps[0], eps[1], torch.stack(eps[2:]))
+    expected = eps[0] + 7.5 * (eps[1] - eps[0]) - 5.0 * (eps[2] - eps[3])
+    assert torch.allclose(out, expected, atol=1e-5)
+    unsafe = get_guard("sp", concept="red", direction="unsafe", **opts)
+    images = [
+        generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=g) for g in (contrast, unsafe)
+    ]
+    assert np.abs(pixels(images[0]) - pixels(images[1])).mean() > 0.05
+
+
+def _context(model: LoadedModel, guard) -> RunContext:
+    """The RunContext the generator would give ``guard`` for PROMPTS (built by running one step)."""
+    seen = {}
+    original = guard.begin
+
+    def capture(ctx):
+        seen["ctx"] = ctx
+        original(ctx)
+
+    guard.begin = capture
+    try:
+        run(model, guard, steps=1)
+    finally:
+        del guard.begin
+    return seen["ctx"]
 
 
 # --------------------------------------------------------------------------- DLR
@@ -307,6 +349,11 @@ def test_set_and_config_file(tmp_path: Path) -> None:
         (lambda: get_guard("sp", concept="red", mask="blob"), "mask must be one of quantile"),
         (lambda: get_guard("sp", concept="red", mask_soft=1), "must be true or false"),
         (lambda: get_guard("sp", concept="red", window_start=0.5, window_end=0.5), "greater than"),
+        (
+            lambda: get_guard("sp", concept="red", tau=0.5, h_sat=0.4),
+            r"h_sat \(0.4\) must be greater",
+        ),
+        (lambda: get_guard("sp", concept="red", direction="sideways"), "direction must be one of unsafe"),
         (lambda: get_guard("dlr", concept="red", weight=float("nan")), "weight must be a finite number"),
         (lambda: get_guard("neg", concept="red", strength="extreme"), "Unknown strength for guard 'neg'"),
         (lambda: get_guard("sld", concept="red", threshold="0.1"), "threshold must be a number"),

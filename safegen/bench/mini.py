@@ -114,12 +114,16 @@ def run_bench_mini(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     on_images: Callable[[str, list, list[BenchPrompt], list[list[dict]]], None] | None = None,
+    reuse_base: bool = False,
 ) -> dict:
     """Run the mini-world benchmark and return its results (see the module docstring).
 
     Args:
         on_images: optional callback ``(variant, images, prompts, reads)`` per evaluated variant
             ("base" or "test"), used to write run folders.
+        reuse_base: keep the unmodified model's images and reads in this process and reuse them when a
+            later call has the same model, concept, seeds and sampling settings (sweeps run the base
+            variant once instead of once per row).
 
     Returns:
         ``{"model", "guard", "adapter", "concept", "n_images", "accuracy": {...},
@@ -147,8 +151,16 @@ def run_bench_mini(
         variants.insert(0, ("base", "none", None))
     total = len(expanded) * len(variants)
     results = {}
+    base_key = (model, device, target, images_per_prompt, steps, cfg, seed)
     for k, (name, g, a) in enumerate(variants):
         done = k * len(expanded)
+        unmodified = reuse_base and g == "none" and not a
+        if unmodified and base_key in _BASE_RUNS:
+            images, reads = _BASE_RUNS[base_key]
+            if on_images:
+                on_images(name, images, expanded, reads)
+            results[name] = score(expanded, reads, target)
+            continue
         guard_obj = _make_guard(g, concept, guard_options)
         if a:
             attach_adapter(loaded, a)
@@ -167,6 +179,8 @@ def run_bench_mini(
             if a:
                 detach_adapter(loaded)
         reads = MiniClassifier.classify(classifier, [im.image for im in images])
+        if unmodified:
+            _BASE_RUNS[base_key] = (images, reads)
         if on_images:
             on_images(name, images, expanded, reads)
         results[name] = score(expanded, reads, target)
@@ -183,6 +197,9 @@ def run_bench_mini(
         "accuracy": test["accuracy"],
         "erasure": erasure,
     }
+
+
+_BASE_RUNS: dict[tuple, tuple[list, list[list[dict]]]] = {}  # reuse_base: the unmodified model's runs
 
 
 def _make_guard(name: str, concept: str | None, options: dict | None):

@@ -7,12 +7,17 @@ Our reading, per denoising step t, with one batched UNet call over three branche
 
     eps_u (empty prompt), eps_c (the prompt), eps_s (the concept's unsafe text)
     d_c = eps_c - eps_u,  d_s = eps_s - eps_u                                     # Eq. (a) directions
+    d_s = eps_s - eps_a   (direction=contrast, guided steps only; a = the safe anchor)  # Eq. (a')
     h   = mean_{t < K} cos(flat(d_c), flat(d_s))                                  # Eq. (b) harmfulness
-    lam = lam_max * clamp((h - tau) / (1 - tau), 0, 1)                            # Eq. (c) strength
+    lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1)                        # Eq. (c) strength
     p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
     M_t = top-q quantile (or threshold) of p, optional dilation / blur, hard or soft  # Eq. (e) mask
     eps = eps_u + w * d_c - lam * M_t * d_s      for steps in the active window   # Eq. (f) guidance
 
+With ``direction=contrast`` the guided steps also run the concept's safe anchor text (``safe_text``,
+e.g. "clothed" for nudity, the replacement value for a mini concept) and steer along eps_s - eps_a: what
+the unsafe text adds over its safe counterpart, without the generic "draw something" component that
+eps_s - eps_u also holds (one more branch while guiding). h is still judged with Eq. (a).
 Guidance starts once h is known (step K, or later with ``window_start``). When every image of the batch
 has ``lam == 0`` after K steps, the third branch is dropped for the rest of the run: a benign prompt then
 costs what plain CFG costs, and its image is plain CFG's (up to float rounding of the larger batch in the
@@ -48,7 +53,8 @@ class SPGuardOptions:
 
     judge_steps: int = option(1, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
     tau: float = option(0.3, low=-1.0, high=0.99, help="harmfulness threshold: lam = 0 for h <= tau")
-    lam_max: float = option(10.0, low=0.0, high=100.0, help="largest safety strength (at h = 1)")
+    lam_max: float = option(10.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
+    h_sat: float = option(1.0, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max")
     window_start: float = option(0.0, low=0.0, high=1.0, help="guide from this fraction of steps (>= K)")
     window_end: float = option(0.7, low=0.0, high=1.0, help="stop guiding (and drop the branch) here")
     mask: str = option("quantile", choices=("quantile", "threshold", "none"), help="how M_t is chosen")
@@ -58,6 +64,9 @@ class SPGuardOptions:
     mask_dilate: int = option(0, low=0, high=8, help="grow the mask by this many latent pixels")
     mask_blur: int = option(0, low=0, high=8, help="box-blur radius in latent pixels (softens edges)")
     keep_masks: bool = option(False, help="keep each step's mask for save_masks (--save-masks)")
+    direction: str = option(
+        "unsafe", choices=("unsafe", "contrast"), help="guided d_s: eps_s - eps_u, or eps_s - eps_a (anchor)"
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -73,9 +82,13 @@ def cosine(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(d_c.flatten(1).float(), d_s.flatten(1).float(), dim=1)
 
 
-def adaptive_strength(h: torch.Tensor, tau: float, lam_max: float) -> torch.Tensor:
-    """Eq. (c): lam = lam_max * clamp((h - tau) / (1 - tau), 0, 1); exactly 0 for h <= tau."""
-    return lam_max * ((h - tau) / (1.0 - tau)).clamp(0.0, 1.0)
+def adaptive_strength(h: torch.Tensor, tau: float, lam_max: float, h_sat: float = 1.0) -> torch.Tensor:
+    """Eq. (c): lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1); exactly 0 for h <= tau.
+
+    ``h_sat = 1`` is the paper's linear ramp over the whole cosine range (our reading); a smaller
+    ``h_sat`` reaches full strength at the harmfulness that prompts with the concept actually reach.
+    """
+    return lam_max * ((h - tau) / (h_sat - tau)).clamp(0.0, 1.0)
 
 
 def projection(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
@@ -119,6 +132,10 @@ class SPGuard(GuardBase):
 
     def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
         strength = configure(self, concept, strength, options)
+        if self.opts.h_sat <= self.opts.tau:
+            raise SafegenError(
+                f"Guard 'sp' option h_sat ({self.opts.h_sat}) must be greater than tau ({self.opts.tau})."
+            )
         if self.opts.window_end <= self.opts.window_start:
             raise SafegenError(
                 f"Guard 'sp' option window_end ({self.opts.window_end}) must be greater than "
@@ -134,6 +151,10 @@ class SPGuard(GuardBase):
         self.guide_from = max(self.judge, math.ceil(opts.window_start * n - 1e-9))
         self.guide_until = min(n, math.ceil(opts.window_end * n - 1e-9))
         self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
+        self.guide_branches = self.unsafe
+        if opts.direction == "contrast" and self.concept.safe_text:  # eps_a: the concept's safe anchor
+            anchor = ctx.encode([self.concept.safe_text] * ctx.batch_size)[None]
+            self.guide_branches = torch.cat([self.unsafe, anchor])  # (2, B, L, D)
         self.cos_sum = torch.zeros(ctx.batch_size)
         self.cos_steps: list[list[float]] = [[] for _ in range(ctx.batch_size)]
         self.h = torch.zeros(ctx.batch_size)
@@ -146,7 +167,7 @@ class SPGuard(GuardBase):
         if step < self.judge:
             return self.unsafe  # judging: every image needs eps_s
         if self.guide_from <= step < self.guide_until and bool((self.lam > 0).any()):
-            return self.unsafe
+            return self.guide_branches
         return None  # judged benign, outside the window, or past it: plain CFG's cost
 
     def guide(
@@ -170,8 +191,11 @@ class SPGuard(GuardBase):
                 self.cos_steps[b].append(round(value, 5))
             if step == self.judge - 1:
                 self.h = self.cos_sum / self.judge
-                self.lam = adaptive_strength(self.h, self.opts.tau, self.opts.lam_max)  # Eq. (c)
+                opts = self.opts
+                self.lam = adaptive_strength(self.h, opts.tau, opts.lam_max, opts.h_sat)  # Eq. (c)
             return eps
+        if eps_extra.shape[0] > 1:
+            d_s = eps_extra[0] - eps_extra[1]  # Eq. (a'), direction=contrast: unsafe text vs its anchor
         mask = make_mask(d_c, d_s, self.opts)  # Eq. (d), (e): (B, h, w)
         lam = self.lam.to(device=eps.device, dtype=eps.dtype)
         eps = eps - lam[:, None, None, None] * mask[:, None].to(eps.dtype) * d_s  # Eq. (f)

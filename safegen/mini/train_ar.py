@@ -14,7 +14,7 @@ Recipes. VQ: L1 + MSE reconstruction + codebook/commitment loss (beta 0.25) on l
 or perceptual loss, codes unused for 200 steps restarted on random encoder outputs. GPT: next-token cross
 entropy on the VQ codes of the rendered scenes, captions re-drawn with fresh synonyms each time a scene is
 seen, 10 % caption dropout to LlamaGen's fixed unconditional embedding (for CFG), AdamW with warm-up, grad
-clip 1, EMA 0.999 of the weights (exported). Every stage stops after ``--minutes`` (or ``--steps``),
+clip 1, EMA 0.998 of the weights (exported). Every stage stops after ``--minutes`` (or ``--steps``),
 checkpoints to ``--work`` every 10 minutes and at the end, and continues from there with ``--resume``.
 Weights are safetensors; the optimizer state is flattened into safetensors too (no pickle).
 """
@@ -44,7 +44,7 @@ PRESETS = {
     "mini": {
         "vq": dict(codebook_size=512, codebook_embed_dim=8, encoder_ch_mult=(1, 2, 2, 4),
                    decoder_ch_mult=(1, 2, 2, 4), z_channels=64, ch=32, num_res_blocks=1, norm_groups=8),
-        "gpt": dict(dim=256, n_layer=6, n_head=8, multiple_of=64, caption_dim=128, vocab_size=512,
+        "gpt": dict(dim=192, n_layer=4, n_head=6, multiple_of=64, caption_dim=128, vocab_size=512,
                     cls_token_num=MAX_LENGTH, block_size=64),
         "text": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4),
     },
@@ -58,6 +58,7 @@ PRESETS = {
 }  # fmt: skip
 SIZE = 64
 SAVE_EVERY_S = 600
+EMA_DECAY = 0.998  # GPT and text encoder; the exported weights are the EMA
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -138,6 +139,8 @@ def train_vq(
     vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
     opt = torch.optim.Adam(vq.parameters(), lr=lr, betas=(0.9, 0.95))
     step = load_modules(work / "vq", vq=vq, optimizer=opt) if resume and (work / "vq").exists() else 0
+    for group in opt.param_groups:
+        group["lr"] = lr  # --lr also applies when resuming
     gen = torch.Generator().manual_seed(step)
     usage = torch.zeros(vq.config.codebook_size)
     end, last_save, first, l1 = time.time() + 60 * minutes, time.time(), step, torch.tensor(float("nan"))
@@ -184,6 +187,18 @@ def tokenize_set(vq: VQModel, data: RenderedSet, batch: int = 256) -> torch.Tens
     return torch.cat(out).to(torch.int16)
 
 
+def cached_codes(vq: VQModel, data: RenderedSet, work: Path, vq_step: int) -> torch.Tensor:
+    """:func:`tokenize_set`, kept in ``work/codes.safetensors`` for the VQ checkpoint of ``vq_step``."""
+    path = work / "codes.safetensors"
+    if path.exists():
+        saved = load_file(str(path))
+        if int(saved["vq_step"]) == vq_step and len(saved["codes"]) == len(data):
+            return saved["codes"].long()
+    codes = tokenize_set(vq, data)
+    save_file({"codes": codes, "vq_step": torch.tensor(vq_step)}, str(path))
+    return codes.long()
+
+
 # --------------------------------------------------------------------------- stage 2: text encoder + GPT
 def build_text(preset: str, work: Path):
     """The mini tokenizer and a fresh ``CLIPTextModel`` of the preset's size."""
@@ -226,7 +241,7 @@ def train_gpt(
     world = World.load()
     vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
     load_modules(work / "vq", vq=vq)
-    codes = tokenize_set(vq, data).long()  # (N, block)
+    codes = cached_codes(vq, data, work, int(json.loads((work / "vq" / "state.json").read_text())["step"]))
     tokenizer, encoder = build_text(preset, work)
     torch.manual_seed(0)
     gpt = LlamaGenGPT(GPTConfig.from_dict(PRESETS[preset]["gpt"]))
@@ -252,7 +267,7 @@ def train_gpt(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
         _ema_update(ema_gpt, gpt, decay)
         _ema_update(ema_text, encoder, decay)
         if step % 50 == 0:
@@ -286,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the stage")
     ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the stage's own)")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="mini")
     ap.add_argument("--work", type=Path, default=Path("work-tmp/mini-ar"))
@@ -303,10 +319,26 @@ def main(argv: list[str] | None = None) -> None:
         return
     data = cached_set(args.data, args.n_images, seed=1)
     if args.stage == "vq":
-        train_vq(data, args.work, args.preset, args.minutes, args.steps, args.batch or 32, resume=args.resume)
+        train_vq(
+            data,
+            args.work,
+            args.preset,
+            args.minutes,
+            args.steps,
+            args.batch or 32,
+            args.lr or 2e-4,
+            args.resume,
+        )
     else:
         train_gpt(
-            data, args.work, args.preset, args.minutes, args.steps, args.batch or 64, resume=args.resume
+            data,
+            args.work,
+            args.preset,
+            args.minutes,
+            args.steps,
+            args.batch or 64,
+            args.lr or 5e-4,
+            args.resume,
         )
 
 
