@@ -15,7 +15,8 @@ references are measured beside the sweep: no guard, and diffusers' own ``StableD
 - ``drift``: mean absolute pixel difference (in 1/255) from the unguarded images on grid prompts without
   the concept (SP-Guard's target: <= 1).
 - ``pair UA`` / ``pair keep``: selectivity on two-object prompts where one object has the concept: the
-  share of images where that object lost it, and where the other object is still read right (all axes).
+  share of images where no object shows it, and the share of the other object's three values (object,
+  colour, texture) that some object in the image still shows, relative to the unguarded model.
 
 Writes a markdown table (``--out``, default ``benchmarks/results/sweep_guards_<concept>.md``) and the same
 rows as JSON beside it.
@@ -238,14 +239,12 @@ def pair_selectivity(args: argparse.Namespace, guard: str, options: dict) -> dic
         erased, kept = [], []
         for k, objects in enumerate(reads):
             _, left, right, where = prompts[k // args.images_per_prompt]
-            things = (left, right)
-            if len(objects) != 2:
-                erased.append(True)
-                kept.append(False)
-                continue
-            erased.append(objects[where][axis] != value)
-            other = things[1 - where]
-            kept.append(all(objects[1 - where][a] == other.value(a) for a in AXES))
+            other = (left, right)[1 - where]
+            # position-free: the mini model often merges or drops one of two objects, so an image counts
+            # as erased when no object shows the concept, and keeps, per axis, the other object's value
+            # when some object shows it
+            erased.append(not any(o[axis] == value for o in objects))
+            kept.append(np.mean([any(o[a] == other.value(a) for o in objects) for a in AXES]))
         return float(np.mean(erased)), float(np.mean(kept))
 
     key = (args.model, args.concept, args.steps, args.pairs, args.images_per_prompt)

@@ -345,6 +345,14 @@ def test_train_ar_runs_resumes_and_exports(tmp_path: Path) -> None:
     train_ar.train_gpt(data, tmp_path, "tiny", minutes=5, steps=2, batch=4)
     train_ar.train_gpt(data, tmp_path, "tiny", minutes=5, steps=1, batch=4, resume=True)
     assert json.loads((tmp_path / "gpt" / "state.json").read_text()) == {"step": 3}
+    codes = train_ar.load_file(str(tmp_path / "codes.safetensors"))  # cached for the VQ of step 2
+    assert int(codes["vq_step"]) == 2 and codes["codes"].shape == (8, 16)
+    train_ar.train_vq(data, tmp_path, "tiny", minutes=5, steps=1, batch=4, resume=True)
+    vq = train_ar.VQModel(train_ar.VQConfig.from_dict(train_ar.PRESETS["tiny"]["vq"]))
+    train_ar.load_modules(tmp_path / "vq", vq=vq)
+    fresh = train_ar.cached_codes(vq, data, tmp_path, 3)  # a new VQ checkpoint: codes made again
+    assert torch.equal(fresh, train_ar.tokenize_set(vq, data).long())
+    assert int(train_ar.load_file(str(tmp_path / "codes.safetensors"))["vq_step"]) == 3
     folder = train_ar.export(tmp_path, "tiny", tmp_path / "export")
     loaded = load_model(str(folder), device="cpu")
     assert (loaded.image_size, loaded.n_tokens) == (64, 16)
