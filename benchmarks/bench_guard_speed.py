@@ -120,7 +120,7 @@ def bench(model: LoadedModel, which: str, args: argparse.Namespace, random_model
     benign_prompts = [rewrite(p, concept, include_synonyms=True) for p in concept_prompts]
     config = GenerationConfig(steps=args.steps, cfg=args.cfg, batch_size=len(concept_prompts))
     force = args.force_judgement if args.force_judgement is not None else random_model
-    sp_benign = {"tau": 0.99} if force else {}
+    sp_benign = {"tau": 0.99, "h_sat": 1.0} if force else {}
     sp_concept = {"tau": -1.0} if force else {}
 
     def guard(name: str, **options) -> object:

@@ -3,6 +3,7 @@
     python benchmarks/sweep_guards.py --concept red                       # all guards, bundled mini model
     python benchmarks/sweep_guards.py --concept red --guards sp dlr --images-per-prompt 1 --limit 6
     python benchmarks/sweep_guards.py --concept circle --no-pairs --out benchmarks/results/sweep_circle.md
+    python benchmarks/sweep_guards.py --concept striped --defaults-only     # the chosen defaults, no sweep
 
 Every run is ``safegen.bench.mini.run_bench_mini(guard=G, concept=C, guard_options=...)``: UA, IRA, CRA and
 synonym UA against the unguarded model of the same run. A coordinate sweep per guard: start from the
@@ -57,25 +58,19 @@ START: dict[str, dict[str, Any]] = {
 # The knobs swept per guard, in the order the coordinate sweep visits them.
 SWEEPS: dict[str, list[tuple[str, list[Any]]]] = {
     "sp": [
-        ("tau", [0.25, 0.35, 0.4]),
-        ("h_sat", [0.45, 0.6]),
-        ("lam_max", [15.0, 30.0, 40.0]),
+        ("tau", [0.4]),
+        ("h_sat", [0.6]),
+        ("lam_max", [30.0]),
         ("judge_steps", [2]),
-        ("window_end", [0.3, 0.7]),
-        ("mask_quantile", [0.75, 1.0]),
-        ("direction", ["unsafe"]),
+        ("window_end", [0.7]),
     ],
     "dlr": [
-        ("tau_gc", [0.0, 0.1, 0.3]),
-        ("weight", [0.75, 1.0]),
+        ("tau_gc", [0.1]),
+        ("weight", [1.0]),
         ("negative", ["empty"]),
-        ("norm_correction", [False]),
-        ("blend", ["final"]),
-        ("space", ["x0"]),
-        ("context", ["append"]),
     ],
     "sld": [],  # the paper's presets only
-    "neg": [("weight", [2.0, 3.0])],
+    "neg": [("weight", [3.0])],
 }
 TARGETS = {"ua": 0.95, "synonym_ua": 0.85, "ira_rel": 0.90, "cra_rel": 0.95}
 
@@ -384,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=24, help="two-object prompts for selectivity (0: off)")
     parser.add_argument("--no-pairs", dest="pairs", action="store_const", const=0)
     parser.add_argument("--presets", action="store_true", help="also run each guard's presets")
+    parser.add_argument(
+        "--defaults-only", action="store_true", help="no sweep: each guard once, at its defaults"
+    )
     parser.add_argument("--references", nargs="*", default=["none"], help="'none': the unguarded row")
     parser.add_argument("--diffusers-sld", nargs="*", default=["medium", "strong", "max"])
     parser.add_argument("--out", type=Path, help="markdown table (default: benchmarks/results/...)")
@@ -393,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = reference_rows(args)
     for guard in args.guards:
         print(f"{guard}:", flush=True)
-        rows.extend(sweep_guard(args, guard))
+        if args.defaults_only:
+            rows.append(run_one(args, guard, {}, "defaults"))
+        else:
+            rows.extend(sweep_guard(args, guard))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(rows, args))
     out.with_suffix(".json").write_text(

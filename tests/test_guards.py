@@ -163,7 +163,7 @@ def test_sp_mask_options() -> None:
 
 
 def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel) -> None:
-    guard = get_guard("sp", concept="red", tau=0.99, judge_steps=2)  # h <= 0.99: every prompt benign
+    guard = get_guard("sp", concept="red", tau=0.99, h_sat=1.0, judge_steps=2)  # every prompt benign
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
     assert sizes == [6, 6] + [4] * 6  # [u, c, s] x 2 images while judging, then plain CFG's batch
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
@@ -316,8 +316,8 @@ def test_presets_and_defaults() -> None:
         described = get_guard(name, concept="red").describe()
         assert described["name"] == name and described["concept"] == "red"
         assert described["strength"] == "medium"
-    strong = get_guard("sp", concept="red", strength="strong", tau=0.5)
-    assert strong.opts.lam_max == sp_guard.PRESETS["strong"]["lam_max"] and strong.opts.tau == 0.5
+    strong = get_guard("sp", concept="red", strength="strong", tau=0.4)
+    assert strong.opts.lam_max == sp_guard.PRESETS["strong"]["lam_max"] and strong.opts.tau == 0.4
     assert {row["name"] for row in list_guards()} == set(GUARDS)
 
 

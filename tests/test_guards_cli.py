@@ -148,11 +148,11 @@ def test_sweep_script_chooses_and_writes_a_table(monkeypatch, tmp_path: Path) ->
 
     monkeypatch.setattr(sweep, "run_bench_mini", fake_bench)
     out = tmp_path / "sweep.md"
-    args = ["--guards", "sp", "--limit", "6", "--no-pairs", "--diffusers-sld", "--out", str(out)]
+    args = ["--guards", "sp", "--limit", "6", "--presets", "--no-pairs", "--diffusers-sld", "--out", str(out)]
     assert sweep.main(args) == 0
     assert len(calls) == 1 + 6  # the unguarded reference, then 6 runs of sp
     table = out.read_text()
-    assert "| none | defaults |" in table and "strength=weak" in table and "tau=0.0" in table
+    assert "| none | defaults |" in table and "strength=weak" in table and "tau=0.4" in table
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     chosen = [r for r in rows if r.get("chosen")]
     assert len(chosen) == 1 and chosen[0]["guard"] == "sp" and chosen[0]["pass"]

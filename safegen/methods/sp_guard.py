@@ -53,10 +53,10 @@ class SPGuardOptions:
 
     judge_steps: int = option(1, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
     tau: float = option(0.3, low=-1.0, high=0.99, help="harmfulness threshold: lam = 0 for h <= tau")
-    lam_max: float = option(10.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
-    h_sat: float = option(1.0, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max")
+    lam_max: float = option(20.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
+    h_sat: float = option(0.5, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max")
     window_start: float = option(0.0, low=0.0, high=1.0, help="guide from this fraction of steps (>= K)")
-    window_end: float = option(0.7, low=0.0, high=1.0, help="stop guiding (and drop the branch) here")
+    window_end: float = option(0.5, low=0.0, high=1.0, help="stop guiding (and drop the branch) here")
     mask: str = option("quantile", choices=("quantile", "threshold", "none"), help="how M_t is chosen")
     mask_quantile: float = option(0.5, low=0.01, high=1.0, help="share of locations kept (mask=quantile)")
     mask_threshold: float = option(0.2, low=0.0, high=1.0, help="share of the max projection (threshold)")
@@ -65,14 +65,16 @@ class SPGuardOptions:
     mask_blur: int = option(0, low=0, high=8, help="box-blur radius in latent pixels (softens edges)")
     keep_masks: bool = option(False, help="keep each step's mask for save_masks (--save-masks)")
     direction: str = option(
-        "unsafe", choices=("unsafe", "contrast"), help="guided d_s: eps_s - eps_u, or eps_s - eps_a (anchor)"
+        "contrast",
+        choices=("unsafe", "contrast"),
+        help="guided d_s: eps_s - eps_u, or eps_s - eps_a (anchor)",
     )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "weak": {"lam_max": 5.0, "tau": 0.4, "mask_quantile": 0.35},
+    "weak": {"lam_max": 10.0},
     "medium": {},  # the dataclass defaults
-    "strong": {"lam_max": 20.0, "tau": 0.2, "mask_quantile": 0.75, "window_end": 0.8},
+    "strong": {"lam_max": 30.0},
 }
 
 

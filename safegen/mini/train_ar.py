@@ -280,7 +280,7 @@ def train_gpt(
 
 
 # --------------------------------------------------------------------------- export
-def export(work: Path, preset: str, out: Path, ema: bool = True) -> Path:
+def export(work: Path, preset: str, out: Path, ema: bool = True, sampling: dict | None = None) -> Path:
     """Write the bundled folder (fp16 safetensors, ``llamagen.json``) from the checkpoints in ``work``."""
     vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
     load_modules(work / "vq", vq=vq)
@@ -289,7 +289,7 @@ def export(work: Path, preset: str, out: Path, ema: bool = True) -> Path:
     load_modules(
         work / "gpt", **({"ema_gpt": gpt, "ema_text": encoder} if ema else {"gpt": gpt, "text": encoder})
     )
-    folder = save_llamagen(out, gpt, vq, encoder, tokenizer, image_size=SIZE, kind="clip")
+    folder = save_llamagen(out, gpt, vq, encoder, tokenizer, image_size=SIZE, kind="clip", sampling=sampling)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     print(json.dumps({"out": str(folder), "megabytes": round(size / 2**20, 2)}))
     return folder
@@ -311,11 +311,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-images", type=int, default=60000, help="images rendered when --data does not exist")
     ap.add_argument("--out", type=Path, default=Path("safegen/assets/mini-ar"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--sampling", default="", help="export: sampling defaults as JSON (benchmarks/sweep_ar_sampling.py)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "export":
-        export(args.work, args.preset, args.out)
+        sampling = json.loads(args.sampling) if args.sampling else None
+        export(args.work, args.preset, args.out, sampling=sampling)
         return
     data = cached_set(args.data, args.n_images, seed=1)
     if args.stage == "vq":
