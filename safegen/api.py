@@ -9,6 +9,7 @@ is cheap. The CLI (``safegen/cli.py``) only declares options, calls these and pr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
@@ -163,7 +164,7 @@ def generate_to_dir(
     n: int = 1,
     seed: int = 0,
     steps: int = 20,
-    cfg: float = 7.5,
+    cfg: float | None = None,
     out: str | Path | None = None,
     device: str | Device = "auto",
     dtype: str | DType = "auto",
@@ -173,6 +174,8 @@ def generate_to_dir(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` images per prompt and save them (PNGs + ``generation.jsonl``) under ``out``.
+
+    ``cfg`` None is the model's own default guidance scale (:func:`safegen.generator.model_cfg`).
 
     ``adapter`` is a LoRA adapter folder from ``safegen erase`` (diffusers format for diffusion models,
     PEFT format for autoregressive ones; see :mod:`safegen.adapters`) to load first.
@@ -195,12 +198,12 @@ def generate_to_dir(
     if out_dir.exists() and not out_dir.is_dir():
         raise SafegenError(f"--out {out_dir} exists and is not a folder.")
 
-    from safegen.generator import GenerationConfig, generate, plan_jobs
+    from safegen.generator import GenerationConfig, generate, model_cfg, plan_jobs
     from safegen.guards import get_guard
     from safegen.loader import load_model
     from safegen.outputs import check_out_dir, save_images
 
-    config = GenerationConfig(steps=steps, cfg=cfg, batch_size=batch_size)
+    config = GenerationConfig(steps=steps, cfg=7.5 if cfg is None else cfg, batch_size=batch_size)
     seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
     plan_jobs(prompts, seeds, n)  # checks prompts, n and seeds before the model is loaded
     guard_obj = get_guard(guard) if isinstance(guard, str) else guard
@@ -211,6 +214,7 @@ def generate_to_dir(
     loaded = load_model(model, device=device.value, dtype=dtype.value)
     if adapter is not None:
         attach_adapter(loaded, adapter)
+    config = dataclasses.replace(config, cfg=model_cfg(loaded, cfg))
     out_dir = check_out_dir(out_dir)  # created only once every input has passed, before the long part
     images = generate(loaded, prompts, seeds=seeds, n=n, config=config, guard=guard_obj, progress=progress)
     record = {

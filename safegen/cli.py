@@ -82,7 +82,10 @@ def generate(
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = 1,
     seed: SeedOpt = 0,
     steps: StepsOpt = 20,
-    cfg: Annotated[float, typer.Option("--cfg", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
+    cfg: Annotated[
+        float | None,
+        typer.Option("--cfg", min=0.0, help="Guidance scale [default: the model's own; SD: 7.5]."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", file_okay=False, help="Output folder [default: outputs/<time>]."),

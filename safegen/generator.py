@@ -228,6 +228,16 @@ def denoise(
     return decode_latents(model, latents), infos
 
 
+def model_cfg(model: Any, cfg: float | None) -> float:
+    """``cfg``, or when None the model's default guidance scale: an AR model's own (its ``llamagen.json``
+    sampling block), 7.5 (Stable Diffusion's usual scale) for diffusion models."""
+    if cfg is not None:
+        return float(cfg)
+    if getattr(model, "kind", "sd") != "ar":
+        return 7.5
+    return float(getattr(model, "defaults", {}).get("cfg", 7.5))
+
+
 def encode_text(model: LoadedModel, texts: list[str]) -> torch.Tensor:
     """Texts -> CLIP text embeddings (len(texts), L, D), padded/truncated to the tokenizer's max length."""
     tokenizer, text_encoder = model.tokenizer, model.text_encoder

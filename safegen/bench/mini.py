@@ -108,7 +108,7 @@ def run_bench_mini(
     adapter: str | None = None,
     images_per_prompt: int = 2,
     steps: int = 20,
-    cfg: float = 7.5,
+    cfg: float | None = None,
     seed: int = 0,
     guard_options: dict | None = None,
     device: str = "auto",
@@ -119,6 +119,8 @@ def run_bench_mini(
     """Run the mini-world benchmark and return its results (see the module docstring).
 
     Args:
+        cfg: the guidance scale; None: the model's own default (7.5 for Stable Diffusion, the
+            ``sampling`` block of an AR model's ``llamagen.json``).
         on_images: optional callback ``(variant, images, prompts, reads)`` per evaluated variant
             ("base" or "test"), used to write run folders.
         reuse_base: keep the unmodified model's images and reads in this process and reuse them when a
@@ -130,7 +132,7 @@ def run_bench_mini(
         "erasure": None | {"ua", "ira", "cra", "synonym_ua", "base": {...}}}``.
     """
     from safegen.adapters import attach_adapter, check_adapter, detach_adapter
-    from safegen.generator import GenerationConfig, generate
+    from safegen.generator import GenerationConfig, generate, model_cfg
     from safegen.loader import load_model
     from safegen.mini.classifier import MiniClassifier
 
@@ -145,13 +147,13 @@ def run_bench_mini(
     seeds = [seed + k for _ in prompts for k in range(images_per_prompt)]
     classifier = MiniClassifier.load()
     loaded = load_model(model, device=device)
-    config = GenerationConfig(steps=steps, cfg=cfg)
+    config = GenerationConfig(steps=steps, cfg=model_cfg(loaded, cfg))
     variants = [("test", guard, adapter)]
     if target and (guard != "none" or adapter):
         variants.insert(0, ("base", "none", None))
     total = len(expanded) * len(variants)
     results = {}
-    base_key = (model, device, target, images_per_prompt, steps, cfg, seed)
+    base_key = (model, device, target, images_per_prompt, steps, config.cfg, seed)
     for k, (name, g, a) in enumerate(variants):
         done = k * len(expanded)
         unmodified = reuse_base and g == "none" and not a
