@@ -176,7 +176,7 @@ def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel
 
 
 def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None:
-    guard = get_guard("sp", concept="red", tau=-1.0, window_end=0.5, mask_quantile=0.25, keep_masks=True)
+    guard = get_guard("sp", concept="red", tau=-1.0, direction="unsafe", mask_quantile=0.25, keep_masks=True)
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
     assert sizes == [6] * 4 + [4] * 4  # the branch is dropped after window_end
     guard.take_masks()
