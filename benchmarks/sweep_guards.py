@@ -51,7 +51,7 @@ from safegen.mini.world import AXES, Thing, World  # noqa: E402
 # tau_gc 0.2, weight 0.9 reached UA 1.0.
 START: dict[str, dict[str, Any]] = {
     "sp": {"direction": "contrast", "h_sat": 0.5, "lam_max": 20.0, "tau": 0.3, "window_end": 0.5},
-    "dlr": {"context": "rewrite", "tau_gc": 0.2, "weight": 0.9},
+    "dlr": {},  # the defaults: the red sweep's best (context=rewrite, negative=empty, tau_gc 0.1, weight 1)
     "sld": {},
     "neg": {},
 }

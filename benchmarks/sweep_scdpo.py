@@ -12,12 +12,14 @@ For each concept (one colour, one object by default):
    so the ``steps`` variants are the checkpoints of the centre run (each is a loadable adapter);
 4. ``bench mini --adapter`` on every variant: UA, IRA, CRA and synonym UA against the base model.
 
-Variants: the centre (:data:`CENTRE`, the current provisional defaults) and, for each option of
-:data:`GRID`, the centre with that one option changed. ``gamma = 0`` (plain Diffusion-DPO, no DFM) and
-``cost_lambda = 0`` (pairs ranked by reward alone) are the ablations of the issue. Results go to
-``<out>/results.jsonl`` (one row per variant and concept) and ``<out>/results.md`` (the table, targets
-marked); timings per stage come from each run's manifest (target: one concept end to end <= 20 min on
-2 CPU cores).
+Variants (:data:`ROUNDS` keeps every round that was run): the round's centre over ``SCDPOConfig``'s
+defaults and, for each option of its grid, the centre with that one option changed; ``plain-dpo``
+(``gamma = 0`` and ``cost_lambda = 0``: plain Diffusion-DPO on pairs ranked by the reward alone) is the
+issue's ablation. ``--only`` runs a subset (each bench of a diffusion variant costs minutes on 2 CPU
+cores). Results go to
+``<out>/results.jsonl`` (one row per variant and concept, resumable) and
+``benchmarks/results/sweep_scdpo.json`` + ``sweep_scdpo.md`` (the table, targets marked); timings per
+stage come from each run's manifest (target: one concept end to end <= 20 min on 2 CPU cores).
 
 Targets (issue): UA >= 0.95, IRA >= 0.90 x base, CRA >= 0.95 x base, synonym UA >= 0.85.
 """
@@ -27,34 +29,49 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CENTRE: dict[str, Any] = {}  # the dataclass defaults; put overrides here once a sweep has chosen them
-GRID: dict[str, list[Any]] = {
-    "beta": [500.0, 2500.0, 10000.0],
-    "lr": [3e-5, 1e-4, 3e-4],
-    "steps": [150, 300, 600],
-    "cost_lambda": [0.0, 1.0, 3.0],
-    "gamma": [0.0, 2.0, 5.0],
-    "lora_rank": [4, 8, 16],
+# Every round that was run, so each table can be produced again (``--round N``):
+# - round 1 (circle): the first defaults (lr 1e-4, 300 steps) and two lr values, ``sweep_scdpo_round1.md``:
+#   lr 1e-4 left UA at 0.000, lr 1e-3 erased at CRA 0.721 x base, lr 3e-4 reached UA 0.833 keeping IRA/CRA;
+# - round 2 (circle, red): centred on lr 3e-4 for 450 steps (SCDPOConfig's defaults since):
+#   ``sweep_scdpo.md``.
+ROUNDS: dict[int, dict[str, Any]] = {
+    1: {"centre": {"lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},
+    2: {
+        "centre": {},
+        "grid": {
+            "beta": [500.0, 10000.0],
+            "lr": [1e-3],
+            "steps": [300, 450, 600],
+            "cost_lambda": [0.0, 3.0],
+            "gamma": [0.0, 5.0],
+            "lora_rank": [16],
+            "rpo_alpha": [1000.0],
+        },
+    },
 }
+LAST = max(ROUNDS)
+# the issue's ablation: plain Diffusion-DPO (no DFM) on pairs ranked by the reward alone
+ABLATIONS: dict[str, dict[str, Any]] = {"plain-dpo": {"gamma": 0.0, "cost_lambda": 0.0}}
 
 
-def centre() -> dict[str, Any]:
+def centre(round_: int = LAST) -> dict[str, Any]:
     from safegen.methods.scdpo_config import SCDPOConfig
 
-    return {**SCDPOConfig().to_dict(), **CENTRE}
+    return {**SCDPOConfig().to_dict(), **ROUNDS[round_]["centre"]}
 
 
-def plan(grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+def plan(grid: dict[str, list[Any]] | None = None, round_: int = LAST) -> list[dict[str, Any]]:
     """The variants: ``{"name", "changed": {option: value}, "config": {...}}``, the centre first."""
     from safegen.bench.sweep import one_factor_plan
 
-    return one_factor_plan(centre(), GRID if grid is None else grid)
+    return one_factor_plan(centre(round_), ROUNDS[round_]["grid"] if grid is None else grid, ABLATIONS)
 
 
 def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -64,8 +81,10 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
     from safegen.methods.scdpo_config import SCDPOConfig
 
     root = args.out / concept
-    variants = plan()
-    steps_values = sorted(set(GRID.get("steps", [])) | {centre()["steps"]})
+    variants = [v for v in plan(round_=args.round) if not args.only or v["name"] in args.only]
+    steps_values = sorted(
+        {v["changed"]["steps"] for v in variants if "steps" in v["changed"]} | {centre(args.round)["steps"]}
+    )
     rows = []
 
     def stage_run(name: str, config: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -79,8 +98,10 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
         result["wall_seconds"] = round(time.time() - start, 1)
         return result
 
-    cost = stage_run("cost", centre(), "cost")
-    cost_dir = str(root / "cost" / "cost")
+    old = args.reuse_from / concept if args.reuse_from else None  # an earlier sweep's stages 1-2
+    reuse_cost = {"cost_dir": str(old / "cost" / "cost")} if old and (old / "cost" / "cost").is_dir() else {}
+    cost = stage_run("cost", centre(args.round) | reuse_cost, "cost")
+    cost_dir = reuse_cost.get("cost_dir", str(root / "cost" / "cost"))
     for variant in variants:
         if variant["changed"].get("steps") is not None:
             continue  # a checkpoint of the centre run
@@ -88,10 +109,15 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
             continue
         config = dict(variant["config"])
         lam = config["cost_lambda"]  # pairs depend on lambda only: one pair set per value, shared
+        reuse_pairs = {}
+        if old and (old / f"pairs-lambda{lam:g}" / "pairs").is_dir():
+            reuse_pairs = {"pairs_dir": str(old / f"pairs-lambda{lam:g}" / "pairs")}
         pairs = stage_run(
-            f"pairs-lambda{lam:g}", {**centre(), "cost_lambda": lam, "cost_dir": cost_dir}, "pairs"
+            f"pairs-lambda{lam:g}",
+            {**centre(args.round), "cost_lambda": lam, "cost_dir": cost_dir, **reuse_pairs},
+            "pairs",
         )
-        pairs_dir = str(root / f"pairs-lambda{lam:g}" / "pairs")
+        pairs_dir = reuse_pairs.get("pairs_dir", str(root / f"pairs-lambda{lam:g}" / "pairs"))
         is_centre = variant["name"] == "centre"
         train_cfg = {**config, "cost_dir": cost_dir, "pairs_dir": pairs_dir}
         if is_centre:
@@ -103,7 +129,9 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
         trained = stage_run(f"train-{variant['name']}", train_cfg, "train")
         adapters = {variant["name"]: root / f"train-{variant['name']}"}
         if is_centre:  # the steps variants: checkpoints of this run
-            adapters = checkpoint_adapters(root / f"train-{variant['name']}", steps_values, centre()["steps"])
+            adapters = checkpoint_adapters(
+                root / f"train-{variant['name']}", steps_values, centre(args.round)["steps"]
+            )
         for name, adapter in adapters.items():
             if (concept, name) in done:
                 continue
@@ -126,7 +154,8 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
                 "seconds": {
                     "cost": cost["stages"]["cost"]["seconds"],
                     "pairs": pairs["stages"]["pairs"]["seconds"],
-                    "train": trained["stages"]["train"]["seconds"] * _steps_share(name, train_cfg["steps"]),
+                    "train": trained["stages"]["train"]["seconds"]
+                    * _steps_share(name, train_cfg["steps"], centre(args.round)["steps"]),
                 },
                 "final": trained["stages"]["train"]["final"],
                 **scored(bench),
@@ -136,9 +165,9 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
     return rows
 
 
-def _steps_share(name: str, trained_steps: int) -> float:
+def _steps_share(name: str, trained_steps: int, centre_steps: int) -> float:
     """The share of a run's training time that a checkpoint variant (``steps=N`` or the centre) used."""
-    steps = int(name.split("=")[1]) if name.startswith("steps=") else centre()["steps"]
+    steps = int(name.split("=")[1]) if name.startswith("steps=") else centre_steps
     return min(1.0, steps / trained_steps) if name.startswith("steps=") or name == "centre" else 1.0
 
 
@@ -146,7 +175,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per (concept, variant); targets met in bold; the ablations labelled."""
     from safegen.bench.sweep import table as sweep_table
 
-    labels = {"gamma=0": "ablation: no DFM", "cost_lambda=0": "ablation: no cost"}
+    labels = {
+        "gamma=0": "ablation: no DFM",
+        "cost_lambda=0": "ablation: no cost",
+        "plain-dpo": "ablation: plain Diffusion-DPO",
+    }
     return sweep_table(rows, labels, {"cost AUROC": lambda r: f"{r['cost_auroc']:.3f}"})
 
 
@@ -159,22 +192,40 @@ def main() -> None:
     ap.add_argument("--bench-steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-from", type=Path, help="an earlier --out: reuse its cost models and pair sets")
+    ap.add_argument("--round", type=int, default=LAST, choices=sorted(ROUNDS), help="which round's plan")
+    ap.add_argument("--only", nargs="+", default=[], help="run these variants (names as --dry-run prints)")
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="JSON + markdown here")
     ap.add_argument("--dry-run", action="store_true", help="print the variants and exit")
     args = ap.parse_args()
     if args.dry_run:
-        for v in plan():
+        for v in plan(round_=args.round):
             print(v["name"], json.dumps(v["changed"]))
         return
     import torch
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    from safegen.bench.sweep import best_variants, read_rows
+    from safegen.bench.sweep import best_variants, read_rows, write_results
 
     previous, done = read_rows(args.out / "results.jsonl")
     rows = previous + [r for c in args.concepts for r in run_concept(c, args, done)]
-    (args.out / "results.md").write_text(table(rows))
     best = best_variants(rows, args.concepts)
+    record = {
+        "method": "scdpo",
+        "model": args.model,
+        "round": args.round,
+        "centre": centre(args.round),
+        "grid": ROUNDS[args.round]["grid"],
+        "ablations": ABLATIONS,
+        "images_per_prompt": args.images_per_prompt,
+        "bench_steps": args.bench_steps,
+        "rows": rows,
+        "best": best,
+    }
+    stem = "sweep_scdpo" if args.round == LAST else f"sweep_scdpo_round{args.round}"
+    title = f"SC-DPO sweep, round {args.round} ({args.model})"
+    write_results(args.results, stem, title, record, table(rows), sys.argv)
     print(table(rows))
     print("best variant per concept (largest worst-case margin to the targets):", json.dumps(best))
 

@@ -1,11 +1,11 @@
-"""Choose VCE's defaults on the mini world: a one-factor-at-a-time sweep around a centre, with ablations.
+"""Choose VCE's defaults on the mini world: one-factor-at-a-time sweeps around a centre, with ablations.
 
-    python benchmarks/sweep_vce.py --dry-run                                  # print the plan
-    python benchmarks/sweep_vce.py --concepts red circle                      # needs the trained mini-ar
-    python benchmarks/sweep_vce.py --concepts red                             # resumes: done rows skipped
+    python benchmarks/sweep_vce.py --dry-run                                  # print the plan (round 3)
+    python benchmarks/sweep_vce.py --concepts circle striped                  # needs the trained mini-ar
+    python benchmarks/sweep_vce.py --round 2 --concepts circle striped --work runs/sweep-vce-2
     python benchmarks/sweep_vce.py --model DIR --quick                        # smoke run on any AR folder
 
-For each concept (one colour, one object by default):
+For each concept (an object and a texture by default):
 
 1. the pairs once (``run_vce(stage="pairs")``): no swept option is a pairs option, so every variant trains
    on the same pair set (``pairs_dir=``);
@@ -14,14 +14,19 @@ For each concept (one colour, one object by default):
 3. ``run_bench_mini(model, adapter=..., concept=...)`` on every variant: UA, IRA, CRA and synonym UA
    against the base model.
 
-Variants: the centre (:data:`CENTRE` over ``VCEConfig``'s defaults, which are **provisional until this
-sweep has run**), the centre with one option of :data:`GRID` changed (beta, token drop rate, lr, steps,
-LoRA rank), and the ablations of the issue, ``no-token-drop`` (``token_drop=0``) and ``no-retain``
-(``retain_weight=0``). Results: ``<work>/results.jsonl`` (one row per variant and concept, resumable), and
-``benchmarks/results/sweep_vce.json`` + ``sweep_vce.md`` (the table, targets in bold); with ``--quick`` the
-two result files go to ``--work`` instead.
+:data:`ROUNDS` keeps every round that was run (its centre over ``VCEConfig``'s defaults, its one-factor
+grid and its ablations), so each table in ``benchmarks/results/`` can be produced again:
 
-Targets (issue #6, as SC-DPO's): UA >= 0.95, IRA >= 0.90 x base, CRA >= 0.95 x base, synonym UA >= 0.85.
+- round 1 (circle): centre lr 7e-4 with the retain term; found it costly (``sweep_vce_round1.md``);
+- round 2 (circle, striped): centre lr 7e-4 without it; chose lr 5e-4 (``sweep_vce_round2.md``);
+- round 3 (circle, striped): the defaults that came out (lr 5e-4, retain_weight 0) with the issue's
+  ablations, ``no-token-drop`` (``token_drop=0``) and the retain term put back (``retain_weight=1``).
+
+Results: ``<work>/results.jsonl`` (one row per variant and concept, resumable), and
+``benchmarks/results/sweep_vce.json`` + ``sweep_vce.md`` (the table, targets in bold; rounds other than
+the last write ``sweep_vce_round<N>.*``); with ``--quick`` the two result files go to ``--work`` instead.
+
+Targets (issue #6): UA >= 0.95, IRA >= 0.90 x base, CRA >= 0.95 x base, synonym UA >= 0.85.
 """
 
 from __future__ import annotations
@@ -29,21 +34,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CENTRE: dict[str, Any] = {}  # the dataclass defaults; put overrides here once a sweep has chosen them
-GRID: dict[str, list[Any]] = {
-    "beta": [1.0, 5.0, 20.0, 100.0],
-    "token_drop": [0.05, 0.1, 0.25],
-    "lr": [3e-5, 1e-4, 3e-4],
-    "steps": [100, 200, 400],
-    "lora_rank": [4, 8, 16],
+ROUNDS: dict[int, dict[str, Any]] = {
+    1: {
+        "centre": {"lr": 7e-4, "retain_weight": 1.0},
+        "grid": {
+            "beta": [1.0, 2.0, 20.0],
+            "token_drop": [0.25],
+            "lr": [5e-4, 1e-3],
+            "steps": [100, 200, 300],
+            "lora_rank": [4, 16],
+        },
+        "ablations": {"no-token-drop": {"token_drop": 0.0}, "no-retain": {"retain_weight": 0.0}},
+    },
+    2: {
+        "centre": {"lr": 7e-4},
+        "grid": {
+            "beta": [2.0],
+            "token_drop": [0.25],
+            "lr": [5e-4, 1e-3],
+            "steps": [100, 200, 300],
+            "lora_rank": [16],
+            "retain_weight": [1.0],
+        },
+        "ablations": {"no-token-drop": {"token_drop": 0.0}},
+    },
+    3: {"centre": {}, "grid": {"retain_weight": [1.0]}, "ablations": {"no-token-drop": {"token_drop": 0.0}}},
 }
-ABLATIONS = {"no-token-drop": {"token_drop": 0.0}, "no-retain": {"retain_weight": 0.0}}
+LAST = max(ROUNDS)
 # --quick: a few pairs, a few steps, two grid values; runs in about a minute on a tiny model
 QUICK = dict(
     n_harmful_prompts=2,
@@ -56,20 +80,25 @@ QUICK = dict(
     steps=2,
 )
 QUICK_GRID: dict[str, list[Any]] = {"beta": [1.0], "steps": [1, 2]}
-LABELS = {"no-token-drop": "ablation", "no-retain": "ablation"}
+LABELS = {
+    "no-token-drop": "ablation",
+    "no-retain": "ablation",
+    "retain_weight=1": "with the retain term",
+}
 
 
-def centre(quick: bool = False) -> dict[str, Any]:
+def centre(quick: bool = False, round_: int = LAST) -> dict[str, Any]:
     from safegen.methods.vce_config import VCEConfig
 
-    return {**VCEConfig().to_dict(), **CENTRE, **(QUICK if quick else {})}
+    return {**VCEConfig().to_dict(), **ROUNDS[round_]["centre"], **(QUICK if quick else {})}
 
 
-def plan(quick: bool = False) -> list[dict[str, Any]]:
+def plan(quick: bool = False, round_: int = LAST) -> list[dict[str, Any]]:
     """The variants: ``{"name", "changed": {option: value}, "config": {...}}``, the centre first."""
     from safegen.bench.sweep import one_factor_plan
 
-    return one_factor_plan(centre(quick), QUICK_GRID if quick else GRID, ABLATIONS)
+    r = ROUNDS[round_]
+    return one_factor_plan(centre(quick, round_), QUICK_GRID if quick else r["grid"], r["ablations"])
 
 
 def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -78,8 +107,8 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
     from safegen.methods.vce import run_vce
     from safegen.methods.vce_config import VCEConfig
 
-    root, base = args.work / concept, centre(args.quick)
-    steps_values = sorted({v["config"]["steps"] for v in plan(args.quick)})
+    root, base = args.work / concept, centre(args.quick, args.round)
+    steps_values = sorted({v["config"]["steps"] for v in plan(args.quick, args.round)})
 
     def vce_run(name: str, config: dict[str, Any], stage: str) -> dict[str, Any]:
         out, start = root / name, time.time()
@@ -92,7 +121,7 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
     pairs = vce_run("pairs", base, "pairs")
     pairs_dir = str(root / "pairs" / "pairs")
     rows = []
-    for variant in plan(args.quick):
+    for variant in plan(args.quick, args.round):
         if "steps" in variant["changed"]:
             continue  # a checkpoint of the centre run
         adapters = {variant["name"]: root / f"train-{variant['name']}"}
@@ -113,7 +142,7 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
                 images_per_prompt=args.images_per_prompt,
                 device=args.device,
             )
-            steps = int(name.split("=")[1]) if name.startswith("steps=") else config["steps"]
+            steps = int(name.split("=")[1]) if name.startswith("steps=") else variant["config"]["steps"]
             share = steps / config["steps"]  # a checkpoint used this share of its run's training time
             row = {
                 "concept": concept,
@@ -134,10 +163,11 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concepts", nargs="+", default=["red", "circle"])
+    ap.add_argument("--concepts", nargs="+", default=["circle", "striped"])
     ap.add_argument("--model", default="mini-ar", help="mini-ar, or any LlamaGen / Janus folder")
     ap.add_argument("--work", type=Path, default=Path("runs/sweep-vce"), help="run folders and results.jsonl")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="JSON + markdown here")
+    ap.add_argument("--round", type=int, default=LAST, choices=sorted(ROUNDS), help="which round's plan")
     ap.add_argument("--quick", action="store_true", help="tiny settings and grid: a smoke run")
     ap.add_argument("--images-per-prompt", type=int, default=2)
     ap.add_argument("--device", default="auto")
@@ -145,12 +175,12 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the variants and exit")
     args = ap.parse_args()
     if args.dry_run:
-        for v in plan(args.quick):
+        for v in plan(args.quick, args.round):
             print(v["name"], json.dumps(v["changed"]))
         return
     import torch
 
-    from safegen.bench.sweep import best_variants, read_rows, table
+    from safegen.bench.sweep import best_variants, read_rows, table, write_results
 
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -163,16 +193,17 @@ def main() -> None:
         "method": "vce",
         "model": args.model,
         "quick": args.quick,
-        "centre": centre(args.quick),
-        "grid": QUICK_GRID if args.quick else GRID,
-        "ablations": ABLATIONS,
+        "centre": centre(args.quick, args.round),
+        "round": args.round,
+        "grid": QUICK_GRID if args.quick else ROUNDS[args.round]["grid"],
+        "ablations": ROUNDS[args.round]["ablations"],
         "images_per_prompt": args.images_per_prompt,
         "rows": rows,
         "best": best,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "sweep_vce.json").write_text(json.dumps(record, indent=2) + "\n")
-    (args.results / "sweep_vce.md").write_text(table(rows, LABELS))
+    stem = "sweep_vce" if args.round == LAST else f"sweep_vce_round{args.round}"
+    title = f"VCE sweep, round {args.round} ({args.model})"
+    write_results(args.results, stem, title, record, table(rows, LABELS), sys.argv)
     print(table(rows, LABELS))
     print("best variant per concept (largest worst-case margin to the targets):", json.dumps(best))
 

@@ -250,7 +250,8 @@ def test_dlr_stream_b_alone_is_a_plain_run_of_the_context(
     has its own scheduler instance and its own copy of the generators.
     """
     model = own_model(tiny_sd_dir, scheduler)
-    guard = get_guard("dlr", concept="red", weight=1.0, tau_gc=0.0, blend=blend, norm_correction=False)
+    options = {"context": "append", "negative": "unsafe", "norm_correction": False}
+    guard = get_guard("dlr", concept="red", weight=1.0, tau_gc=0.0, blend=blend, **options)
     images = generate(model, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
     contexts = [im.info["context"] for im in images]
     assert contexts == ["a red circle, green", "a blue star, green"]
@@ -267,15 +268,16 @@ def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) ->
     zero = get_guard("dlr", concept="red", weight=0.0, tau_gc=0.5)
     assert np.abs(run(tiny_sd, zero, steps=6) - plain).max() <= 1  # stream A only (batch rounding)
 
-    step = get_guard("dlr", concept="red", tau_gc=0.5)
+    step = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, step, steps=6)) == [4] * 3 + [8] * 3
     shared = get_guard("dlr", concept="red", tau_gc=0.5, negative="empty")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, shared, steps=6)) == [4] * 3 + [6] * 3
-    final = get_guard("dlr", concept="red", tau_gc=0.5, blend="final")
+    final = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", blend="final")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, final, steps=6)) == [4] * 3 + [4, 4] * 3
 
+    first_reading = {"tau_gc": 0.34, "weight": 0.75, "context": "append", "negative": "unsafe"}
     images = {
-        name: run(tiny_sd, get_guard("dlr", concept="red", tau_gc=0.34, **options), steps=6)
+        name: run(tiny_sd, get_guard("dlr", concept="red", **{**first_reading, **options}), steps=6)
         for name, options in {
             "latent": {},
             "raw": {"norm_correction": False},
@@ -288,6 +290,14 @@ def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) ->
         assert np.abs(image - plain).mean() > 0.05, name  # every variant changes the image
     assert not np.array_equal(images["latent"], images["raw"])
     assert not np.array_equal(images["latent"], images["x0"])
+
+
+def test_dlr_defaults_rewrite_only_prompts_with_the_concept(tiny_sd: LoadedModel) -> None:
+    """Defaults (context=rewrite, negative=empty): a prompt without the concept runs two equal streams."""
+    plain = run(tiny_sd, steps=6)
+    guarded = run(tiny_sd, get_guard("dlr", concept="red"), steps=6)
+    assert np.abs(guarded[1] - plain[1]).max() <= 1  # "a blue star": stream B = stream A (batch rounding)
+    assert np.abs(guarded[0] - plain[0]).mean() > 0.05  # "a red circle" -> "a green circle" from step 1
 
 
 def test_dlr_x0_space_needs_a_variance_preserving_scheduler(tiny_sd_dir: Path) -> None:

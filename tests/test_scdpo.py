@@ -290,7 +290,9 @@ def test_sweep_plan_has_the_ablations():
     spec.loader.exec_module(sweep)
     names = [v["name"] for v in sweep.plan()]
     assert names[0] == "centre" and "gamma=0" in names and "cost_lambda=0" in names
-    assert all(len(v["changed"]) <= 1 for v in sweep.plan())
+    plain = next(v for v in sweep.plan() if v["name"] == "plain-dpo")  # the ablation
+    assert plain["changed"] == {"gamma": 0.0, "cost_lambda": 0.0}
+    assert all(len(v["changed"]) <= 1 for v in sweep.plan() if v["name"] not in sweep.ABLATIONS)
 
 
 # --------------------------------------------------------------------------- the run
@@ -395,6 +397,16 @@ def test_stages_run_on_their_own(run, tiny_sd_dir, encoder_file, tmp_path):
     assert result["stages"]["cost"]["reused"] and not result["stages"]["pairs"]["reused"]
     assert "train" not in result["stages"] and not (out / "pytorch_lora_weights.safetensors").exists()
     assert (out / "pairs" / "pairs.jsonl").read_text() == (first / "pairs" / "pairs.jsonl").read_text()
+
+
+def test_rpo_alpha_adds_the_winner_error(run, tiny_sd_dir, encoder_file, tmp_path):
+    first, _ = run
+    cfg = reuse(first, encoder_file, steps=1, rpo_alpha=3.0)
+    run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=tmp_path / "r", device="cpu")
+    row = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
+    # step 1: policy == reference, so L = log 2 + rpo_alpha * L_w, and logps/chosen = -L_w
+    assert row["logps/chosen"] < 0
+    assert row["loss"] == pytest.approx(np.log(2) - 3.0 * row["logps/chosen"], abs=1e-4)
 
 
 def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, nan_loss):

@@ -40,6 +40,7 @@ TINY = dict(
     steps=4,
     batch_size=4,
     retain_batch_size=2,
+    retain_weight=1.0,  # off by default since the sweep; the tests exercise it
     save_every=2,
     keep_checkpoints=0,
     lr=1e-2,
@@ -199,6 +200,7 @@ def test_run_writes_log_checkpoints_and_a_peft_adapter(run):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert all(n in log[0] for n in (*TRL_NAMES, "logps/chosen", "logps/rejected", "nll_loss", "grad_norm"))
     # LoRA B starts at 0: policy == reference, so the DPO term is log 2 at step 1 (plus the retain NLL)
+    assert log[0]["nll_loss"] > 0  # the retain term ran
     assert log[0]["loss"] - log[0]["nll_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert log[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert log[-1]["loss"] < log[0]["loss"] and log[-1]["rewards/margins"] > 0
@@ -288,6 +290,16 @@ def test_corrupt_mode_and_no_retain_train(run, tiny_ar_dir, tmp_path):
     result = run_vce("red", model=str(tiny_ar_dir), config=cfg, out=tmp_path / "c", device="cpu")
     final = result["stages"]["train"]["final"]
     assert final["nll_loss"] == 0.0 and math.isfinite(final["loss"])
+
+
+def test_rpo_alpha_adds_the_chosen_nll(run, tiny_ar_dir, tmp_path):
+    first, _ = run
+    cfg = reuse(first, steps=1, rpo_alpha=0.5)
+    run_vce("red", model=str(tiny_ar_dir), config=cfg, out=tmp_path / "r", device="cpu")
+    row = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
+    # step 1: policy == reference, so L = log 2 + retain_weight * L_retain - rpo_alpha * a_th(y_s | p)
+    expected = math.log(2) + row["nll_loss"] - 0.5 * row["logps/chosen"]
+    assert row["logps/chosen"] < 0 and row["loss"] == pytest.approx(expected, abs=1e-5)
 
 
 # --------------------------------------------------------------------------- rewriters and filter
@@ -469,9 +481,14 @@ def test_sweep_and_memory_scripts_plan(tmp_path):
         spec.loader.exec_module(module)
         return module
 
-    names = [v["name"] for v in load("sweep_vce").plan()]
-    assert names[0] == "centre" and {"no-token-drop", "no-retain"} <= set(names)
-    assert any(n.startswith("beta=") for n in names) and any(n.startswith("lora_rank=") for n in names)
+    sweep = load("sweep_vce")
+    names = [v["name"] for v in sweep.plan()]  # the last round: the defaults and the ablations
+    assert names[0] == "centre" and {"no-token-drop", "retain_weight=1"} <= set(names)
+    assert sweep.centre() == VCEConfig().to_dict()  # the last round is centred on the defaults
+    swept = {k for r in sweep.ROUNDS.values() for k in r["grid"]}  # the five, over the rounds
+    assert {"beta", "token_drop", "lr", "steps", "lora_rank"} <= swept
+    first = sweep.plan(round_=1)
+    assert first[0]["config"]["retain_weight"] == 1.0 and "no-retain" in [v["name"] for v in first]
     assert callable(load("bench_vce_memory").child)
 
 

@@ -118,3 +118,13 @@ def best_variants(rows: list[dict[str, Any]], concepts: list[str]) -> dict[str, 
         if mine:
             best[concept] = max(mine, key=lambda r: r["worst_margin"])["variant"]
     return best
+
+
+def write_results(
+    folder: Path, stem: str, title: str, record: dict[str, Any], markdown: str, argv: list[str]
+) -> None:
+    """``<folder>/<stem>.json`` (the record) and ``<stem>.md`` (title, the command that made it, table)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    command = " ".join(["python", *argv])
+    (folder / f"{stem}.md").write_text(f"# {title}\n\n`{command}`\n\n{markdown}")

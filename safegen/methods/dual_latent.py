@@ -51,23 +51,23 @@ from safegen.guards.options import configure, option
 class DLROptions:
     """DLR's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
 
-    weight: float = option(0.75, low=0.0, high=1.0, help="omega: share of the safety stream in the blend")
-    tau_gc: float = option(0.5, low=0.0, high=1.0, help="share of steps run as one stream (global context)")
+    weight: float = option(1.0, low=0.0, high=1.0, help="omega: share of the safety stream in the blend")
+    tau_gc: float = option(0.1, low=0.0, high=1.0, help="share of steps run as one stream (global context)")
     blend: str = option("step", choices=("step", "final"), help="blend after every step, or once at the end")
     space: str = option("latent", choices=("latent", "x0"), help="blend latents, or predicted clean latents")
     norm_correction: bool = option(True, help="rescale the blend to the streams' interpolated norm")
     context: str = option(
-        "append", choices=("append", "rewrite"), help="stream B's prompt: prompt + safe text, or rewritten"
+        "rewrite", choices=("append", "rewrite"), help="stream B's prompt: prompt + safe text, or rewritten"
     )
     negative: str = option(
-        "unsafe", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
+        "empty", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
     )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "weak": {"weight": 0.5, "tau_gc": 0.6},
-    "medium": {},  # the dataclass defaults
-    "strong": {"weight": 1.0, "tau_gc": 0.4},
+    "weak": {"weight": 0.75},
+    "medium": {},  # the defaults: the red sweep's best (benchmarks/results/sweep_guards_red_partial.log)
+    "strong": {"negative": "unsafe"},  # also steer away from the unsafe text: synonyms too, at IRA's cost
 }
 
 

@@ -11,13 +11,17 @@ a LoRA of the UNet (stage 3, here). The reference model is the same UNet with it
 
 The recipe is shaped like torchtune's: ``setup()`` (model, stages 1-2, LoRA, optimiser, resume state),
 ``train()`` (one loop), ``save()`` (the LoRA in diffusers' format, optionally merged). Every number is an
-option of :class:`~safegen.methods.scdpo_config.SCDPOConfig`; the defaults are **provisional** until
-the sweep in ``benchmarks/sweep_scdpo.py`` has run on the mini world.
+option of :class:`~safegen.methods.scdpo_config.SCDPOConfig`, whose training defaults come from the
+sweep in ``benchmarks/sweep_scdpo.py`` on the mini world.
 
 ``OUT/log.jsonl`` uses the names of TRL's DPO trainer, one row per step: ``loss``, ``rewards/chosen``
 (``0.5 * beta * (L_ref_w - L_w)``), ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
 ``logps/chosen`` (``-L_w``: the denoising error stands in for the negative log-likelihood),
 ``logps/rejected``, ``learning_rate``, ``grad_norm``, ``epoch``; plus ``dfm/weight_max``.
+
+With ``rpo_alpha > 0`` the loss also holds ``rpo_alpha * mean_w L_w`` (TRL's RPO term, arXiv 2404.19733,
+with the denoising error as the winner's NLL): DPO alone may lower the winner's likelihood as long as it
+lowers the loser's more; this term keeps pulling the winner itself up.
 """
 
 from __future__ import annotations
@@ -249,9 +253,10 @@ class SCDPORecipe:
         (err_w, err_l), (ref_w, ref_l) = err.chunk(2), ref.chunk(2)
         margin = cfg.safety_margin * (batch["loser_cost"] - batch["winner_cost"]).clamp(min=0).to(err)
         out = scdpo_loss(err_w, err_l, ref_w, ref_l, cfg.beta, cfg.gamma, margin, cfg.dfm_normalize)
+        loss = out.loss + cfg.rpo_alpha * err_w.mean() if cfg.rpo_alpha > 0 else out.loss  # L + a * L_w
         rc, rr = out.rewards_chosen, out.rewards_rejected
         stats = [
-            out.loss.detach(),
+            loss.detach(),
             rc.mean(),
             rr.mean(),
             (rc > rr).float().mean(),
@@ -260,7 +265,7 @@ class SCDPORecipe:
             -err_l.detach().mean(),
             out.weights.max(),
         ]
-        return out.loss, torch.stack(stats).float().cpu()
+        return loss, torch.stack(stats).float().cpu()
 
     # ----------------------------------------------------------------- save
     def _record(self, step: int) -> dict[str, Any]:

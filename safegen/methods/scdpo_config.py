@@ -11,8 +11,10 @@ A config file is a YAML mapping of option names to values (read with ``yaml.safe
     gamma: 0
 
 Values are checked strictly: an unknown key, a wrong type or a value out of range is a one-line
-:class:`~safegen.errors.SafegenError`, never silently corrected. The defaults are **provisional** until
-``benchmarks/sweep_scdpo.py`` has run on the mini world.
+:class:`~safegen.errors.SafegenError`, never silently corrected. The training defaults come from
+``benchmarks/sweep_scdpo.py`` on the mini world (tables in ``benchmarks/results/sweep_scdpo*.md``): lr 1e-4
+left circle untouched (UA 0.000), 1e-3 erased it at CRA 0.72 x base; lr 3e-4 for 450 steps met every
+target. On a real Stable Diffusion, sweep lr, steps and beta again (``--set``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["NOISY_KEYS", "SCDPOConfig", "describe_options", "load_config"]
 
 @dataclass
 class SCDPOConfig(OptionSet):
-    """Every choice SC-DPO makes. Defaults are provisional (to be set by ``benchmarks/sweep_scdpo.py``)."""
+    """Every choice SC-DPO makes. Training defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "SC-DPO"
 
@@ -77,16 +79,19 @@ class SCDPOConfig(OptionSet):
     prompts_file: str = option("", "pairs", help="real concepts: more harmful prompts, one a line")
     clean_prompts_file: str = option("", "pairs", help="real concepts: clean prompts (default: rewrites)")
     # stage 3: Diffusion-DPO with DFM on a LoRA
-    steps: int = option(300, "train", low=1, high=10_000_000, help="optimiser steps")
+    steps: int = option(450, "train", low=1, high=10_000_000, help="optimiser steps")
     batch_size: int = option(8, "train", low=1, high=4096, help="pairs per process per micro-step")
     grad_accum: int = option(1, "train", low=1, high=1024, help="micro-steps per optimiser step")
-    lr: float = option(1e-4, "train", low=1e-10, high=1.0, help="LoRA learning rate (AdamW)")
+    lr: float = option(3e-4, "train", low=1e-10, high=1.0, help="LoRA learning rate (AdamW)")
     warmup_steps: int = option(10, "train", low=0, high=1_000_000, help="linear warm-up")
     weight_decay: float = option(0.0, "train", low=0.0, high=1.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, "train", low=0.0, high=1e6, help="gradient clipping (0: off)")
     beta: float = option(2500.0, "train", low=1e-3, high=1e6, help="Diffusion-DPO beta")
     gamma: float = option(2.0, "train", low=0.0, high=10.0, help="DFM focusing strength (0: plain DPO)")
     dfm_normalize: bool = option(True, "train", help="normalise DFM weights to mean 1 per batch")
+    rpo_alpha: float = option(
+        0.0, "train", low=0.0, high=1e6, help="weight of the winner's denoising error (TRL's RPO term)"
+    )
     safety_margin: float = option(0.0, "train", low=0.0, high=1e4, help="margin x (cost_l - cost_w)+")
     lora_rank: int = option(8, "train", low=1, high=1024, help="LoRA rank")
     lora_alpha: float = option(8.0, "train", low=1e-3, high=1e4, help="LoRA alpha (scale alpha / rank)")

@@ -13,12 +13,15 @@ The loss of one micro-batch (B pairs, R retain samples), every pair conditioned 
     a(y | p)  = (1 / |K|) sum_{i in K} log p(y_i | y_<i, p)        token-level average over kept positions K
     L_dpo     = mean_b -log sigmoid(beta ((a_th(y_s) - a_ref(y_s)) - (a_th(y_u) - a_ref(y_u))))
     L_retain  = -mean_r a_th(y_r | p_r),    y_r ~ base model(p_r),  p_r without the concept
-    L         = L_dpo + retain_weight * L_retain
+    L_chosen  = -mean_b a_th(y_s | p)                              the safe image under the unsafe prompt
+    L         = L_dpo + retain_weight * L_retain + rpo_alpha * L_chosen
 
 chosen y_s = the safe image's tokens, rejected y_u = the unsafe image's. Token drop leaves a random
 ``token_drop`` share of positions out of K (or, with ``token_drop_mode=corrupt``, replaces that share of
-the *input* tokens with random codes and keeps every position). L_retain, the NLL of the base model's own
-samples, is in expectation KL(ref || th) on clean prompts up to the reference's entropy, a constant. The
+the *input* tokens with random codes and keeps every position). L_chosen is TRL's ``rpo_alpha`` term
+(RPO, arXiv 2404.19733): it pulls the whole safe image up, not only its margin over the unsafe one.
+L_retain, the NLL of the base model's own samples, is in expectation KL(ref || th) on clean prompts up to
+the reference's entropy, a constant. The
 reference is the same GPT with its LoRA disabled (:func:`~safegen.methods.training.adapters_disabled`),
 under ``no_grad``; log-probabilities are teacher-forced with dropout and caption dropout off
 (:meth:`safegen.ar.ARModel.token_logprobs`).
@@ -26,8 +29,8 @@ under ``no_grad``; log-probabilities are teacher-forced with dropout and caption
 The recipe is shaped like SC-DPO's: ``setup()`` (model, pairs, LoRA, optimiser, resume state),
 ``train()`` (the loop of :class:`~safegen.methods.training.RecipeRun`), ``save()`` (a PEFT adapter
 folder, loadable with ``safegen generate --adapter OUT`` or ``peft.PeftModel.from_pretrained``). Every
-number is an option of :class:`~safegen.methods.vce_config.VCEConfig`, **provisional until**
-``benchmarks/sweep_vce.py`` **has run**.
+number is an option of :class:`~safegen.methods.vce_config.VCEConfig`, whose defaults come from
+``benchmarks/sweep_vce.py`` on mini-ar.
 
 ``OUT/log.jsonl`` uses TRL's DPO names, one row per step: ``loss``, ``rewards/chosen``
 (``beta * (a_th(y_s) - a_ref(y_s))``), ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
@@ -243,6 +246,8 @@ class VCERecipe:
             else torch.zeros((), device=avg.device)
         )
         loss = out.loss + cfg.retain_weight * nll
+        if cfg.rpo_alpha > 0:
+            loss = loss - cfg.rpo_alpha * avg[:b].mean()  # L_chosen
         rc, rr = out.rewards_chosen, out.rewards_rejected
         stats = [
             loss.detach(),
