@@ -47,7 +47,7 @@ ROUNDS: dict[int, dict[str, Any]] = {
         "centre": {},
         "grid": {
             "beta": [500.0, 10000.0],
-            "lr": [1e-3],
+            "lr": [5e-4, 1e-3],
             "steps": [300, 450, 600],
             "cost_lambda": [0.0, 3.0],
             "gamma": [0.0, 5.0],
@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--round", type=int, default=LAST, choices=sorted(ROUNDS), help="which round's plan")
     ap.add_argument("--only", nargs="+", default=[], help="run these variants (names as --dry-run prints)")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="JSON + markdown here")
+    ap.add_argument(
+        "--table-only", action="store_true", help="write the tables from <out>'s rows, run nothing"
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the variants and exit")
     args = ap.parse_args()
     if args.dry_run:
@@ -209,7 +212,8 @@ def main() -> None:
     from safegen.bench.sweep import best_variants, read_rows, write_results
 
     previous, done = read_rows(args.out / "results.jsonl")
-    rows = previous + [r for c in args.concepts for r in run_concept(c, args, done)]
+    new = [] if args.table_only else [r for c in args.concepts for r in run_concept(c, args, done)]
+    rows = previous + new
     best = best_variants(rows, args.concepts)
     record = {
         "method": "scdpo",

@@ -77,7 +77,7 @@ METHODS: dict[str, Method] = {
             summary="DPO on same-seed image-token pairs with and without the concept; token drop, "
             "token-level mean log-prob.",
             reference="VCE, arXiv 2509.16986",
-            status=Status.EXPERIMENTAL,
+            status=Status.READY,
         ),
         Method(
             name="scdpo",
