@@ -14,9 +14,9 @@ Rows (each timed against our plain CFG on the same prompts and seeds, one batch)
   the largest pixel difference between the two; ``neg``: the negative-prompt baseline.
 
 On a random model SP-Guard's judgement means nothing, so ``--force-judgement`` (on by default for the
-random model) times its two paths: every prompt judged benign (tau=0.99) and every prompt judged harmful
-(tau=-1). Runs alternate in pairs, the order flipping every pair after one warm-up of each; the median
-ratio over pairs is reported.
+random model) times its two paths: every prompt judged benign (tau and text_tau 0.99) and every prompt
+judged harmful (tau -1, text_tau 0). Runs alternate in pairs, the order flipping every pair after one
+warm-up of each; the median ratio over pairs is reported.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def bench(model: LoadedModel, which: str, args: argparse.Namespace, random_model
     benign_prompts = [rewrite(p, concept, include_synonyms=True) for p in concept_prompts]
     config = GenerationConfig(steps=args.steps, cfg=args.cfg, batch_size=len(concept_prompts))
     force = args.force_judgement if args.force_judgement is not None else random_model
-    sp_benign = {"tau": 0.99, "h_sat": 1.0} if force else {}
-    sp_concept = {"tau": -1.0} if force else {}
+    sp_benign = {"tau": 0.99, "h_sat": 1.0, "text_tau": 0.99, "text_h_sat": 1.0} if force else {}
+    sp_concept = {"tau": -1.0, "text_tau": 0.0, "text_h_sat": 0.01} if force else {}
 
     def guard(name: str, **options) -> object:
         return get_guard(name, concept=concept, **options)

@@ -48,26 +48,30 @@ from safegen.mini.world import AXES, Thing, World  # noqa: E402
 # that set them: SP-Guard with direction=unsafe reached UA 0.80 only at lam_max 60, with CRA 0.83 (the
 # unsafe text's direction also carries "draw an object"); direction=contrast kept CRA at 1.00 and, with
 # h_sat 0.5, reached UA 0.80 at lam_max 20. DLR with context=append left UA at 0.0; context=rewrite with
-# tau_gc 0.2, weight 0.9 reached UA 1.0.
+# tau_gc 0.2, weight 0.9 reached UA 1.0. The noise-direction judge separated prompts with the concept at
+# AUROC 0.68-0.93 only (probe_sp_judge.py); the word judge (judge=text) at 1.000 on every mini concept but
+# solid (probe_text_judge.py), and the probes with it (benchmarks/results/probe_guards_text.log) gave
+# SP-Guard UA 1.00 / 0.87 / 1.00 on red / circle / striped at lam_max 20, and DLR with detect=embedding
+# synonym UA 0.80-1.00 where keyword rewriting had 0.00: both became the defaults.
 START: dict[str, dict[str, Any]] = {
-    "sp": {"direction": "contrast", "h_sat": 0.5, "lam_max": 20.0, "tau": 0.3, "window_end": 0.5},
-    "dlr": {},  # the defaults: the red sweep's best (context=rewrite, negative=empty, tau_gc 0.1, weight 1)
+    "sp": {},  # the defaults: judge=text, contrast, lam_max 20, window_end 0.5
+    "dlr": {},  # the defaults: context=rewrite, detect=embedding, negative=empty, tau_gc 0.1, weight 1
     "sld": {},
     "neg": {},
 }
 # The knobs swept per guard, in the order the coordinate sweep visits them.
 SWEEPS: dict[str, list[tuple[str, list[Any]]]] = {
     "sp": [
-        ("tau", [0.4]),
-        ("h_sat", [0.6]),
-        ("lam_max", [30.0]),
-        ("judge_steps", [2]),
-        ("window_end", [0.7]),
+        ("judge", ["noise"]),
+        ("lam_max", [15.0, 25.0, 30.0]),
+        ("window_end", [0.3, 0.7]),
+        ("mask_quantile", [0.35, 0.75]),
     ],
     "dlr": [
-        ("tau_gc", [0.1]),
-        ("weight", [1.0]),
-        ("negative", ["empty"]),
+        ("detect", ["keywords"]),
+        ("tau_gc", [0.2]),
+        ("weight", [0.9]),
+        ("negative", ["unsafe"]),
     ],
     "sld": [],  # the paper's presets only
     "neg": [("weight", [3.0])],

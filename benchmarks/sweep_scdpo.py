@@ -40,11 +40,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # - round 1 (circle): the first defaults (lr 1e-4, 300 steps) and two lr values, ``sweep_scdpo_round1.md``:
 #   lr 1e-4 left UA at 0.000, lr 1e-3 erased at CRA 0.721 x base, lr 3e-4 reached UA 0.833 keeping IRA/CRA;
 # - round 2 (circle, red): centred on lr 3e-4 for 450 steps (SCDPOConfig's defaults since):
-#   ``sweep_scdpo.md``.
+#   ``sweep_scdpo_round2.md``: red kept IRA at 3e-4 but reached UA 0.783 only, 5e-4 erased it at IRA 0.827;
+# - round 3 (circle, red): lr 4e-4, between those two, erased red keeping IRA but cost circle its IRA;
+#   the safety-constraint check (stop_share 0 and 0.125) stops each concept where its samples are clean;
+#   the plain-DPO ablation at the new defaults: ``sweep_scdpo.md`` (its centre and lr 3e-4 ablation rows
+#   are round 2's runs of the same settings, copied into the round's results.jsonl).
+# Rounds 2 and 3 pin their centre at lr 3e-4 without the constraint check, the defaults they were centred
+# on; the defaults since (lr 4e-4, check_every 50, stop_share 0.125) are round 3's "lr=0.0004+check=0.125".
 ROUNDS: dict[int, dict[str, Any]] = {
     1: {"centre": {"lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},
     2: {
-        "centre": {},
+        "centre": {"lr": 3e-4, "check_every": 0},
         "grid": {
             "beta": [500.0, 10000.0],
             "lr": [5e-4, 1e-3],
@@ -53,6 +59,23 @@ ROUNDS: dict[int, dict[str, Any]] = {
             "gamma": [0.0, 5.0],
             "lora_rank": [16],
             "rpo_alpha": [1000.0],
+        },
+    },
+    3: {
+        "centre": {"lr": 3e-4, "check_every": 0},
+        "grid": {"lr": [4e-4]},
+        "variants": {
+            # stop_share 0 (trained, not benched): circle never stopped, red stopped at step 450, so both
+            # ended with lr=0.0004's weights (the check does not touch the training's random draws)
+            "lr=0.0004+check": {"lr": 4e-4, "check_every": 50, "stop_share": 0.0},
+            "lr=0.0004+check=0.125": {"lr": 4e-4, "check_every": 50, "stop_share": 0.125},
+            "plain-dpo+lr=0.0004+check=0.125": {
+                "lr": 4e-4,
+                "check_every": 50,
+                "stop_share": 0.125,
+                "gamma": 0.0,
+                "cost_lambda": 0.0,
+            },
         },
     },
 }
@@ -71,7 +94,22 @@ def plan(grid: dict[str, list[Any]] | None = None, round_: int = LAST) -> list[d
     """The variants: ``{"name", "changed": {option: value}, "config": {...}}``, the centre first."""
     from safegen.bench.sweep import one_factor_plan
 
-    return one_factor_plan(centre(round_), ROUNDS[round_]["grid"] if grid is None else grid, ABLATIONS)
+    extra = ABLATIONS | ROUNDS[round_].get("variants", {})
+    return one_factor_plan(centre(round_), ROUNDS[round_]["grid"] if grid is None else grid, extra)
+
+
+def pairs_name(config: dict[str, Any], round_: int = LAST) -> str:
+    """The folder of a variant's pair set: ``pairs-lambda<v>`` plus every other pairs-stage option changed."""
+    import dataclasses
+
+    from safegen.methods.scdpo_config import SCDPOConfig
+
+    base = centre(round_)
+    name = f"pairs-lambda{config['cost_lambda']:g}"
+    for f in dataclasses.fields(SCDPOConfig):
+        if f.metadata["stage"] == "pairs" and f.name != "cost_lambda" and config[f.name] != base[f.name]:
+            name += f"-{f.name}={config[f.name]}"
+    return name
 
 
 def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -108,16 +146,15 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
         if variant["name"] != "centre" and (concept, variant["name"]) in done:
             continue
         config = dict(variant["config"])
-        lam = config["cost_lambda"]  # pairs depend on lambda only: one pair set per value, shared
+        pname = pairs_name(config, args.round)  # one pair set per pairs-stage setting, shared by variants
+        pairs_opts = {k: v for k, v in config.items() if _stage(k) == "pairs"}
         reuse_pairs = {}
-        if old and (old / f"pairs-lambda{lam:g}" / "pairs").is_dir():
-            reuse_pairs = {"pairs_dir": str(old / f"pairs-lambda{lam:g}" / "pairs")}
+        if old and (old / pname / "pairs").is_dir():
+            reuse_pairs = {"pairs_dir": str(old / pname / "pairs")}
         pairs = stage_run(
-            f"pairs-lambda{lam:g}",
-            {**centre(args.round), "cost_lambda": lam, "cost_dir": cost_dir, **reuse_pairs},
-            "pairs",
+            pname, {**centre(args.round), **pairs_opts, "cost_dir": cost_dir, **reuse_pairs}, "pairs"
         )
-        pairs_dir = reuse_pairs.get("pairs_dir", str(root / f"pairs-lambda{lam:g}" / "pairs"))
+        pairs_dir = reuse_pairs.get("pairs_dir", str(root / pname / "pairs"))
         is_centre = variant["name"] == "centre"
         train_cfg = {**config, "cost_dir": cost_dir, "pairs_dir": pairs_dir}
         if is_centre:
@@ -165,6 +202,14 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
     return rows
 
 
+def _stage(key: str) -> str:
+    import dataclasses
+
+    from safegen.methods.scdpo_config import SCDPOConfig
+
+    return {f.name: f.metadata["stage"] for f in dataclasses.fields(SCDPOConfig)}[key]
+
+
 def _steps_share(name: str, trained_steps: int, centre_steps: int) -> float:
     """The share of a run's training time that a checkpoint variant (``steps=N`` or the centre) used."""
     steps = int(name.split("=")[1]) if name.startswith("steps=") else centre_steps
@@ -178,7 +223,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     labels = {
         "gamma=0": "ablation: no DFM",
         "cost_lambda=0": "ablation: no cost",
-        "plain-dpo": "ablation: plain Diffusion-DPO",
+        "plain-dpo": "ablation: plain Diffusion-DPO (lr 3e-4)",
+        "plain-dpo+lr=0.0004+check=0.125": "ablation: plain Diffusion-DPO at the defaults",
+        "lr=0.0004+check=0.125": "the defaults",
     }
     return sweep_table(rows, labels, {"cost AUROC": lambda r: f"{r['cost_auroc']:.3f}"})
 

@@ -202,6 +202,7 @@ def denoise(
             device=device,
             dtype=cond.dtype,
             options=config.to_dict(),
+            token_vectors=lambda word: token_vectors(model, word),
         )
     )
     base = [uncond, cond] if do_cfg else [cond]
@@ -255,6 +256,13 @@ def encode_text(model: LoadedModel, texts: list[str]) -> torch.Tensor:
         mask = tokens.attention_mask.to(model.device)
     embeds = text_encoder(tokens.input_ids.to(model.device), attention_mask=mask)[0]
     return embeds.to(dtype=text_encoder.dtype, device=model.device)
+
+
+def token_vectors(model: LoadedModel, word: str) -> torch.Tensor:
+    """A word's tokens' input embeddings from the text encoder's table, (n_tokens, D), no special tokens."""
+    ids = model.tokenizer(word, add_special_tokens=False).input_ids
+    table = model.text_encoder.get_input_embeddings().weight
+    return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float().cpu()
 
 
 def fresh_scheduler(model: LoadedModel, steps: int) -> Any:

@@ -163,7 +163,7 @@ def test_sp_mask_options() -> None:
 
 
 def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel) -> None:
-    guard = get_guard("sp", concept="red", tau=0.99, h_sat=1.0, judge_steps=2)  # every prompt benign
+    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=2)  # all benign
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
     assert sizes == [6, 6] + [4] * 6  # [u, c, s] x 2 images while judging, then plain CFG's batch
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
@@ -176,7 +176,17 @@ def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel
 
 
 def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None:
-    guard = get_guard("sp", concept="red", tau=-1.0, direction="unsafe", mask_quantile=0.25, keep_masks=True)
+    guard = get_guard(
+        "sp",
+        concept="red",
+        judge="noise",
+        tau=-1.0,
+        direction="unsafe",
+        mask_quantile=0.25,
+        keep_masks=True,
+        window_start=0.0,
+        window_end=0.5,
+    )
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
     assert sizes == [6] * 4 + [4] * 4  # the branch is dropped after window_end
     guard.take_masks()
@@ -192,7 +202,7 @@ def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None
 
 
 def test_sp_contrast_direction_runs_the_anchor_and_steers_along_it(tiny_sd: LoadedModel) -> None:
-    opts = dict(tau=-1.0, window_end=0.5, mask="none", lam_max=5.0)
+    opts = dict(judge="noise", tau=-1.0, window_start=0.0, window_end=0.5, mask="none", lam_max=5.0)
     contrast = get_guard("sp", concept="red", direction="contrast", **opts)
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, contrast, steps=8))
     assert sizes == [6] + [8] * 3 + [4] * 4  # judge [u, c, s]; guide [u, c, s, a]; then plain CFG
@@ -310,7 +320,8 @@ def test_every_guard_runs_on_a_v_prediction_model(tiny_sd_dir: Path) -> None:
     """SD 2.x (768) predicts v: the guards treat the UNet's output as diffusers' pipelines do."""
     model = own_model(tiny_sd_dir, DDIMScheduler, prediction_type="v_prediction")
     plain = run(model, steps=4)
-    cases = [("sp", "strong", {"tau": -1.0}), ("dlr", "strong", {"space": "x0"}), ("sld", "max", {})]
+    sp = {"judge": "noise", "tau": -1.0}
+    cases = [("sp", "strong", sp), ("dlr", "strong", {"space": "x0"}), ("sld", "max", {})]
     for name, strength, options in [*cases, ("neg", "strong", {})]:
         images = run(model, get_guard(name, concept="nudity", strength=strength, **options), steps=4)
         assert images.shape == plain.shape and not np.array_equal(images, plain), name

@@ -43,7 +43,8 @@ def test_generate_with_sp_writes_reports_and_masks(tmp_path: Path, tiny_sd_dir: 
     config.write_text("# safegen generate ... --guard-config sp.yaml\nstrength: strong\nwindow_end: 0.5\n")
     args = ["generate", "a red circle", "a blue star", "--model", str(tiny_sd_dir), "--steps", "4"]
     args += ["--device", "cpu", "--guard", "sp", "--concept", "red", "--guard-config", str(config)]
-    result = runner.invoke(app, [*args, "--set", "tau=-1", "--save-masks", "--out", str(out)])
+    sets = ["--set", "judge=noise", "--set", "tau=-1"]
+    result = runner.invoke(app, [*args, *sets, "--save-masks", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Wrote 2 images" in result.stdout and "Wrote 2 masks" in result.stdout
     lines = [json.loads(x) for x in (out / "generation.jsonl").read_text().splitlines()]
@@ -152,7 +153,7 @@ def test_sweep_script_chooses_and_writes_a_table(monkeypatch, tmp_path: Path) ->
     assert sweep.main(args) == 0
     assert len(calls) == 1 + 6  # the unguarded reference, then 6 runs of sp
     table = out.read_text()
-    assert "| none | defaults |" in table and "strength=weak" in table and "tau=0.4" in table
+    assert "| none | defaults |" in table and "strength=weak" in table and "judge=noise" in table
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     chosen = [r for r in rows if r.get("chosen")]
     assert len(chosen) == 1 and chosen[0]["guard"] == "sp" and chosen[0]["pass"]

@@ -288,11 +288,20 @@ def test_sweep_plan_has_the_ablations():
     )
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
-    names = [v["name"] for v in sweep.plan()]
+    names = [v["name"] for v in sweep.plan(round_=2)]
     assert names[0] == "centre" and "gamma=0" in names and "cost_lambda=0" in names
-    plain = next(v for v in sweep.plan() if v["name"] == "plain-dpo")  # the issue's ablation
-    assert plain["changed"] == {"gamma": 0.0, "cost_lambda": 0.0}
-    assert all(len(v["changed"]) <= 1 for v in sweep.plan() if v["name"] not in sweep.ABLATIONS)
+    for round_ in sweep.ROUNDS:
+        plan = sweep.plan(round_=round_)
+        plain = next(v for v in plan if v["name"] == "plain-dpo")  # the issue's ablation, every round
+        assert plain["changed"] == {"gamma": 0.0, "cost_lambda": 0.0}
+        named = set(sweep.ABLATIONS) | set(sweep.ROUNDS[round_].get("variants", {}))
+        assert all(len(v["changed"]) <= 1 for v in plan if v["name"] not in named)
+    # a pair set per pairs-stage setting: lambda and any other pairs option that differs from the centre
+    by_name = {v["name"]: v for v in sweep.plan(round_=3)}
+    assert sweep.pairs_name(by_name["lr=0.0004+check"]["config"], 3) == "pairs-lambda1"
+    assert sweep.pairs_name(by_name["plain-dpo"]["config"], 3) == "pairs-lambda0"
+    other = {**by_name["centre"]["config"], "reward_text": "rewrite"}
+    assert sweep.pairs_name(other, 3) == "pairs-lambda1-reward_text=rewrite"
 
 
 # --------------------------------------------------------------------------- the run
@@ -407,6 +416,29 @@ def test_rpo_alpha_adds_the_winner_error(run, tiny_sd_dir, encoder_file, tmp_pat
     # step 1: policy == reference, so L = log 2 + rpo_alpha * L_w, and logps/chosen = -L_w
     assert row["logps/chosen"] < 0
     assert row["loss"] == pytest.approx(np.log(2) - 3.0 * row["logps/chosen"], abs=1e-4)
+
+
+def test_constraint_check_logs_and_stops_early(run, tiny_sd_dir, encoder_file, tmp_path):
+    """check_every: the cost model scores samples of the current model; the run stops once few are flagged."""
+    first, _ = run
+    model = str(tiny_sd_dir)
+    never = reuse(first, encoder_file, steps=4, check_every=2, check_prompts=2, stop_share=0.0)
+    done = run_scdpo("red", model=model, config=never, out=tmp_path / "a", device="cpu")["stages"]["train"]
+    rows = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    checked = [r for r in rows if "constraint/flagged" in r]
+    for row in checked:
+        assert 0.0 <= row["constraint/flagged"] <= 1.0 and np.isfinite(row["constraint/mean_cost"])
+    clean_at_2 = checked[0]["constraint/flagged"] == 0.0  # stop_share 0 stops only on a clean check
+    expected = [2] if clean_at_2 else [2, 4]
+    assert [r["step"] for r in checked] == expected and [c["step"] for c in done["checks"]] == expected
+    assert done["stopped_early"] == clean_at_2 and done["steps"] == expected[-1]
+    # stop_share 1 is met at the first check: the run ends there, with that step's adapter
+    always = reuse(first, encoder_file, steps=4, check_every=2, check_prompts=2, stop_share=1.0)
+    result = run_scdpo("red", model=model, config=always, out=tmp_path / "b", device="cpu")
+    assert result["stages"]["train"]["steps"] == 2 and result["stages"]["train"]["stopped_early"]
+    assert json.loads((tmp_path / "b" / "adapter.json").read_text())["steps"] == 2
+    assert (tmp_path / "b" / "checkpoints" / "step-0000002").is_dir()
+    assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])["stopped"] is True
 
 
 def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, nan_loss):

@@ -31,11 +31,15 @@ def one_factor_plan(
             if value != centre[key]:
                 changed = {key: value}
                 variants.append(
-                    {"name": f"{key}={value:g}", "changed": changed, "config": {**centre, **changed}}
+                    {"name": f"{key}={_fmt(value)}", "changed": changed, "config": {**centre, **changed}}
                 )
     for name, changed in (ablations or {}).items():
         variants.append({"name": name, "changed": dict(changed), "config": {**centre, **changed}})
     return variants
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
 
 
 def scored(bench: dict[str, Any], targets: Mapping[str, float] = TARGETS) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class RunContext:
         device: the device latents live on.
         dtype: the dtype of latents and embeddings.
         options: the generation settings (a dict of :class:`safegen.generator.GenerationConfig`).
+        token_vectors: a word -> the text encoder's input embeddings of its tokens, (n_tokens, D)
+            (no special tokens; what :class:`safegen.guards.detect.ConceptDetector` compares).
     """
 
     prompts: list[str]
@@ -69,6 +71,7 @@ class RunContext:
     device: torch.device
     dtype: torch.dtype
     options: dict[str, Any] = field(default_factory=dict)
+    token_vectors: Callable[[str], torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:

@@ -91,9 +91,9 @@ METHODS: dict[str, Method] = {
             name="sp",
             kind=MethodKind.GUARD,
             family=ModelFamily.DIFFUSION,
-            summary="Harmfulness from noise-direction cosine; adaptive strength; per-step spatial mask.",
+            summary="Harmfulness from the prompt's words or noise; adaptive strength; per-step spatial mask.",
             reference="SP-Guard, arXiv 2511.11014",
-            status=Status.EXPERIMENTAL,
+            status=Status.READY,
             file="sp_guard",
         ),
         Method(
@@ -102,7 +102,7 @@ METHODS: dict[str, Method] = {
             family=ModelFamily.DIFFUSION,
             summary="Dual latent reconstruction: blend the prompt's latents with a safety-context stream.",
             reference="arXiv 2411.13982",
-            status=Status.EXPERIMENTAL,
+            status=Status.READY,
             file="dual_latent",
         ),
         Method(

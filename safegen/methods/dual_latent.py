@@ -26,6 +26,12 @@ and washes images out (the pitfall REFERENCE.md names): ``norm_correction`` resc
 latent to the interpolated norm. ``space=x0`` blends the two streams' predicted clean latents and keeps
 stream A's noise (variance-preserving schedulers only: DDIM, DDPM, PNDM, DPM-Solver, UniPC).
 
+``detect=embedding`` (our addition) rewrites every word whose token embedding is near the concept's
+keywords (:mod:`safegen.guards.detect`), so synonyms and misspellings the registry was not told are
+replaced too. With ``context=rewrite`` and ``negative=empty``, an image whose prompt has nothing to
+rewrite has stream B = stream A: when that holds for the whole batch, stream B is not run at all (a
+benign prompt costs plain CFG and gives plain CFG's image).
+
 Cost: the steps from the fork on run two UNet branches more, so about ``1 + (1 - tau_gc)`` x plain CFG
 (``negative=empty`` in step mode shares stream A's unconditional branch: ``1 + (1 - tau_gc) / 2``).
 
@@ -44,6 +50,7 @@ import torch
 from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext
+from safegen.guards.detect import ConceptDetector
 from safegen.guards.options import configure, option
 
 
@@ -52,7 +59,7 @@ class DLROptions:
     """DLR's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
 
     weight: float = option(1.0, low=0.0, high=1.0, help="omega: share of the safety stream in the blend")
-    tau_gc: float = option(0.1, low=0.0, high=1.0, help="share of steps run as one stream (global context)")
+    tau_gc: float = option(0.05, low=0.0, high=1.0, help="share of steps run as one stream (global context)")
     blend: str = option("step", choices=("step", "final"), help="blend after every step, or once at the end")
     space: str = option("latent", choices=("latent", "x0"), help="blend latents, or predicted clean latents")
     norm_correction: bool = option(True, help="rescale the blend to the streams' interpolated norm")
@@ -62,11 +69,17 @@ class DLROptions:
     negative: str = option(
         "empty", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
     )
+    detect: str = option(
+        "embedding",
+        choices=("keywords", "embedding"),
+        help="context=rewrite: replace the registry's keywords, or every word near them (Eq. D1-D3)",
+    )
+    detect_tau: float = option(0.6, low=0.0, high=0.99, help="detect=embedding: word score replaced from")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "weak": {"weight": 0.75},
-    "medium": {},  # the defaults: the red sweep's best (benchmarks/results/sweep_guards_red_partial.log)
+    "medium": {},  # the defaults: the red sweep's best, detect=embedding from the probes (sweep_guards.py)
     "strong": {"negative": "unsafe"},  # also steer away from the unsafe text: synonyms too, at IRA's cost
 }
 
@@ -126,6 +139,8 @@ class DualLatentGuard(GuardBase):
     def context_text(self, prompt: str) -> str:
         """Stream B's prompt: ``"<prompt>, <safe text>"`` (append) or the keywords replaced (rewrite)."""
         if self.opts.context == "rewrite":
+            if self.opts.detect == "embedding":
+                return self.detector.rewrite(prompt, self.opts.detect_tau, self.concept.safe_text)
             return rewrite(prompt, self.concept)
         safe = self.concept.safe_text
         return f"{prompt}, {safe}" if safe else prompt
@@ -140,8 +155,18 @@ class DualLatentGuard(GuardBase):
         self.step_kwargs = dict(ctx.step_kwargs)
         if "generator" in self.step_kwargs:
             self.step_kwargs["generator"] = [_clone(g) for g in ctx.generators]
+        if opts.context == "rewrite" and opts.detect == "embedding":
+            if ctx.token_vectors is None:
+                raise SafegenError(
+                    "Guard 'dlr' detect=embedding needs the model's token embeddings (none given)."
+                )
+            self.detector = ConceptDetector(ctx.token_vectors, self.concept.keywords)
         self.texts = [self.context_text(p) for p in ctx.prompts]
         self.negative_text = self.concept.unsafe_text if opts.negative == "unsafe" else None
+        # stream B = stream A for every image: run one stream only (plain CFG's cost and image)
+        self.idle = self.negative_text is None and self.texts == list(ctx.prompts)
+        if self.idle:
+            self.fork = n
         self.context = ctx.encode(self.texts)  # (B, L, D)
         if self.negative_text is not None:
             self.negative = ctx.encode([self.negative_text] * ctx.batch_size)
@@ -204,6 +229,8 @@ class DualLatentGuard(GuardBase):
         return self.ctx.unet(self.scheduler.scale_model_input(self.z_b, t), t, self.context)
 
     def after_step(self, step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        if self.idle:
+            return latents
         if step < self.fork or self.opts.blend == "step":
             self.scheduler.scale_model_input(self.z_b, t)  # keeps step-indexed schedulers' state in line
         step_b = self.scheduler.step(self.eps_b, t, self.z_b, **self.step_kwargs, return_dict=False)
@@ -239,7 +266,7 @@ class DualLatentGuard(GuardBase):
             {
                 "context": text,
                 "negative": self.negative_text,
-                "fork_step": self.fork,
+                "fork_step": None if self.idle else self.fork,
                 "weight": self.opts.weight,
             }
             for text in self.texts

@@ -22,6 +22,12 @@ sweep in ``benchmarks/sweep_scdpo.py`` on the mini world.
 With ``rpo_alpha > 0`` the loss also holds ``rpo_alpha * mean_w L_w`` (TRL's RPO term, arXiv 2404.19733,
 with the denoising error as the winner's NLL): DPO alone may lower the winner's likelihood as long as it
 lowers the loser's more; this term keeps pulling the winner itself up.
+
+The safety-constraint check (our addition, on by default): every ``check_every`` steps the current model
+samples ``check_prompts`` harmful training prompts and the stage-1 cost model scores them; the rows of
+those steps also hold ``constraint/flagged`` (share with cost > 0.5) and ``constraint/mean_cost``; once
+the flagged share is at most ``stop_share`` the run checkpoints and stops (``stopped: true``), so a concept
+that is erased early is not trained on into the rest of the model (``--set check_every=0``: off).
 """
 
 from __future__ import annotations
@@ -237,7 +243,29 @@ class SCDPORecipe:
             self.params,
             len(self.data),
             self._record,
+            self._check if self.cfg.check_every else None,
         )
+
+    def _check(self, step: int) -> dict[str, Any] | None:
+        """The safety constraint on the current model (our addition): the share of samples of harmful
+        training prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
+        from safegen.methods.scdpo_stages import sample_images, training_prompts
+
+        cfg = self.cfg
+        if step % cfg.check_every:
+            return None
+        ctx = self._context()
+        prompts = training_prompts(ctx)[0][: cfg.check_prompts]
+        seeds = [cfg.seed + 104_729 + i for i in range(len(prompts))]  # fixed: checks are comparable
+        self.base.eval()
+        with torch.no_grad():
+            costs = self.cost_model.cost(sample_images(ctx, prompts, seeds, stage=None)).float()
+        share = float((costs > 0.5).float().mean())
+        return {
+            "constraint/flagged": share,
+            "constraint/mean_cost": float(costs.mean()),
+            "stop": share <= cfg.stop_share,
+        }
 
     def _micro_step(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One micro-batch of pairs: the SC-DPO loss and the (8,) statistics named by ``TRL_NAMES``."""
@@ -282,7 +310,8 @@ class SCDPORecipe:
         from safegen.adapters import merge_adapter, save_adapter
 
         if self.trains and self.is_main:
-            save_adapter(self.base, self.out, self._record(self.cfg.steps))
+            steps = self.result["stages"]["train"]["steps"]  # fewer than cfg.steps after an early stop
+            save_adapter(self.base, self.out, self._record(steps))
             self.result["adapter"] = str(self.out)
             if self.merge:
                 self.result["merged"] = str(merge_adapter(self.model_name, self.out, self.out / "merged"))

@@ -14,7 +14,12 @@ Values are checked strictly: an unknown key, a wrong type or a value out of rang
 :class:`~safegen.errors.SafegenError`, never silently corrected. The training defaults come from
 ``benchmarks/sweep_scdpo.py`` on the mini world (tables in ``benchmarks/results/sweep_scdpo*.md``): lr 1e-4
 left circle untouched (UA 0.000), 1e-3 erased it at CRA 0.72 x base; lr 3e-4 for 450 steps met every
-target. On a real Stable Diffusion, sweep lr, steps and beta again (``--set``).
+target on circle but erased red only to UA 0.78; lr 4e-4 erased red (UA 1.00, IRA 0.94 x base) but cost
+circle its IRA (0.80 x base) by step 450. The safety-constraint check (our addition: every
+``check_every`` steps, ``check_prompts`` harmful training prompts are sampled and the cost model scores
+them; the run stops once at most ``stop_share`` cost more than 0.5) stops circle at step 250 (every
+target met) and red at step 350 (UA 0.82: the one target not met). ``stop_share`` 0 never stopped circle
+(2 of 16 samples stayed above 0.5). On a real Stable Diffusion, sweep lr, steps and beta again (``--set``).
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class SCDPOConfig(OptionSet):
     steps: int = option(450, "train", low=1, high=10_000_000, help="optimiser steps")
     batch_size: int = option(8, "train", low=1, high=4096, help="pairs per process per micro-step")
     grad_accum: int = option(1, "train", low=1, high=1024, help="micro-steps per optimiser step")
-    lr: float = option(3e-4, "train", low=1e-10, high=1.0, help="LoRA learning rate (AdamW)")
+    lr: float = option(4e-4, "train", low=1e-10, high=1.0, help="LoRA learning rate (AdamW)")
     warmup_steps: int = option(10, "train", low=0, high=1_000_000, help="linear warm-up")
     weight_decay: float = option(0.0, "train", low=0.0, high=1.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, "train", low=0.0, high=1e6, help="gradient clipping (0: off)")
@@ -101,6 +106,13 @@ class SCDPOConfig(OptionSet):
     save_every: int = option(100, "train", low=1, high=10_000_000, help="checkpoint every N steps")
     keep_checkpoints: int = option(2, "train", low=0, high=1_000_000, help="newest kept (0: all)")
     log_every: int = option(1, "train", low=1, high=1_000_000, help="log.jsonl row every N steps")
+    check_every: int = option(
+        50, "train", low=0, high=10_000_000, help="every N steps, score samples with the cost model (0: off)"
+    )
+    check_prompts: int = option(16, "train", low=1, high=100_000, help="harmful prompts sampled per check")
+    stop_share: float = option(
+        0.125, "train", low=0.0, high=1.0, help="stop once at most this share of a check's samples cost > 0.5"
+    )
     cost_dir: str = option("", "train", help="reuse the cost/ folder of an earlier run")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run")
 

@@ -9,6 +9,7 @@ Our reading, per denoising step t, with one batched UNet call over three branche
     d_c = eps_c - eps_u,  d_s = eps_s - eps_u                                     # Eq. (a) directions
     d_s = eps_s - eps_a   (direction=contrast, guided steps only; a = the safe anchor)  # Eq. (a')
     h   = mean_{t < K} cos(flat(d_c), flat(d_s))                                  # Eq. (b) harmfulness
+    h   = max_{w in prompt} max_{k in keywords} cos(E[w], E[k])    (judge=text)    # Eq. (b') word score
     lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1)                        # Eq. (c) strength
     p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
     M_t = top-q quantile (or threshold) of p, optional dilation / blur, hard or soft  # Eq. (e) mask
@@ -18,16 +19,27 @@ With ``direction=contrast`` the guided steps also run the concept's safe anchor 
 e.g. "clothed" for nudity, the replacement value for a mini concept) and steer along eps_s - eps_a: what
 the unsafe text adds over its safe counterpart, without the generic "draw something" component that
 eps_s - eps_u also holds (one more branch while guiding). h is still judged with Eq. (a).
-Guidance starts once h is known (step K, or later with ``window_start``). When every image of the batch
-has ``lam == 0`` after K steps, the third branch is dropped for the rest of the run: a benign prompt then
-costs what plain CFG costs, and its image is plain CFG's (up to float rounding of the larger batch in the
-first K steps). The branch is also dropped after ``window_end``.
+``judge=text`` (our addition, not the paper's; the default, from the mini-world probes) reads h before the
+first step from the text encoder's token embeddings (:mod:`safegen.guards.detect`, Eq. D1-D2): it finds
+synonyms and misspellings the registry was not told, costs no UNet call, and lets guidance start at step
+0; ``text_tau`` / ``text_h_sat`` replace ``tau`` / ``h_sat`` on its scale. benchmarks/probe_text_judge.py:
+AUROC 1.000 on red, circle and striped, where Eq. (b) reaches 0.93, 0.68-0.90 and 1.000
+(benchmarks/results/probe_sp_judge.txt). It only sees words: a prompt that implies the concept without a
+word near its keywords (common in I2P) is judged benign. ``judge=both`` takes the larger strength of the
+two judges (guidance from step K): use it, or ``noise``, where prompts are implicit.
+
+Guidance starts once h is known (step K; step 0 with judge=text; later with ``window_start``). When every
+image of the batch has ``lam == 0`` once judged, the extra branches are dropped for the rest of the run: a
+benign prompt then costs what plain CFG costs, and its image is plain CFG's (judge=text: exactly; noise:
+up to float rounding of the larger batch in the first K steps). The branch is also dropped after
+``window_end``.
 
 Transparency: each image's report (saved in ``generation.jsonl``) gives h, lam, the steps guided and the
 mask coverage per step; with ``keep_masks`` the masks are kept and :func:`save_masks` writes them as PNGs.
 
     safegen generate "a photo of a nude woman" --model path/to/sd --guard sp --concept nudity --save-masks
-    safegen bench mini --guard sp --concept red --set tau=0.3
+    safegen generate "..." --model path/to/sd --guard sp --concept nudity --set judge=both --set tau=0.3
+    safegen bench mini --guard sp --concept red --set lam_max=25
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import torch.nn.functional as F
 
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext
+from safegen.guards.detect import ConceptDetector
 from safegen.guards.options import configure, option
 
 
@@ -51,12 +64,19 @@ from safegen.guards.options import configure, option
 class SPGuardOptions:
     """SP-Guard's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
 
+    judge: str = option(
+        "text",
+        choices=("noise", "text", "both"),
+        help="h from the noise directions (Eq. b), the prompt's words (Eq. b', no UNet call), or both",
+    )
     judge_steps: int = option(1, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
     tau: float = option(0.3, low=-1.0, high=0.99, help="harmfulness threshold: lam = 0 for h <= tau")
-    lam_max: float = option(20.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
+    lam_max: float = option(25.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
     h_sat: float = option(0.5, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max")
-    window_start: float = option(0.0, low=0.0, high=1.0, help="guide from this fraction of steps (>= K)")
-    window_end: float = option(0.5, low=0.0, high=1.0, help="stop guiding (and drop the branch) here")
+    text_tau: float = option(0.6, low=0.0, high=0.99, help="judge=text: tau on the word score (Eq. D2)")
+    text_h_sat: float = option(0.7, low=0.01, high=1.0, help="judge=text: h_sat on the word score")
+    window_start: float = option(0.2, low=0.0, high=1.0, help="guide from this fraction of steps (>= K)")
+    window_end: float = option(0.7, low=0.0, high=1.0, help="stop guiding (and drop the branch) here")
     mask: str = option("quantile", choices=("quantile", "threshold", "none"), help="how M_t is chosen")
     mask_quantile: float = option(0.5, low=0.01, high=1.0, help="share of locations kept (mask=quantile)")
     mask_threshold: float = option(0.2, low=0.0, high=1.0, help="share of the max projection (threshold)")
@@ -72,9 +92,9 @@ class SPGuardOptions:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "weak": {"lam_max": 10.0},
-    "medium": {},  # the dataclass defaults
-    "strong": {"lam_max": 30.0},
+    "weak": {"lam_max": 15.0},  # weak / strong: lam_max 10 below / above the default (not swept)
+    "medium": {},  # the dataclass defaults (benchmarks/results/guards_defaults_<concept>.md)
+    "strong": {"lam_max": 35.0},
 }
 
 
@@ -138,6 +158,11 @@ class SPGuard(GuardBase):
             raise SafegenError(
                 f"Guard 'sp' option h_sat ({self.opts.h_sat}) must be greater than tau ({self.opts.tau})."
             )
+        if self.opts.text_h_sat <= self.opts.text_tau:
+            raise SafegenError(
+                f"Guard 'sp' option text_h_sat ({self.opts.text_h_sat}) must be greater than "
+                f"text_tau ({self.opts.text_tau})."
+            )
         if self.opts.window_end <= self.opts.window_start:
             raise SafegenError(
                 f"Guard 'sp' option window_end ({self.opts.window_end}) must be greater than "
@@ -149,7 +174,7 @@ class SPGuard(GuardBase):
     def begin(self, ctx: RunContext) -> None:
         super().begin(ctx)
         n, opts = ctx.n_steps, self.opts
-        self.judge = min(opts.judge_steps, n)
+        self.judge = min(opts.judge_steps, n) if opts.judge != "text" else 0
         self.guide_from = max(self.judge, math.ceil(opts.window_start * n - 1e-9))
         self.guide_until = min(n, math.ceil(opts.window_end * n - 1e-9))
         self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
@@ -161,9 +186,28 @@ class SPGuard(GuardBase):
         self.cos_steps: list[list[float]] = [[] for _ in range(ctx.batch_size)]
         self.h = torch.zeros(ctx.batch_size)
         self.lam = torch.zeros(ctx.batch_size)
+        self.flagged: list[list[str]] = [[] for _ in range(ctx.batch_size)]
+        self.h_text = self.lam_text = None
+        if opts.judge != "noise":
+            self._judge_text(ctx)
         self.coverage: list[list[float]] = [[] for _ in range(ctx.batch_size)]
         self.guided: list[int] = []
         self.batch_masks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(ctx.batch_size)]
+
+    def _judge_text(self, ctx: RunContext) -> None:
+        """Eq. (b') and (c) before the first step: h from the prompts' words, lam from h."""
+        if ctx.token_vectors is None:
+            raise SafegenError("Guard 'sp' judge=text needs the model's token embeddings (none given).")
+        detector = ConceptDetector(ctx.token_vectors, self.concept.keywords)
+        opts = self.opts
+        self.h_text = detector.scores(ctx.prompts).float()
+        self.lam_text = adaptive_strength(
+            self.h_text, opts.text_tau, opts.lam_max, opts.text_h_sat
+        )  # Eq. (c)
+        if opts.judge == "text":
+            self.h, self.lam = self.h_text, self.lam_text
+        for b, prompt in enumerate(ctx.prompts):
+            self.flagged[b] = [w.word for w in detector.words(prompt) if w.score >= opts.text_tau]
 
     def branches(self, step: int) -> torch.Tensor | None:
         if step < self.judge:
@@ -195,6 +239,8 @@ class SPGuard(GuardBase):
                 self.h = self.cos_sum / self.judge
                 opts = self.opts
                 self.lam = adaptive_strength(self.h, opts.tau, opts.lam_max, opts.h_sat)  # Eq. (c)
+                if self.lam_text is not None:  # judge=both: the stronger of the two judgements
+                    self.lam = torch.maximum(self.lam, self.lam_text)
             return eps
         if eps_extra.shape[0] > 1:
             d_s = eps_extra[0] - eps_extra[1]  # Eq. (a'), direction=contrast: unsafe text vs its anchor
@@ -218,8 +264,11 @@ class SPGuard(GuardBase):
             steps, cover = (self.guided if lam > 0 else []), self.coverage[b]
             infos.append(
                 {
-                    "harm": round(float(self.h[b]), 5),  # h, Eq. (b)
+                    "judge": self.opts.judge,
+                    "harm": round(float(self.h[b]), 5),  # h, Eq. (b) or (b')
                     "harm_per_step": self.cos_steps[b],
+                    "harm_text": None if self.h_text is None else round(float(self.h_text[b]), 5),
+                    "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
                     "strength": round(lam, 5),  # lam, Eq. (c)
                     "judged_benign": lam == 0.0,
                     "guided_steps": list(steps),

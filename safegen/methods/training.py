@@ -219,6 +219,7 @@ class RecipeRun:
         params: list[torch.nn.Parameter],
         n_data: int,
         record: Callable[[int], dict[str, Any]],
+        check: Callable[[int], dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
         """Optimise from the resumed step to ``cfg.steps``; return the training stage's record.
 
@@ -229,11 +230,13 @@ class RecipeRun:
             module: what gradients are accumulated on (the DDP wrapper under ``accelerate``).
             adapter: what checkpoints save (the LoRA's module). opt, params: the optimiser, its parameters.
             n_data: training pairs, for ``epoch``. record: ``step -> adapter.json record``.
+            check: ``step -> None`` or a dict of ``constraint/...`` metrics logged with the step; when it
+                holds ``"stop": True`` the run checkpoints and ends there (an early stop).
         """
         cfg, acc, start = self.cfg, self.acc, time.time()
         module.train()
-        step = self.start_step
-        while step < cfg.steps:
+        step, stopped, checks = self.start_step, False, []
+        while step < cfg.steps and not stopped:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -260,17 +263,25 @@ class RecipeRun:
                 "epoch": seen / max(1, n_data),
                 "seconds": round(time.time() - start, 2),
             }
+            found = check(step) if check is not None else None
+            if found is not None:
+                stopped = bool(found.pop("stop", False))
+                row |= found | {"stopped": stopped}
+                checks.append({"step": step, **found})
+                module.train()
             self.last_metrics = row
-            if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps or found is not None):
                 with (self.out / "log.jsonl").open("a") as f:
                     f.write(json.dumps(row) + "\n")
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if step % cfg.save_every == 0 or step == cfg.steps or stopped:
                 self.save_checkpoint(step, adapter, opt, record(step))
             if self.progress is not None and self.is_main:
                 self.progress("training", step, cfg.steps)
         return {
             "steps": step,
             "resumed_from": self.start_step,
+            "stopped_early": stopped,
+            "checks": checks,
             "seconds": round(time.time() - start, 2),
             "final": self.last_metrics,
         }

@@ -1,0 +1,109 @@
+"""Find a concept's words in a prompt from the text encoder's own token embeddings (our addition).
+
+Keyword matching (:func:`safegen.concepts.rewrite`) misses every word the registry was not told: synonyms,
+misspellings, other languages. The text encoder's input embedding table places such words near the
+keywords they mean, so a guard can look there instead. For each word w of the prompt (a run of letters
+or digits) and the concept's keywords k::
+
+    v(w)     = mean_{i in tokens(w)} E[i]                                           # a word's vector
+    score(w) = max_{k in keyword words} cos(v(w), v(k))                             # Eq. (D1) word score
+    score(prompt) = max_w score(w)                                                   # Eq. (D2) prompt score
+    flagged(w) = score(w) >= tau                                                     # Eq. (D3)
+
+with E the text encoder's input embedding matrix (static: no context, no UNet call). A keyword itself
+scores 1; a word split into several tokens is compared as a whole (the mean of its tokens), so a shared
+sub-word alone does not flag it. On the mini world (benchmarks/probe_text_judge.py) the prompt score
+separates prompts with the concept, synonyms and misspellings included, from those without at AUROC
+1.000 for 16 of the 17 concepts (red, circle, striped: every prompt with the concept >= 0.78, every prompt
+without <= 0.39; solid 0.986, as the templates' "plain background" names its synonym); the
+noise-direction judge of SP-Guard's reading reaches 0.68-0.93 on circle and red. On a real CLIP text
+encoder the scale differs: calibrate ``tau`` on prompts of your own (the probe takes ``--model``).
+
+Known limit: a keyword of several words contributes each of its words (``van gogh`` flags ``van``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TokenVectors = Callable[[str], torch.Tensor]  # a word -> its tokens' input embeddings, (n_tokens, D)
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class WordScore:
+    """One word of a prompt: where it is and how close it is to the concept (Eq. D1)."""
+
+    word: str
+    start: int
+    end: int
+    score: float
+
+
+class ConceptDetector:
+    """Scores a prompt's words against a concept's keywords in the text encoder's token-embedding space.
+
+    Args:
+        token_vectors: a word -> the input embeddings of its tokens (see ``RunContext.token_vectors``).
+        keywords: the concept's keywords (the registry's ``keywords``; never its held-out synonyms).
+    """
+
+    def __init__(self, token_vectors: TokenVectors, keywords: Iterable[str]) -> None:
+        self.token_vectors = token_vectors
+        words = dict.fromkeys(word for k in keywords for word in _WORD.findall(k.lower()))
+        vectors = [v for v in map(self._vector, words) if v is not None]
+        if not vectors:
+            raise ValueError("the concept has no keyword the tokenizer can encode")
+        self.keys = F.normalize(torch.stack(vectors), dim=-1)  # (K, D)
+        self._cache: dict[str, float] = {}
+
+    def word_score(self, word: str) -> float:
+        """Eq. (D1) for one word (cached: prompts share their words)."""
+        word = word.lower()
+        if word not in self._cache:
+            vec = self._vector(word)
+            sims = F.normalize(vec, dim=-1) @ self.keys.T if vec is not None else torch.zeros(1)  # (K,)
+            self._cache[word] = round(float(sims.max()), 6)
+        return self._cache[word]
+
+    def _vector(self, word: str) -> torch.Tensor | None:
+        vecs = self.token_vectors(word)
+        return vecs.float().mean(0) if vecs.numel() else None
+
+    def words(self, prompt: str) -> list[WordScore]:
+        """Every word of ``prompt`` with its score, in order."""
+        return [
+            WordScore(m.group(), m.start(), m.end(), self.word_score(m.group()))
+            for m in _WORD.finditer(prompt)
+        ]
+
+    def score(self, prompt: str) -> float:
+        """Eq. (D2): the largest word score (0 for a prompt without words)."""
+        return max((w.score for w in self.words(prompt)), default=0.0)
+
+    def scores(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Eq. (D2) per prompt, (B,)."""
+        return torch.tensor([self.score(p) for p in prompts])
+
+    def rewrite(self, prompt: str, tau: float, replacement: str) -> str:
+        """The prompt with every flagged word (Eq. D3) replaced; a run of flagged words becomes one."""
+        out, last, run_open = [], 0, False
+        for w in self.words(prompt):
+            if w.score < tau:
+                run_open = False
+                continue
+            between = prompt[last : w.start]
+            if run_open and not between.strip(" -"):
+                last = w.end  # the same run: "round shape", "five-pointed"
+                continue
+            out.append(between)
+            out.append(replacement)
+            last, run_open = w.end, True
+        out.append(prompt[last:])
+        text = "".join(out)
+        return re.sub(r"\s{2,}", " ", text).strip() if not replacement else text
