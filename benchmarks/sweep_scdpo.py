@@ -43,10 +43,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 #   ``sweep_scdpo_round2.md``: red kept IRA at 3e-4 but reached UA 0.783 only, 5e-4 erased it at IRA 0.827;
 # - round 3 (circle, red): lr 4e-4, between those two, erased red keeping IRA but cost circle its IRA;
 #   the safety-constraint check (stop_share 0 and 0.125) stops each concept where its samples are clean;
-#   the plain-DPO ablation at the new defaults: ``sweep_scdpo.md`` (its centre and lr 3e-4 ablation rows
+#   the plain-DPO ablation at the new defaults: ``sweep_scdpo_round3.md`` (its centre and lr 3e-4 rows
 #   are round 2's runs of the same settings, copied into the round's results.jsonl).
+# - round 4 (circle, red, striped): the check reads samples of held-out prompts (check_set held-out, 32
+#   prompts, stop_share 0.0625), chosen with benchmarks/probe_scdpo_check.py on round 3's checkpoints
+#   (results/probe_scdpo_check_*.json): 16 training prompts read red at step 350 as 0.125 flagged while
+#   held-out samples read 0.28 (and bench mini UA 0.82); the defaults' runs and the plain-DPO ablation.
 # Rounds 2 and 3 pin their centre at lr 3e-4 without the constraint check, the defaults they were centred
-# on; the defaults since (lr 4e-4, check_every 50, stop_share 0.125) are round 3's "lr=0.0004+check=0.125".
+# on, and round 3 the check of its day (16 training prompts); round 4's centre is SCDPOConfig's defaults.
 ROUNDS: dict[int, dict[str, Any]] = {
     1: {"centre": {"lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},
     2: {
@@ -62,7 +66,7 @@ ROUNDS: dict[int, dict[str, Any]] = {
         },
     },
     3: {
-        "centre": {"lr": 3e-4, "check_every": 0},
+        "centre": {"lr": 3e-4, "check_every": 0, "check_prompts": 16, "check_set": "train"},
         "grid": {"lr": [4e-4]},
         "variants": {
             # stop_share 0 (trained, not benched): circle never stopped, red stopped at step 450, so both
@@ -78,6 +82,7 @@ ROUNDS: dict[int, dict[str, Any]] = {
             },
         },
     },
+    4: {"centre": {}, "grid": {"lr": [1e-3]}},
 }
 LAST = max(ROUNDS)
 # the issue's ablation: plain Diffusion-DPO (no DFM) on pairs ranked by the reward alone
@@ -165,10 +170,12 @@ def run_concept(concept: str, args: argparse.Namespace, done: set[tuple[str, str
             }
         trained = stage_run(f"train-{variant['name']}", train_cfg, "train")
         adapters = {variant["name"]: root / f"train-{variant['name']}"}
-        if is_centre:  # the steps variants: checkpoints of this run
-            adapters = checkpoint_adapters(
-                root / f"train-{variant['name']}", steps_values, centre(args.round)["steps"]
-            )
+        if is_centre:  # the steps variants: checkpoints of this run (up to the check's stop, if it stopped)
+            run_dir = root / f"train-{variant['name']}"
+            adapters = checkpoint_adapters(run_dir, steps_values, centre(args.round)["steps"])
+            adapters = {k: a for k, a in adapters.items() if a.is_dir()}
+            if trained["stages"]["train"]["stopped_early"]:
+                adapters["centre"] = run_dir
         for name, adapter in adapters.items():
             if (concept, name) in done:
                 continue
@@ -216,17 +223,19 @@ def _steps_share(name: str, trained_steps: int, centre_steps: int) -> float:
     return min(1.0, steps / trained_steps) if name.startswith("steps=") or name == "centre" else 1.0
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], round_: int = LAST) -> str:
     """Markdown: one row per (concept, variant); targets met in bold; the ablations labelled."""
     from safegen.bench.sweep import table as sweep_table
 
     labels = {
         "gamma=0": "ablation: no DFM",
         "cost_lambda=0": "ablation: no cost",
-        "plain-dpo": "ablation: plain Diffusion-DPO (lr 3e-4)",
+        "plain-dpo": f"ablation: plain Diffusion-DPO at the centre (lr {centre(round_)['lr']:g})",
         "plain-dpo+lr=0.0004+check=0.125": "ablation: plain Diffusion-DPO at the defaults",
         "lr=0.0004+check=0.125": "the defaults",
     }
+    if not ROUNDS[round_]["centre"]:
+        labels["centre"] = "the defaults"
     return sweep_table(rows, labels, {"cost AUROC": lambda r: f"{r['cost_auroc']:.3f}"})
 
 
@@ -276,8 +285,8 @@ def main() -> None:
     }
     stem = "sweep_scdpo" if args.round == LAST else f"sweep_scdpo_round{args.round}"
     title = f"SC-DPO sweep, round {args.round} ({args.model})"
-    write_results(args.results, stem, title, record, table(rows), sys.argv)
-    print(table(rows))
+    write_results(args.results, stem, title, record, table(rows, args.round), sys.argv)
+    print(table(rows, args.round))
     print("best variant per concept (largest worst-case margin to the targets):", json.dumps(best))
 
 

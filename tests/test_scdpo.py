@@ -147,6 +147,30 @@ def test_mini_prompts_use_keywords_only():
     assert not any(" red" in p for p in clean)
 
 
+def test_check_prompts_are_held_out_from_the_pairs(tmp_path):
+    from safegen.methods.scdpo_stages import check_prompt_set
+
+    def check_set(concept, mini, **options):
+        return check_prompt_set(StageContext(SCDPOConfig(**options), concept, mini, model=None))
+
+    concept, mini = resolve_target("circle", "mini")
+    ctx = StageContext(SCDPOConfig(n_harmful_prompts=40), concept, mini, model=None)
+    used = set(training_prompts(ctx)[0])
+    held, held_out = check_set(concept, mini, n_harmful_prompts=40, check_prompts=24)
+    assert held_out and len(held) == len(set(held)) == 24 and all("circle" in p for p in held)
+    assert not used & set(held)
+    seen, held_out = check_set(concept, mini, n_harmful_prompts=40, check_prompts=24, check_set="train")
+    assert not held_out and set(seen) <= used
+    # a real concept: the prompts past n_harmful_prompts; none left falls back to the training prompts
+    (tmp_path / "p.txt").write_text("extra one\nextra two\n")
+    concept, mini = resolve_target("nudity", "some/sd-model")
+    n, extra = len(concept.examples), str(tmp_path / "p.txt")
+    rest, held_out = check_set(concept, mini, n_harmful_prompts=n, prompts_file=extra, check_prompts=3)
+    assert held_out and sorted(rest[:2]) == ["extra one", "extra two"] and rest[2] == rest[0]
+    every, held_out = check_set(concept, mini, n_harmful_prompts=n + 2, prompts_file=extra, check_prompts=3)
+    assert not held_out and set(every) <= set(concept.examples) | {"extra one", "extra two"}
+
+
 def test_nudity_on_the_mini_model_is_a_clear_error(capsys):
     with pytest.raises(SafegenError) as err:
         resolve_target("nudity", "mini")
@@ -428,6 +452,7 @@ def test_constraint_check_logs_and_stops_early(run, tiny_sd_dir, encoder_file, t
     checked = [r for r in rows if "constraint/flagged" in r]
     for row in checked:
         assert 0.0 <= row["constraint/flagged"] <= 1.0 and np.isfinite(row["constraint/mean_cost"])
+        assert row["constraint/held_out"] is True  # red's captions stage 2 never sampled
     clean_at_2 = checked[0]["constraint/flagged"] == 0.0  # stop_share 0 stops only on a clean check
     expected = [2] if clean_at_2 else [2, 4]
     assert [r["step"] for r in checked] == expected and [c["step"] for c in done["checks"]] == expected
@@ -439,6 +464,10 @@ def test_constraint_check_logs_and_stops_early(run, tiny_sd_dir, encoder_file, t
     assert json.loads((tmp_path / "b" / "adapter.json").read_text())["steps"] == 2
     assert (tmp_path / "b" / "checkpoints" / "step-0000002").is_dir()
     assert json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])["stopped"] is True
+    # --resume of a run the check ended does not train past its stop
+    again = run_scdpo("red", model=model, config=always, out=tmp_path / "b", device="cpu", resume=True)
+    assert again["stages"]["train"]["steps"] == 2 and again["stages"]["train"]["stopped_early"]
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, nan_loss):

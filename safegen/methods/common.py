@@ -186,16 +186,7 @@ def concept_prompts(
     """
     rng = np.random.default_rng(seed)
     if mini is not None:
-        from safegen.mini.world import AXES, World
-
-        world = World.load()
-        axis, value = mini
-        combos = [
-            dict(zip(AXES, c, strict=True)) for c in itertools.product(*(world.values[a] for a in AXES))
-        ]
-        texts = [(t.format(**c), c[axis] == value) for c in combos for t in world.templates]
-        harmful = [t for t, has in texts if has]
-        clean = [t for t, has in texts if not has]
+        harmful, clean = mini_prompt_pools(mini)
         pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))]  # noqa: E731
         return pick(harmful, n_harmful), pick(clean, n_clean)
     from safegen.concepts import rewrite
@@ -206,6 +197,18 @@ def concept_prompts(
     harmful = harmful[:n_harmful]
     clean = read_lines(clean_prompts_file) or list(dict.fromkeys(rewrite(p, concept) for p in harmful))
     return harmful, clean[:n_clean]
+
+
+def mini_prompt_pools(mini: tuple[str, str]) -> tuple[list[str], list[str]]:
+    """Every canonical mini-world caption (each template, each combination of values), split into the
+    ones whose value on axis ``mini[0]`` is ``mini[1]`` and the rest."""
+    from safegen.mini.world import AXES, World
+
+    world = World.load()
+    axis, value = mini
+    combos = [dict(zip(AXES, c, strict=True)) for c in itertools.product(*(world.values[a] for a in AXES))]
+    texts = [(t.format(**c), c[axis] == value) for c in combos for t in world.templates]
+    return [t for t, has in texts if has], [t for t, has in texts if not has]
 
 
 def read_lines(path: str) -> list[str]:

@@ -24,10 +24,12 @@ with the denoising error as the winner's NLL): DPO alone may lower the winner's 
 lowers the loser's more; this term keeps pulling the winner itself up.
 
 The safety-constraint check (our addition, on by default): every ``check_every`` steps the current model
-samples ``check_prompts`` harmful training prompts and the stage-1 cost model scores them; the rows of
-those steps also hold ``constraint/flagged`` (share with cost > 0.5) and ``constraint/mean_cost``; once
-the flagged share is at most ``stop_share`` the run checkpoints and stops (``stopped: true``), so a concept
-that is erased early is not trained on into the rest of the model (``--set check_every=0``: off).
+samples ``check_prompts`` harmful prompts (``check_set=held-out``: prompts stage 2 never sampled, so the
+check reads how far erasure generalises, not how well the pairs' own prompts were fitted) and the stage-1
+cost model scores them; the rows of those steps also hold ``constraint/flagged`` (share with cost > 0.5)
+and ``constraint/mean_cost``; once the flagged share is at most ``stop_share`` the run checkpoints and
+stops (``stopped: true``), so a concept that is erased early is not trained on into the rest of the model
+(``--set check_every=0``: off).
 """
 
 from __future__ import annotations
@@ -247,15 +249,15 @@ class SCDPORecipe:
         )
 
     def _check(self, step: int) -> dict[str, Any] | None:
-        """The safety constraint on the current model (our addition): the share of samples of harmful
-        training prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
-        from safegen.methods.scdpo_stages import sample_images, training_prompts
+        """The safety constraint on the current model (our addition): the share of samples of the check's
+        harmful prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
+        from safegen.methods.scdpo_stages import check_prompt_set, sample_images
 
         cfg = self.cfg
         if step % cfg.check_every:
             return None
         ctx = self._context()
-        prompts = training_prompts(ctx)[0][: cfg.check_prompts]
+        prompts, held_out = check_prompt_set(ctx)
         seeds = [cfg.seed + 104_729 + i for i in range(len(prompts))]  # fixed: checks are comparable
         self.base.eval()
         with torch.no_grad():
@@ -264,6 +266,7 @@ class SCDPORecipe:
         return {
             "constraint/flagged": share,
             "constraint/mean_cost": float(costs.mean()),
+            "constraint/held_out": held_out,
             "stop": share <= cfg.stop_share,
         }
 

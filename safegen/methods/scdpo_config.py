@@ -16,10 +16,12 @@ Values are checked strictly: an unknown key, a wrong type or a value out of rang
 left circle untouched (UA 0.000), 1e-3 erased it at CRA 0.72 x base; lr 3e-4 for 450 steps met every
 target on circle but erased red only to UA 0.78; lr 4e-4 erased red (UA 1.00, IRA 0.94 x base) but cost
 circle its IRA (0.80 x base) by step 450. The safety-constraint check (our addition: every
-``check_every`` steps, ``check_prompts`` harmful training prompts are sampled and the cost model scores
-them; the run stops once at most ``stop_share`` cost more than 0.5) stops circle at step 250 (every
-target met) and red at step 350 (UA 0.82: the one target not met). ``stop_share`` 0 never stopped circle
-(2 of 16 samples stayed above 0.5). On a real Stable Diffusion, sweep lr, steps and beta again (``--set``).
+``check_every`` steps, ``check_prompts`` harmful prompts stage 2 never used are sampled and the cost
+model scores them; the run stops once at most ``stop_share`` cost more than 0.5) stops circle at step 250
+and red at step 450, every target met on both (round 4). Reading 16 *training* prompts instead (round 3)
+stopped red at step 350 (UA 0.82): the pairs' own prompts were erased before the rest
+(``benchmarks/probe_scdpo_check.py``: 0.16 flagged on them, 0.28 on held-out prompts, and the
+bench classifier 0.25). On a real Stable Diffusion, sweep lr, steps and beta again (``--set``).
 """
 
 from __future__ import annotations
@@ -109,9 +111,15 @@ class SCDPOConfig(OptionSet):
     check_every: int = option(
         50, "train", low=0, high=10_000_000, help="every N steps, score samples with the cost model (0: off)"
     )
-    check_prompts: int = option(16, "train", low=1, high=100_000, help="harmful prompts sampled per check")
+    check_prompts: int = option(32, "train", low=1, high=100_000, help="harmful prompts sampled per check")
+    check_set: str = option(
+        "held-out",
+        "train",
+        choices=("held-out", "train"),
+        help="check prompts: ones stage 2 never used, or the training prompts",
+    )
     stop_share: float = option(
-        0.125, "train", low=0.0, high=1.0, help="stop once at most this share of a check's samples cost > 0.5"
+        0.0625, "train", low=0.0, high=1.0, help="stop once at most this share of the samples costs > 0.5"
     )
     cost_dir: str = option("", "train", help="reuse the cost/ folder of an earlier run")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run")

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safegen.errors import SafegenError
-from safegen.methods.common import StageContext, concept_prompts, read_manifest
+from safegen.methods.common import StageContext, concept_prompts, mini_prompt_pools, read_lines, read_manifest
 from safegen.methods.losses import cost_anchor_loss, prototype_infonce
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -307,6 +307,25 @@ def training_prompts(ctx: StageContext, seed_offset: int = 0) -> tuple[list[str]
         prompts_file=cfg.prompts_file,
         clean_prompts_file=cfg.clean_prompts_file,
     )
+
+
+def check_prompt_set(ctx: StageContext) -> tuple[list[str], bool]:
+    """The safety-constraint check's ``check_prompts`` harmful prompts, and whether they are held out.
+
+    With ``check_set=held-out``: prompts stage 2 never sampled (the rest of the mini world's captions of
+    the concept, or the prompts past ``n_harmful_prompts`` of a real concept), falling back to the training
+    prompts when none are left (then the second value is False). Fixed for a run, so checks compare.
+    """
+    cfg = ctx.cfg
+    used = training_prompts(ctx)[0]
+    pool = used
+    if cfg.check_set == "held-out":
+        if ctx.mini is not None:
+            pool = [p for p in mini_prompt_pools(ctx.mini)[0] if p not in set(used)] or used
+        else:
+            pool = (list(ctx.concept.examples) + read_lines(cfg.prompts_file))[len(used) :] or used
+        pool = [pool[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(pool))]
+    return [pool[i % len(pool)] for i in range(cfg.check_prompts)], not set(pool) & set(used)
 
 
 def sample_images(ctx: StageContext, prompts: list[str], seeds: list[int], stage: str | None) -> list[Any]:

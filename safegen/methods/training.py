@@ -86,7 +86,7 @@ class RecipeRun:
         self.out = Path(out) if out else Path("runs") / f"{method}-{concept}-{stamp}"
         self.acc: Any = None
         self.is_main = True
-        self.start_step, self.last_metrics = 0, {}
+        self.start_step, self.last_metrics, self.resumed_stopped = 0, {}, False
 
     # ----------------------------------------------------------------- folder rules
     def check_out(self) -> None:
@@ -182,10 +182,13 @@ class RecipeRun:
         if last is not None:
             self.start_step = load_checkpoint(last, adapter, opt)
         log = self.out / "log.jsonl"
-        if self.is_main and log.is_file():  # drop rows past the checkpoint we resume from
-            rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= self.start_step]
-            log.write_text("".join(r + "\n" for r in rows))
-            self.last_metrics = json.loads(rows[-1]) if rows else {}
+        rows = [json.loads(r) for r in log.read_text().splitlines()] if log.is_file() else []
+        rows = [r for r in rows if r["step"] <= self.start_step]  # drop rows past the checkpoint
+        self.last_metrics = rows[-1] if rows else {}
+        # a run the constraint check ended stays ended: --resume does not train past its stop
+        self.resumed_stopped = bool(rows and rows[-1]["step"] == self.start_step and rows[-1].get("stopped"))
+        if self.is_main and log.is_file():
+            log.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return self.start_step
 
     def save_checkpoint(self, step: int, adapter: Any, opt: Any, record: dict[str, Any]) -> None:
@@ -233,9 +236,10 @@ class RecipeRun:
             check: ``step -> None`` or a dict of ``constraint/...`` metrics logged with the step; when it
                 holds ``"stop": True`` the run checkpoints and ends there (an early stop).
         """
-        cfg, acc, start = self.cfg, self.acc, time.time()
+        cfg, acc = self.cfg, self.acc
+        start = time.time() - self.last_metrics.get("seconds", 0.0)  # training seconds add up over resumes
         module.train()
-        step, stopped, checks = self.start_step, False, []
+        step, stopped, checks = self.start_step, self.resumed_stopped, []
         while step < cfg.steps and not stopped:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up
             for group in opt.param_groups:
