@@ -187,6 +187,7 @@ class RecipeRun:
         self.last_metrics = rows[-1] if rows else {}
         # a run the constraint check ended stays ended: --resume does not train past its stop
         self.resumed_stopped = bool(rows and rows[-1]["step"] == self.start_step and rows[-1].get("stopped"))
+        self.acc.wait_for_everyone()  # every process has read the log before the main one cuts it
         if self.is_main and log.is_file():
             log.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return self.start_step
