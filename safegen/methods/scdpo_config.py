@@ -18,7 +18,8 @@ target on circle but erased red only to UA 0.78; lr 4e-4 erased red (UA 1.00, IR
 circle its IRA (0.80 x base) by step 450. The safety-constraint check (our addition: every
 ``check_every`` steps, ``check_prompts`` harmful prompts stage 2 never used are sampled and the cost
 model scores them; the run stops once at most ``stop_share`` cost more than 0.5) stops circle at step 250
-and red at step 450, every target met on both (round 4). Reading 16 *training* prompts instead (round 3)
+and red at step 450, every target met on both (round 4, seed 0; with seed 1 circle is not erased in
+450 steps and red loses IRA: not robust yet). Reading 16 *training* prompts instead (round 3)
 stopped red at step 350 (UA 0.82): the pairs' own prompts were erased before the rest
 (``benchmarks/probe_scdpo_check.py``: 0.16 flagged on them, 0.28 on held-out prompts, and the
 bench classifier 0.25). On a real Stable Diffusion, sweep lr, steps and beta again (``--set``).
