@@ -50,11 +50,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 #   (results/probe_scdpo_check_*.json): 16 training prompts read red at step 350 as 0.125 flagged while
 #   held-out samples read 0.28 (and bench mini UA 0.82); the defaults' runs and the plain-DPO ablation.
 # Rounds 2 and 3 pin their centre at lr 3e-4 without the constraint check, the defaults they were centred
-# on, and round 3 the check of its day (16 training prompts); round 4's centre is SCDPOConfig's defaults.
+# on, and round 3 the check of its day (16 training prompts); round 4's centre was SCDPOConfig's defaults.
+# Rounds 1-4 ran before the pair set grew to 128 + 128 prompts and the retain anchor existed (session 6,
+# chosen across seeds by benchmarks/seeds_scdpo.py): EARLIER pins what their centres had then.
+EARLIER: dict[str, Any] = {"n_harmful_prompts": 64, "n_clean_prompts": 64, "retain_weight": 0.0, "steps": 450}
 ROUNDS: dict[int, dict[str, Any]] = {
-    1: {"centre": {"lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},
+    1: {"centre": {**EARLIER, "lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},
     2: {
-        "centre": {"lr": 3e-4, "check_every": 0},
+        "centre": {**EARLIER, "lr": 3e-4, "check_every": 0},
         "grid": {
             "beta": [500.0, 10000.0],
             "lr": [5e-4, 1e-3],
@@ -66,7 +69,7 @@ ROUNDS: dict[int, dict[str, Any]] = {
         },
     },
     3: {
-        "centre": {"lr": 3e-4, "check_every": 0, "check_prompts": 16, "check_set": "train"},
+        "centre": {**EARLIER, "lr": 3e-4, "check_every": 0, "check_prompts": 16, "check_set": "train"},
         "grid": {"lr": [4e-4]},
         "variants": {
             # stop_share 0 (trained, not benched): circle never stopped, red stopped at step 450, so both
@@ -82,11 +85,11 @@ ROUNDS: dict[int, dict[str, Any]] = {
             },
         },
     },
-    4: {"centre": {}, "grid": {"lr": [1e-3]}},
+    4: {"centre": {**EARLIER, "stop_share": 0.0625}, "grid": {"lr": [1e-3]}, "label": "the defaults then"},
 }
 LAST = max(ROUNDS)
 # the issue's ablation: plain Diffusion-DPO (no DFM) on pairs ranked by the reward alone
-ABLATIONS: dict[str, dict[str, Any]] = {"plain-dpo": {"gamma": 0.0, "cost_lambda": 0.0}}
+ABLATIONS: dict[str, dict[str, Any]] = {"plain-dpo": {"gamma": 0.0, "cost_lambda": 0.0, "retain_weight": 0.0}}
 
 
 def centre(round_: int = LAST) -> dict[str, Any]:
@@ -234,8 +237,8 @@ def table(rows: list[dict[str, Any]], round_: int = LAST) -> str:
         "plain-dpo+lr=0.0004+check=0.125": "ablation: plain Diffusion-DPO at the defaults",
         "lr=0.0004+check=0.125": "the defaults",
     }
-    if not ROUNDS[round_]["centre"]:
-        labels["centre"] = "the defaults"
+    if "label" in ROUNDS[round_]:
+        labels["centre"] = ROUNDS[round_]["label"]
     return sweep_table(rows, labels, {"cost AUROC": lambda r: f"{r['cost_auroc']:.3f}"})
 
 

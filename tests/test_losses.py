@@ -30,6 +30,7 @@ from safegen.methods.losses import (
     focal_weights,
     implicit_rewards,
     prototype_infonce,
+    retain_loss,
     scdpo_loss,
 )
 
@@ -47,6 +48,12 @@ def test_denoising_error_is_per_sample_mean_square():
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 2.0]).reshape(2, 1, 2, 2)
     assert denoising_error(pred, target).tolist() == approx([1.0, 1.0])  # (1+1+1+1)/4, (0+0+0+4)/4
+
+
+def test_retain_loss_is_the_mean_drift_of_the_kept_samples():
+    drift = torch.tensor([0.1, 0.3, 0.5])
+    assert retain_loss(drift, torch.tensor([True, False, True])).item() == approx(0.3)  # (0.1 + 0.5) / 2
+    assert retain_loss(drift, torch.zeros(3, dtype=torch.bool)).item() == 0.0  # a batch of harmful pairs
 
 
 def test_diffusion_dpo_logits_by_hand():

@@ -317,7 +317,7 @@ def test_sweep_plan_has_the_ablations():
     for round_ in sweep.ROUNDS:
         plan = sweep.plan(round_=round_)
         plain = next(v for v in plan if v["name"] == "plain-dpo")  # the ablation, every round
-        assert plain["changed"] == {"gamma": 0.0, "cost_lambda": 0.0}
+        assert plain["changed"] == {"gamma": 0.0, "cost_lambda": 0.0, "retain_weight": 0.0}
         named = set(sweep.ABLATIONS) | set(sweep.ROUNDS[round_].get("variants", {}))
         assert all(len(v["changed"]) <= 1 for v in plan if v["name"] not in named)
     # a pair set per pairs-stage setting: lambda and any other pairs option that differs from the centre
@@ -326,6 +326,43 @@ def test_sweep_plan_has_the_ablations():
     assert sweep.pairs_name(by_name["plain-dpo"]["config"], 3) == "pairs-lambda0"
     other = {**by_name["centre"]["config"], "reward_text": "rewrite"}
     assert sweep.pairs_name(other, 3) == "pairs-lambda1-reward_text=rewrite"
+
+
+def test_seeds_script_configs_and_summary(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "seeds_scdpo", Path(__file__).parents[1] / "benchmarks" / "seeds_scdpo.py"
+    )
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    (tmp_path / "red-seed2" / "pairs").mkdir(parents=True)  # a pair set to reuse, no cost model
+    args = argparse.Namespace(set=["lr=0.001"], reuse_from=tmp_path)
+    config = seeds.run_config(args, "red", 2, "centre")
+    assert config["seed"] == 2 and config["lr"] == 0.001 and config["gamma"] == SCDPOConfig().gamma
+    assert config["pairs_dir"] == str(tmp_path / "red-seed2" / "pairs") and config["cost_dir"] == ""
+    plain = seeds.run_config(args, "red", 2, "plain-dpo")  # its own folder: the pairs above are not its
+    assert plain["gamma"] == 0.0 and plain["cost_lambda"] == 0.0 and plain["pairs_dir"] == ""
+    assert seeds.run_name("red", 2, "plain-dpo") == "red-seed2-plain-dpo"
+
+    def row(seed, ua, ira):
+        from safegen.bench.sweep import scored
+
+        bench = {"erasure": {"ua": ua, "ira": ira, "cra": 0.9, "synonym_ua": ua}}
+        bench["erasure"]["base"] = {"ua": 0.0, "ira": 0.9, "cra": 0.9, "synonym_ua": 0.0}
+        return {
+            "concept": "red",
+            "ablation": "centre",
+            "seed": seed,
+            "seconds": {"train": 60.0 * seed},
+            **scored(bench),
+        }
+
+    text = seeds.summary([row(0, 1.0, 0.9), row(1, 0.9, 0.85)])
+    line = next(x for x in text.splitlines() if x.startswith("| red"))
+    # the worst UA (0.900 < 0.95) and IRA ratio over the seeds, one seed of two meeting every target
+    assert "| 0,1 | 0.900 | **0.944** |" in line and "| 1 of 2 | 60 |" in line
 
 
 # --------------------------------------------------------------------------- the run
@@ -440,6 +477,22 @@ def test_rpo_alpha_adds_the_winner_error(run, tiny_sd_dir, encoder_file, tmp_pat
     # step 1: policy == reference, so L = log 2 + rpo_alpha * L_w, and logps/chosen = -L_w
     assert row["logps/chosen"] < 0
     assert row["loss"] == pytest.approx(np.log(2) - 3.0 * row["logps/chosen"], abs=1e-4)
+
+
+def test_retain_weight_adds_the_clean_prompts_drift(run, tiny_sd_dir, encoder_file, tmp_path):
+    first, _ = run
+    rows = {}
+    for weight in (0.0, 1e4):
+        cfg = reuse(first, encoder_file, steps=2, retain_weight=weight, check_every=0)
+        run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=tmp_path / f"w{weight:g}", device="cpu")
+        log = (tmp_path / f"w{weight:g}" / "log.jsonl").read_text().splitlines()
+        rows[weight] = [json.loads(line) for line in log]
+    plain, anchored = rows[0.0], rows[1e4]
+    assert plain[0]["retain/drift"] == 0.0 and anchored[0]["retain/drift"] == 0.0  # step 1: LoRA B = 0
+    # the anchor's gradient is 0 at zero drift, so step 2 starts from the same weights with the same batch
+    drift = plain[1]["retain/drift"]
+    assert drift > 0 and anchored[1]["retain/drift"] == pytest.approx(drift, rel=1e-4)
+    assert anchored[1]["loss"] == pytest.approx(plain[1]["loss"] + 1e4 * drift, rel=1e-4)
 
 
 def test_constraint_check_logs_and_stops_early(run, tiny_sd_dir, encoder_file, tmp_path):

@@ -42,6 +42,22 @@ def denoising_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return err.mean(dim=tuple(range(1, err.dim())))  # (B,)
 
 
+def retain_loss(drift: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Anchor to the reference model on the samples whose behaviour should not change.
+
+    L_retain = sum_i k_i * D_i / max(1, sum_i k_i),   D_i = || eps_theta(x_t, c) - eps_ref(x_t, c) ||^2 / dim
+
+    Args:
+        drift: (N,) D_i per sample (:func:`denoising_error` of the model's output against the reference's).
+        keep: (N,) bool, the samples to anchor (SC-DPO: those of clean prompts).
+
+    Returns:
+        () the mean drift over the kept samples; 0 when none is kept.
+    """
+    k = keep.to(drift.dtype)
+    return (k * drift).sum() / k.sum().clamp(min=1.0)
+
+
 def diffusion_dpo_logits(
     err_w: torch.Tensor,
     err_l: torch.Tensor,

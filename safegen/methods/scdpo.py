@@ -17,11 +17,18 @@ sweep in ``benchmarks/sweep_scdpo.py`` on the mini world.
 ``OUT/log.jsonl`` uses the names of TRL's DPO trainer, one row per step: ``loss``, ``rewards/chosen``
 (``0.5 * beta * (L_ref_w - L_w)``), ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
 ``logps/chosen`` (``-L_w``: the denoising error stands in for the negative log-likelihood),
-``logps/rejected``, ``learning_rate``, ``grad_norm``, ``epoch``; plus ``dfm/weight_max``.
+``logps/rejected``, ``learning_rate``, ``grad_norm``, ``epoch``; plus ``dfm/weight_max`` and
+``retain/drift`` (L_retain below, logged whatever its weight).
 
 With ``rpo_alpha > 0`` the loss also holds ``rpo_alpha * mean_w L_w`` (TRL's RPO term, arXiv 2404.19733,
 with the denoising error as the winner's NLL): DPO alone may lower the winner's likelihood as long as it
 lowers the loser's more; this term keeps pulling the winner itself up.
+
+With ``retain_weight > 0`` it also holds ``retain_weight * L_retain``, the mean over the clean prompts'
+samples of ``|| eps_theta(x_t, c) - eps_ref(x_t, c) ||^2`` (:func:`~safegen.methods.losses.retain_loss`):
+an anchor to the reference model where nothing is to be erased. It is our addition, not the paper's
+(DPO's implicit KL only ranks winner against loser, so both may drift together); the reference outputs
+are the ones the DPO term already computed, so it costs no extra UNet call.
 
 The safety-constraint check (our addition, on by default): every ``check_every`` steps the current model
 samples ``check_prompts`` harmful prompts (``check_set=held-out``: prompts stage 2 never sampled, so the
@@ -43,7 +50,7 @@ import torch
 
 from safegen.errors import unknown
 from safegen.methods.common import Progress, resolve_target, reusable_stage
-from safegen.methods.losses import denoising_error, scdpo_loss
+from safegen.methods.losses import denoising_error, retain_loss, scdpo_loss
 from safegen.methods.scdpo_config import SCDPOConfig
 from safegen.methods.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
 
@@ -59,7 +66,8 @@ def dpo_errors(
     latents: torch.Tensor,
     cond: torch.Tensor,
     gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_drift: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Denoising errors of the trained and the reference UNet; winner and loser share noise and timestep.
 
     Args:
@@ -69,7 +77,8 @@ def dpo_errors(
         gen: a CPU generator (the same draws on every device).
 
     Returns:
-        (2B,) errors of the trained model (with grad) and (2B,) of the reference (no grad).
+        (2B,) errors of the trained model (with grad) and (2B,) of the reference (no grad); with
+        ``with_drift`` also (2B,) ``|| eps_theta - eps_ref ||^2`` per sample (with grad), for the retain term.
     """
     b = latents.shape[0] // 2
     noise = (
@@ -83,9 +92,10 @@ def dpo_errors(
     else:
         target = noise
     with torch.no_grad(), adapters_disabled(base):  # reference first: its activations are freed at once
-        ref_err = denoising_error(base(noisy, t, cond, return_dict=False)[0], target)
-    err = denoising_error(unet(noisy, t, cond, return_dict=False)[0], target)
-    return err, ref_err
+        ref_pred = base(noisy, t, cond, return_dict=False)[0]
+    pred = unet(noisy, t, cond, return_dict=False)[0]
+    err, ref_err = denoising_error(pred, target), denoising_error(ref_pred, target)
+    return (err, ref_err, denoising_error(pred, ref_pred)) if with_drift else (err, ref_err)
 
 
 def add_lora(unet: Any, rank: int, alpha: float, targets: str, seed: int) -> list[torch.nn.Parameter]:
@@ -109,7 +119,7 @@ def add_lora(unet: Any, rank: int, alpha: float, targets: str, seed: int) -> lis
 
 
 # --------------------------------------------------------------------------- the recipe
-TRL_NAMES = (*TRL_DPO_NAMES, "dfm/weight_max")
+TRL_NAMES = (*TRL_DPO_NAMES, "dfm/weight_max", "retain/drift")
 
 
 class SCDPORecipe:
@@ -271,7 +281,7 @@ class SCDPORecipe:
         }
 
     def _micro_step(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One micro-batch of pairs: the SC-DPO loss and the (8,) statistics named by ``TRL_NAMES``."""
+        """One micro-batch of pairs: the SC-DPO loss and the (9,) statistics named by ``TRL_NAMES``."""
         from safegen.generator import encode_text
 
         cfg, vae = self.cfg, self.model.vae
@@ -280,11 +290,14 @@ class SCDPORecipe:
             pixels = batch["pixels"].to(self.acc.device, dtype=vae.dtype)  # (2B, 3, H, W)
             latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # (2B, C, h, w)
             cond = encode_text(self.model, batch["prompts"]).repeat(2, 1, 1)  # (2B, L, D)
-        err, ref = dpo_errors(self.unet, self.base, self.noise_scheduler, latents, cond, gen)
+        err, ref, drift = dpo_errors(self.unet, self.base, self.noise_scheduler, latents, cond, gen, True)
         (err_w, err_l), (ref_w, ref_l) = err.chunk(2), ref.chunk(2)
         margin = cfg.safety_margin * (batch["loser_cost"] - batch["winner_cost"]).clamp(min=0).to(err)
         out = scdpo_loss(err_w, err_l, ref_w, ref_l, cfg.beta, cfg.gamma, margin, cfg.dfm_normalize)
         loss = out.loss + cfg.rpo_alpha * err_w.mean() if cfg.rpo_alpha > 0 else out.loss  # L + a * L_w
+        retain = retain_loss(drift, batch["harmful"].logical_not().repeat(2).to(drift.device))
+        if cfg.retain_weight > 0:
+            loss = loss + cfg.retain_weight * retain  # + r * L_retain
         rc, rr = out.rewards_chosen, out.rewards_rejected
         stats = [
             loss.detach(),
@@ -295,6 +308,7 @@ class SCDPORecipe:
             -err_w.detach().mean(),
             -err_l.detach().mean(),
             out.weights.max(),
+            retain.detach(),
         ]
         return loss, torch.stack(stats).float().cpu()
 

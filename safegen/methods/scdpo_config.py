@@ -101,6 +101,9 @@ class SCDPOConfig(OptionSet):
         0.0, "train", low=0.0, high=1e6, help="weight of the winner's denoising error (TRL's RPO term)"
     )
     safety_margin: float = option(0.0, "train", low=0.0, high=1e4, help="margin x (cost_l - cost_w)+")
+    retain_weight: float = option(
+        0.0, "train", low=0.0, high=1e9, help="weight of the anchor to the reference on clean prompts"
+    )
     lora_rank: int = option(8, "train", low=1, high=1024, help="LoRA rank")
     lora_alpha: float = option(8.0, "train", low=1e-3, high=1e4, help="LoRA alpha (scale alpha / rank)")
     lora_targets: str = option("attn", "train", choices=("attn", "attn-ff"), help="UNet layers with LoRA")

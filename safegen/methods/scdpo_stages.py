@@ -469,7 +469,7 @@ class PairData:
         return len(self.rows)
 
     def batch(self, size: int, generator: torch.Generator) -> dict[str, Any]:
-        """``prompts`` (B,), ``pixels`` (2B, 3, H, W) in [-1, 1] (winners, then losers), costs (B,) each."""
+        """``prompts`` (B,), ``pixels`` (2B, 3, H, W) in [-1, 1] (winners then losers); (B,) costs, harmful"""
         idx = torch.randint(len(self.rows), (size,), generator=generator).tolist()
         rows = [self.rows[i] for i in idx]
         files = [r["winner"] for r in rows] + [r["loser"] for r in rows]
@@ -479,4 +479,5 @@ class PairData:
             "pixels": torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1,
             "winner_cost": torch.tensor([r["winner_cost"] for r in rows]),
             "loser_cost": torch.tensor([r["loser_cost"] for r in rows]),
+            "harmful": torch.tensor([bool(r["harmful"]) for r in rows]),
         }
