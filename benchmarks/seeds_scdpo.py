@@ -130,8 +130,9 @@ def summary(rows: list[dict[str, Any]]) -> str:
         cells = [f"**{worst[k]:.3f}**" if worst[k] >= v else f"{worst[k]:.3f}" for k, v in TARGETS.items()]
         met = sum(all(r["meets"].values()) for r in mine)
         seeds = ",".join(str(r["seed"]) for r in sorted(mine, key=lambda r: r["seed"]))
-        longest = max(sum(r["seconds"].values()) for r in mine)
-        cells = [concept, variant, seeds, *cells, f"{met} of {len(mine)}", f"{longest:.0f}"]
+        whole = [sum(r["seconds"].values()) for r in mine if not r["stages_reused"]]  # end to end only
+        longest = f"{max(whole):.0f}" if whole else "- (stages reused)"
+        cells = [concept, variant, seeds, *cells, f"{met} of {len(mine)}", longest]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -143,7 +144,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         last = r["checks"][-1]["constraint/flagged"] if r["checks"] else float("nan")
         return f"{r['trained_steps']} ({'stopped' if r['stopped_early'] else 'ran'}; flagged {last:.3f})"
 
-    extra = {"cost AUROC": lambda r: f"{r['cost_auroc']:.3f}", "steps (check)": check}
+    extra = {
+        "cost AUROC": lambda r: f"{r['cost_auroc']:.3f}",
+        "steps (check)": check,
+        "stages reused": lambda r: ", ".join(r["stages_reused"]) or "none",
+    }
     return sweep_table(rows, {}, extra) + "\n" + summary(rows)
 
 

@@ -51,9 +51,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 #   held-out samples read 0.28 (and bench mini UA 0.82); the defaults' runs and the plain-DPO ablation.
 # Rounds 2 and 3 pin their centre at lr 3e-4 without the constraint check, the defaults they were centred
 # on, and round 3 the check of its day (16 training prompts); round 4's centre was SCDPOConfig's defaults.
-# Rounds 1-4 ran before the pair set grew to 128 + 128 prompts and the retain anchor existed (session 6,
-# chosen across seeds by benchmarks/seeds_scdpo.py): EARLIER pins what their centres had then.
-EARLIER: dict[str, Any] = {"n_harmful_prompts": 64, "n_clean_prompts": 64, "retain_weight": 0.0, "steps": 450}
+# Rounds 1-4 ran before the 128 + 128 pair set, the retain anchor and the cosine lr were tried across
+# seeds (sessions 6-7, benchmarks/seeds_scdpo.py): EARLIER pins what their centres had, should the
+# defaults move.
+EARLIER: dict[str, Any] = {
+    "n_harmful_prompts": 64,
+    "n_clean_prompts": 64,
+    "retain_weight": 0.0,
+    "lr_schedule": "constant",
+    "steps": 450,
+}
 ROUNDS: dict[int, dict[str, Any]] = {
     1: {"centre": {**EARLIER, "lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},
     2: {

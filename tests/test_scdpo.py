@@ -346,7 +346,7 @@ def test_seeds_script_configs_and_summary(tmp_path):
     assert plain["gamma"] == 0.0 and plain["cost_lambda"] == 0.0 and plain["pairs_dir"] == ""
     assert seeds.run_name("red", 2, "plain-dpo") == "red-seed2-plain-dpo"
 
-    def row(seed, ua, ira):
+    def row(seed, ua, ira, reused=()):
         from safegen.bench.sweep import scored
 
         bench = {"erasure": {"ua": ua, "ira": ira, "cra": 0.9, "synonym_ua": ua}}
@@ -356,6 +356,7 @@ def test_seeds_script_configs_and_summary(tmp_path):
             "ablation": "centre",
             "seed": seed,
             "seconds": {"train": 60.0 * seed},
+            "stages_reused": list(reused),
             **scored(bench),
         }
 
@@ -363,6 +364,11 @@ def test_seeds_script_configs_and_summary(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("| red"))
     # the worst UA (0.900 < 0.95) and IRA ratio over the seeds, one seed of two meeting every target
     assert "| 0,1 | 0.900 | **0.944** |" in line and "| 1 of 2 | 60 |" in line
+    # a run that reused stages 1-2 is no end-to-end timing
+    line = seeds.summary([row(0, 1.0, 0.9), row(1, 0.9, 0.85, reused=["pairs"])]).splitlines()[-1]
+    assert line.endswith("| 1 of 2 | 0 |")
+    line = seeds.summary([row(1, 1.0, 0.9, reused=["cost", "pairs"])]).splitlines()[-1]
+    assert line.endswith("| 1 of 1 | - (stages reused) |")
 
 
 # --------------------------------------------------------------------------- the run
@@ -493,6 +499,23 @@ def test_retain_weight_adds_the_clean_prompts_drift(run, tiny_sd_dir, encoder_fi
     drift = plain[1]["retain/drift"]
     assert drift > 0 and anchored[1]["retain/drift"] == pytest.approx(drift, rel=1e-4)
     assert anchored[1]["loss"] == pytest.approx(plain[1]["loss"] + 1e4 * drift, rel=1e-4)
+
+
+def test_lr_schedule_cosine_decays_to_zero_at_the_last_step(run, tiny_sd_dir, encoder_file, tmp_path):
+    from safegen.methods.training import learning_rate
+
+    cfg = SCDPOConfig(lr=1e-3, warmup_steps=10, steps=110, lr_schedule="cosine")
+    assert learning_rate(cfg, 4) == pytest.approx(5e-4)  # warm-up: (4 + 1) / 10
+    assert learning_rate(cfg, 10) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 60) == pytest.approx(5e-4)  # half way: (1 + cos(pi / 2)) / 2
+    assert learning_rate(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+    constant = SCDPOConfig(lr=1e-3, warmup_steps=10, steps=110)
+    assert [learning_rate(constant, s) for s in (10, 60, 109)] == [1e-3] * 3
+    # the loop uses it: step 3 of 3 after 1 warm-up step is half way down
+    cfg = reuse(run[0], encoder_file, steps=3, warmup_steps=1, lr=1e-3, lr_schedule="cosine", check_every=0)
+    run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=tmp_path / "cos", device="cpu")
+    rows = [json.loads(r) for r in (tmp_path / "cos" / "log.jsonl").read_text().splitlines()]
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-3, 1e-3, 5e-4])
 
 
 def test_constraint_check_logs_and_stops_early(run, tiny_sd_dir, encoder_file, tmp_path):

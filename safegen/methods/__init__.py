@@ -85,7 +85,7 @@ METHODS: dict[str, Method] = {
             family=ModelFamily.DIFFUSION,
             summary="Diffusion-DPO on pairs chosen by a safety cost model; focal weight on hard pairs.",
             reference="SC-DPO, arXiv 2504.14290v1",
-            status=Status.EXPERIMENTAL,  # targets met at seed 0, not at seed 1 (README)
+            status=Status.EXPERIMENTAL,  # targets met at seed 0, not at every seed (README)
         ),
         Method(
             name="sp",

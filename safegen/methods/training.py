@@ -11,6 +11,7 @@ Used by :mod:`safegen.methods.scdpo` and :mod:`safegen.methods.vce`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,18 @@ def adapters_disabled(model: Any) -> Iterator[None]:
         yield
     finally:
         on()
+
+
+def learning_rate(cfg: OptionSet, step: int) -> float:
+    """The lr of 0-based ``step``: linear warm-up over ``warmup_steps``, then ``cfg.lr`` held
+    (``lr_schedule`` constant, the default and the only one for recipes without the option) or
+    ``lr * (1 + cos(pi * p)) / 2`` with ``p`` the share of the post-warm-up steps done (cosine: reaches
+    0 at ``cfg.steps``)."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if getattr(cfg, "lr_schedule", "constant") == "cosine" and step >= cfg.warmup_steps:
+        done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+    return lr
 
 
 # --------------------------------------------------------------------------- the run
@@ -242,7 +255,7 @@ class RecipeRun:
         module.train()
         step, stopped, checks = self.start_step, self.resumed_stopped, []
         while step < cfg.steps and not stopped:
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up
+            lr = learning_rate(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             sums, grad_norm = torch.zeros(len(names)), None
