@@ -501,6 +501,23 @@ def test_retain_weight_adds_the_clean_prompts_drift(run, tiny_sd_dir, encoder_fi
     assert anchored[1]["loss"] == pytest.approx(plain[1]["loss"] + 1e4 * drift, rel=1e-4)
 
 
+@pytest.mark.parametrize(("targets", "layers"), [("cross-kv", {"to_k", "to_v"}), ("cross-attn", None)])
+def test_cross_attention_lora_targets(run, tiny_sd_dir, encoder_file, tmp_path, targets, layers):
+    from safegen.adapters import use_adapter
+    from safegen.loader import load_model
+
+    cfg = reuse(run[0], encoder_file, steps=2, lora_targets=targets, check_every=0)
+    run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=tmp_path / targets, device="cpu")
+    names = list(lora_tensors(tmp_path / targets))
+    assert names and all(".attn2." in n for n in names)  # no self-attention, no feed-forward
+    kinds = {n.split(".attn2.")[1].split(".")[0] for n in names}
+    assert kinds == (layers or {"to_q", "to_k", "to_v", "to_out"})
+    model = load_model(str(tiny_sd_dir), device="cpu")
+    base = unet_output(model.unet)
+    with use_adapter(model, tmp_path / targets):
+        assert not torch.allclose(unet_output(model.unet), base)  # trained, and loaded back
+
+
 def test_lr_schedule_cosine_decays_to_zero_at_the_last_step(run, tiny_sd_dir, encoder_file, tmp_path):
     from safegen.methods.training import learning_rate
 

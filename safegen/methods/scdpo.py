@@ -98,17 +98,26 @@ def dpo_errors(
     return (err, ref_err, denoising_error(pred, ref_pred)) if with_drift else (err, ref_err)
 
 
+# UNet layers given a LoRA, per ``lora_targets``: peft's target_modules (suffixes, or one full-match regex).
+# attn1 is self-attention, attn2 cross-attention to the text; the cross-attention choices only change how
+# the prompt's tokens are read (as ESD-x and UCE edit a model): a change reaches an image only through them.
+LORA_TARGETS: dict[str, list[str] | str] = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "attn-ff": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
+    "cross-attn": r".*\.attn2\.(to_q|to_k|to_v|to_out\.0)",
+    "cross-kv": r".*\.attn2\.(to_k|to_v)",
+}
+
+
 def add_lora(unet: Any, rank: int, alpha: float, targets: str, seed: int) -> list[torch.nn.Parameter]:
-    """Add a LoRA (B = 0, so the model starts as the base) to the UNet's attention (and FF) layers.
+    """Add a LoRA (B = 0, so the model starts as the base) to the UNet layers named by ``targets``.
 
     Returns:
         The trainable parameters, in fp32 even when the frozen weights are half precision.
     """
     from peft import LoraConfig
 
-    modules = ["to_q", "to_k", "to_v", "to_out.0"] + (
-        ["ff.net.0.proj", "ff.net.2"] if targets == "attn-ff" else []
-    )
+    modules = LORA_TARGETS[targets]
     torch.manual_seed(seed)  # the same initial LoRA on every process
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=modules)
     unet.add_adapter(config)
