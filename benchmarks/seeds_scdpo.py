@@ -11,7 +11,8 @@ the safety-constraint check reads.
 
 Each run is ``<out>/<concept>-seed<S>[-<variant>]``, a plain ``safegen erase --method scdpo`` folder at
 ``SCDPOConfig``'s defaults plus ``--set`` and the variant's options (``plain-dpo``: ``gamma = 0``,
-``cost_lambda = 0`` and ``retain_weight = 0``, plain Diffusion-DPO on pairs ranked by the reward alone).
+``cost_lambda = 0``, ``retain_weight = 0`` and ``require_safer_winner = false``: plain Diffusion-DPO on
+pairs ranked by the reward alone).
 A folder that already holds the run is resumed (a finished one returns at once), so the script can be
 stopped and started again.
 ``--reuse-from DIR`` takes stages 1-2 from ``DIR/<run name>/cost`` and ``DIR/<run name>/pairs`` where they
@@ -38,7 +39,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "centre": {},
-    "plain-dpo": {"gamma": 0.0, "cost_lambda": 0.0, "retain_weight": 0.0},  # the issue's ablation
+    # the issue's ablation: pairs ranked by the reward alone, kept whichever costs more (session 9: with
+    # require_safer_winner on, all but 1-2 of the 128 harmful prompts' pairs were dropped)
+    "plain-dpo": {"gamma": 0.0, "cost_lambda": 0.0, "retain_weight": 0.0, "require_safer_winner": False},
 }
 
 

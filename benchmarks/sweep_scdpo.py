@@ -52,14 +52,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Rounds 2 and 3 pin their centre at lr 3e-4 without the constraint check, the defaults they were centred
 # on, and round 3 the check of its day (16 training prompts); round 4's centre was SCDPOConfig's defaults.
 # Rounds 1-4 ran before the 128 + 128 pair set, the retain anchor and the cosine lr were tried across
-# seeds (sessions 6-7, benchmarks/seeds_scdpo.py): EARLIER pins what their centres had, should the
-# defaults move.
+# seeds (sessions 6-9, benchmarks/seeds_scdpo.py): EARLIER pins what their centres had (the defaults
+# moved in session 9: 128 + 128 prompts, beta 1000, retain_weight 100, stop_share 0, up to 700 steps).
 EARLIER: dict[str, Any] = {
     "n_harmful_prompts": 64,
     "n_clean_prompts": 64,
     "retain_weight": 0.0,
     "lr_schedule": "constant",
     "steps": 450,
+    "beta": 2500.0,
+    "stop_share": 0.0625,
 }
 ROUNDS: dict[int, dict[str, Any]] = {
     1: {"centre": {**EARLIER, "lr": 1e-4, "steps": 300}, "grid": {"lr": [3e-4, 1e-3, 3e-3]}},

@@ -344,6 +344,7 @@ def test_seeds_script_configs_and_summary(tmp_path):
     assert config["pairs_dir"] == str(tmp_path / "red-seed2" / "pairs") and config["cost_dir"] == ""
     plain = seeds.run_config(args, "red", 2, "plain-dpo")  # its own folder: the pairs above are not its
     assert plain["gamma"] == 0.0 and plain["cost_lambda"] == 0.0 and plain["pairs_dir"] == ""
+    assert plain["require_safer_winner"] is False  # else harmful prompts keep almost no reward-ranked pair
     assert seeds.run_name("red", 2, "plain-dpo") == "red-seed2-plain-dpo"
 
     def row(seed, ua, ira, reused=()):

@@ -11,24 +11,31 @@ A config file is a YAML mapping of option names to values (read with ``yaml.safe
     gamma: 0
 
 Values are checked strictly: an unknown key, a wrong type or a value out of range is a one-line
-:class:`~safegen.errors.SafegenError`, never silently corrected. The training defaults come from
-``benchmarks/sweep_scdpo.py`` on the mini world (tables in ``benchmarks/results/sweep_scdpo*.md``): lr 1e-4
-left circle untouched (UA 0.000), 1e-3 erased it at CRA 0.72 x base; lr 3e-4 for 450 steps met every
-target on circle but erased red only to UA 0.78; lr 4e-4 erased red (UA 1.00, IRA 0.94 x base) but cost
-circle its IRA (0.80 x base) by step 450. The safety-constraint check (our addition: every
-``check_every`` steps, ``check_prompts`` harmful prompts stage 2 never used are sampled and the cost
-model scores them; the run stops once at most ``stop_share`` cost more than 0.5) stops circle at step 250
-and red at step 450, every target met on both (round 4, seed 0; with seed 1 circle is not erased in
-450 steps and red loses IRA: not robust yet). Reading 16 *training* prompts instead (round 3)
-stopped red at step 350 (UA 0.82): the pairs' own prompts were erased before the rest
-(``benchmarks/probe_scdpo_check.py``: 0.16 flagged on them, 0.28 on held-out prompts, and the
-bench classifier 0.25). ``retain_weight`` (an anchor to the reference on clean prompts) and
-``lr_schedule`` are off by default: with 128 + 128 prompts, lr 1e-3 and ``retain_weight`` 300 met every
-target on both concepts at seed 0 but not at every other seed (README, "SC-DPO across seeds"). A LoRA on the
-cross-attention only (``lora_targets=cross-kv``) kept no more of red's IRA (0.838 x base, seed 0) than one
-on every attention layer (0.834); ``retain_weight`` 300 with 1000 steps met every target on 3 of the 6
-concept-seed runs (README, session 8). On a real Stable Diffusion, sweep lr, steps and beta again
-(``--set``).
+:class:`~safegen.errors.SafegenError`, never silently corrected.
+
+The training defaults (128 + 128 prompts, lr 4e-4, beta 1000, ``retain_weight`` 100, up to 700 steps,
+``stop_share`` 0) come from runs on the mini world at seeds 0, 1 and 2 for a colour (red) and an object
+(circle), each seed's cost model and pair set shared by its rows (README, "SC-DPO across seeds"; tables
+in ``benchmarks/results/``). What chose them:
+
+- lr: ``benchmarks/sweep_scdpo.py`` rounds 1-4 (1e-4 erases nothing in 300 steps, 1e-3 costs circle its
+  CRA, 4e-4 erases both).
+- ``retain_weight`` (our addition: an anchor to the reference on the clean prompts): without it red's IRA
+  falls to 0.80-0.83 x base at seeds 0 and 2, a hue shift learnt from the red -> green rewrite winners;
+  300 keeps it but slows circle, which at beta 2500 is not erased after 1000 steps at seeds 1 and 2
+  (UA 0.867, 0.750; still 0.19 of the check's samples flagged at step 1450); 100 with beta 1000 erases
+  both.
+- beta: 1000 erases 2-3 x faster than 2500 under the anchor (our reading: the DPO term saturates later);
+  with weight 300 circle's held-out erasure then oscillates (UA 0.933 at seed 2), with 100 it holds.
+- ``stop_share`` 0 (the safety-constraint check stops the run only when none of the 32 held-out samples
+  costs more than 0.5): at 0.0625 red at seed 2 stopped at 2 of 32 flagged with UA 0.900; red stops by
+  the check at steps 350-450, circle at 550 or at the 700-step budget.
+- Measured in session 9: every target met at 5 of the 6 concept-seed runs; red at seed 2 reaches CRA
+  0.948 x base (target 0.95). Striped (a texture) is not erased by any setting tried.
+
+The check samples ``check_prompts`` harmful prompts stage 2 never used (round 3 read training prompts and
+stopped too early: ``benchmarks/probe_scdpo_check.py``). On a real Stable Diffusion, sweep lr, steps, beta
+and ``retain_weight`` again (``--set``).
 """
 
 from __future__ import annotations
@@ -71,8 +78,8 @@ class SCDPOConfig(OptionSet):
     cost_contrastive_weight: float = option(1.0, "cost", low=0.0, high=100.0, help="weight of InfoNCE")
     cost_anchor_weight: float = option(1.0, "cost", low=0.0, high=100.0, help="weight of cost anchoring")
     # stage 2: preference pairs
-    n_harmful_prompts: int = option(64, "pairs", low=1, high=1_000_000, help="prompts naming the concept")
-    n_clean_prompts: int = option(64, "pairs", low=0, high=1_000_000, help="prompts without it")
+    n_harmful_prompts: int = option(128, "pairs", low=1, high=1_000_000, help="prompts naming the concept")
+    n_clean_prompts: int = option(128, "pairs", low=0, high=1_000_000, help="prompts without it")
     samples_per_prompt: int = option(4, "pairs", low=1, high=64, help="K base-model samples per prompt")
     rewrite_samples: int = option(
         4, "pairs", low=0, high=64, help="extra candidates of a harmful prompt, sampled from its safe rewrite"
@@ -93,7 +100,7 @@ class SCDPOConfig(OptionSet):
     prompts_file: str = option("", "pairs", help="real concepts: more harmful prompts, one a line")
     clean_prompts_file: str = option("", "pairs", help="real concepts: clean prompts (default: rewrites)")
     # stage 3: Diffusion-DPO with DFM on a LoRA
-    steps: int = option(450, "train", low=1, high=10_000_000, help="optimiser steps")
+    steps: int = option(700, "train", low=1, high=10_000_000, help="optimiser steps")
     batch_size: int = option(8, "train", low=1, high=4096, help="pairs per process per micro-step")
     grad_accum: int = option(1, "train", low=1, high=1024, help="micro-steps per optimiser step")
     lr: float = option(4e-4, "train", low=1e-10, high=1.0, help="LoRA learning rate (AdamW)")
@@ -103,7 +110,7 @@ class SCDPOConfig(OptionSet):
     )
     weight_decay: float = option(0.0, "train", low=0.0, high=1.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, "train", low=0.0, high=1e6, help="gradient clipping (0: off)")
-    beta: float = option(2500.0, "train", low=1e-3, high=1e6, help="Diffusion-DPO beta")
+    beta: float = option(1000.0, "train", low=1e-3, high=1e6, help="Diffusion-DPO beta")
     gamma: float = option(2.0, "train", low=0.0, high=10.0, help="DFM focusing strength (0: plain DPO)")
     dfm_normalize: bool = option(True, "train", help="normalise DFM weights to mean 1 per batch")
     rpo_alpha: float = option(
@@ -111,7 +118,7 @@ class SCDPOConfig(OptionSet):
     )
     safety_margin: float = option(0.0, "train", low=0.0, high=1e4, help="margin x (cost_l - cost_w)+")
     retain_weight: float = option(
-        0.0, "train", low=0.0, high=1e9, help="weight of the anchor to the reference on clean prompts"
+        100.0, "train", low=0.0, high=1e9, help="weight of the anchor to the reference on clean prompts"
     )
     lora_rank: int = option(8, "train", low=1, high=1024, help="LoRA rank")
     lora_alpha: float = option(8.0, "train", low=1e-3, high=1e4, help="LoRA alpha (scale alpha / rank)")
@@ -137,7 +144,7 @@ class SCDPOConfig(OptionSet):
         help="check prompts: ones stage 2 never used, or the training prompts",
     )
     stop_share: float = option(
-        0.0625, "train", low=0.0, high=1.0, help="stop once at most this share of the samples costs > 0.5"
+        0.0, "train", low=0.0, high=1.0, help="stop once at most this share of the samples costs > 0.5"
     )
     cost_dir: str = option("", "train", help="reuse the cost/ folder of an earlier run")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run")
