@@ -10,7 +10,7 @@ the denoising loss; the SC-DPO step (``scdpo.dpo_errors`` + ``losses.scdpo_loss`
 pass (the same UNet with its adapters disabled, under ``no_grad``). Target: DPO <= 1.3x plain.
 
 Each mode runs in its own fresh process; how the peak is read is described in
-:mod:`safegen.bench.memory` (shared with ``bench_vce_memory.py``).
+``benchmarks/helpers.py`` (shared with ``bench_vce_memory.py``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def child(args: argparse.Namespace) -> dict:
     """One mode in this process: set up, then measure ``--steps`` optimiser steps."""
     import torch
+    from helpers import measure
 
-    from safegen.bench.memory import measure
     from safegen.generator import encode_text
     from safegen.loader import load_model
-    from safegen.methods.losses import denoising_error, scdpo_loss
-    from safegen.methods.scdpo import add_lora, dpo_errors
+    from safegen.recipes.losses import denoising_error, scdpo_loss
+    from safegen.recipes.scdpo import add_lora, dpo_errors
 
     torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
@@ -72,7 +72,7 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from safegen.bench.memory import compare, forwarded, parser, report, run_modes
+    from helpers import compare, forwarded, parser, report, run_modes
 
     ap = parser(__doc__, "SD folder [default: a tiny random SD, --size bench]")
     ap.add_argument("--size", default="bench", choices=["test", "bench"], help="tiny model size")
@@ -82,7 +82,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from safegen.loader import save_tiny_sd
+            from helpers import save_tiny_sd
 
             args.model = str(save_tiny_sd(Path(tmp) / "tiny", size=args.size))
         rows = run_modes(__file__, forwarded(args), args.threads, args.repeats)

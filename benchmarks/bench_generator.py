@@ -25,9 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from helpers import save_tiny_sd  # noqa: E402
 
-from safegen.generator import GenerationConfig, generate  # noqa: E402
-from safegen.loader import BUNDLED, LoadedModel, load_model, save_tiny_sd  # noqa: E402
+from safegen.bundled import BUNDLED  # noqa: E402
+from safegen.generator import generate  # noqa: E402
+from safegen.loader import LoadedModel, load_model  # noqa: E402
+from safegen.sampling import GenerationConfig  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square with stripes", "two green triangles", "a yellow star, dotted"]
 MAX_DIFF_TARGET = 1  # in 1/255 units

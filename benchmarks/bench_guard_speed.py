@@ -37,11 +37,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from helpers import save_tiny_sd  # noqa: E402
 
+from safegen.bundled import BUNDLED  # noqa: E402
 from safegen.concepts import get_concept, rewrite  # noqa: E402
-from safegen.generator import GenerationConfig, generate  # noqa: E402
+from safegen.generator import generate  # noqa: E402
 from safegen.guards import get_guard  # noqa: E402
-from safegen.loader import BUNDLED, LoadedModel, load_model, save_tiny_sd  # noqa: E402
+from safegen.loader import LoadedModel, load_model  # noqa: E402
+from safegen.sampling import GenerationConfig  # noqa: E402
 
 TARGETS = {"sp benign": 1.05, "sp concept": 1.5, "dlr": 1.6}
 

@@ -34,10 +34,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from helpers import save_tiny_sd  # noqa: E402
 
 from safegen.bench.evaluate import Settings  # noqa: E402
 from safegen.bench.i2p import run_i2p  # noqa: E402
-from safegen.loader import BUNDLED, save_tiny_sd  # noqa: E402
+from safegen.bundled import BUNDLED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / ".." / "shared" / "data" / "i2p_4703.csv"

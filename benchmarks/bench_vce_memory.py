@@ -10,7 +10,7 @@ the token-level NLL; the VCE step (``TokenLogProbs`` + ``losses.vce_loss``, toke
 reference pass (the same GPT with its adapters disabled, under ``no_grad``). The retain term is left out
 of both (it would add the same R sequences to each). Target: VCE <= 1.3x plain.
 
-Each mode runs in its own fresh process; how the peak is read is described in :mod:`safegen.bench.memory`
+Each mode runs in its own fresh process; how the peak is read is described in ``benchmarks/helpers.py``
 (shared with ``bench_dpo_memory.py``). Without ``--model`` a random LlamaGen with the bundled mini-ar's
 shapes (``--preset mini``) is built in a temporary folder; ``--quick`` measures one step in one process
 per mode.
@@ -30,12 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def child(args: argparse.Namespace) -> dict:
     """One mode in this process: set up, then measure ``--steps`` optimiser steps."""
     import torch
+    from helpers import measure
 
-    from safegen.bench.memory import measure
     from safegen.loader import load_model
-    from safegen.methods.losses import average_logprob, token_keep_mask, vce_loss
-    from safegen.methods.training import adapters_disabled
-    from safegen.methods.vce import TokenLogProbs, add_ar_lora
+    from safegen.recipes.losses import average_logprob, token_keep_mask, vce_loss
+    from safegen.recipes.training import adapters_disabled
+    from safegen.recipes.vce import TokenLogProbs, add_ar_lora
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, dtype="fp32")
@@ -65,7 +65,7 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from safegen.bench.memory import compare, forwarded, parser, report, run_modes
+    from helpers import compare, forwarded, parser, report, run_modes
 
     ap = parser(__doc__, "LlamaGen or Janus folder [default: a random LlamaGen of --preset's shapes]")
     ap.add_argument("--preset", default="mini", choices=["tiny", "mini"], help="shapes of the random model")
@@ -79,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         named = args.model
         if args.model is None:
-            from safegen.ar import save_random_llamagen
+            from helpers import save_random_llamagen
 
             args.model = str(save_random_llamagen(Path(tmp) / "random", preset=args.preset))
         rows = run_modes(__file__, forwarded(args), args.threads, args.repeats)

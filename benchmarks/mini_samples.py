@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from safegen.generator import GenerationConfig, generate
+from safegen.generator import generate
 from safegen.loader import load_model
 from safegen.mini.classifier import MiniClassifier
 from safegen.mini.world import World
+from safegen.sampling import GenerationConfig
 
 
 def main() -> None:

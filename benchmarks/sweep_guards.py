@@ -220,9 +220,10 @@ _PAIR_CACHE: dict[tuple, tuple[float, float]] = {}
 
 def pair_selectivity(args: argparse.Namespace, guard: str, options: dict) -> dict:
     """pair UA and pair keep (relative to the unguarded model) on two-object prompts."""
-    from safegen.generator import GenerationConfig, generate
+    from safegen.generator import generate
     from safegen.guards import get_guard
     from safegen.mini.classifier import MiniClassifier
+    from safegen.sampling import GenerationConfig
 
     world = World.load()
     axis, value = concept_axis(args.concept, world)

@@ -52,7 +52,7 @@ def check_adapter(path: str | Path) -> dict[str, Any]:
     Raises:
         SafegenError: not a folder, no weights file, a corrupt weights file or record.
     """
-    from safegen.loader import check_safetensors
+    from safegen.files import check_safetensors
 
     folder = Path(path).expanduser()
     if not folder.is_dir():

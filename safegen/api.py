@@ -10,47 +10,15 @@ is cheap. The CLI (``safegen/cli.py``) only declares options, calls these and pr
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from safegen.errors import SafegenError, unknown
+from safegen.choices import ClassifierName, Device, DType, NudeNetPreset, choice
+from safegen.errors import SafegenError
 
 Progress = Callable[..., None]  # progress(done, total) -- extra arguments are allowed and ignored
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-class ClassifierName(str, Enum):
-    NUDENET = "nudenet"
-    MINI = "mini"
-
-
-class NudeNetPreset(str, Enum):
-    """NudeNet protocols (classes and threshold); see ``safegen/classifiers/nudenet.py``."""
-
-    I2P = "i2p"
-    SIX = "six"
-    MACE = "mace"
-
-
-class Device(str, Enum):
-    """Mirrors ``safegen.loader.DEVICES`` (kept here so the CLI need not import torch)."""
-
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-    MPS = "mps"
-
-
-class DType(str, Enum):
-    """Mirrors ``safegen.loader.DTYPES``: ``auto`` is fp16 on CUDA, fp32 elsewhere."""
-
-    AUTO = "auto"
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
 
 
 # --------------------------------------------------------------------------- classify
@@ -115,8 +83,8 @@ def classify(
     Raises:
         SafegenError: unknown classifier or preset, missing or unreadable image file.
     """
-    name = _choice(ClassifierName, classifier, "classifier")
-    preset = _choice(NudeNetPreset, preset, "NudeNet preset")
+    name = choice(ClassifierName, classifier, "classifier")
+    preset = choice(NudeNetPreset, preset, "NudeNet preset")
     if batch_size < 1:
         raise SafegenError(f"batch_size must be at least 1, got {batch_size}.")
     items: list[Any] = []
@@ -152,11 +120,6 @@ def classify(
 
 
 # --------------------------------------------------------------------------- generate
-def default_out_dir(root: str | Path = "outputs") -> Path:
-    """``outputs/<date>-<time>`` (a new folder per run, so runs never overwrite each other)."""
-    return Path(root) / time.strftime("%Y%m%d-%H%M%S")
-
-
 def generate_to_dir(
     prompts: Sequence[str],
     *,
@@ -192,16 +155,19 @@ def generate_to_dir(
     Raises:
         SafegenError: empty prompt, setting out of range, unknown model/guard/device/dtype, ``out`` is a file.
     """
-    device = _choice(Device, device, "device")
-    dtype = _choice(DType, dtype, "dtype")
-    out_dir = Path(out) if out is not None else default_out_dir()
+    device = choice(Device, device, "device")
+    dtype = choice(DType, dtype, "dtype")
+    from safegen.runs import default_out_dir
+
+    out_dir = Path(out) if out is not None else default_out_dir("generate")
     if out_dir.exists() and not out_dir.is_dir():
         raise SafegenError(f"--out {out_dir} exists and is not a folder.")
 
-    from safegen.generator import GenerationConfig, generate, model_cfg, plan_jobs
+    from safegen.generator import generate, model_cfg
     from safegen.guards import get_guard
     from safegen.loader import load_model
     from safegen.outputs import check_out_dir, save_images
+    from safegen.sampling import GenerationConfig, plan_jobs
 
     config = GenerationConfig(steps=steps, cfg=7.5 if cfg is None else cfg, batch_size=batch_size)
     seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
@@ -231,13 +197,3 @@ def generate_to_dir(
         for path, img in zip(files, images, strict=True)
     ]
     return {"out": str(out_dir), "files": [str(f) for f in files], "records": records}
-
-
-# --------------------------------------------------------------------------- helpers
-def _choice(enum: type[Enum], value: Any, what: str) -> Any:
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(value)
-    except ValueError:
-        raise unknown(what, str(value), [e.value for e in enum]) from None

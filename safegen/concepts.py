@@ -214,7 +214,7 @@ def _detector(value: Any, fail: _Fail) -> dict[str, Any] | None:
         raise fail("detector must be null, {nudenet: <preset>} or {mini: {axis: <axis>, value: <value>}}.")
     (name, arg) = next(iter(value.items()))
     if name == "nudenet":
-        from safegen.api import NudeNetPreset
+        from safegen.choices import NudeNetPreset
 
         presets = [p.value for p in NudeNetPreset]
         if arg not in presets:
@@ -312,3 +312,31 @@ def rewrite(prompt: str, concept: Concept, include_synonyms: bool = False) -> st
     if not concept.safe_text:
         return _pattern(words, eat_space=True).sub("", prompt).strip()
     return _pattern(words).sub(lambda _: concept.safe_text, prompt)
+
+
+# --------------------------------------------------------------------------- concepts and models
+def check_concept_model(concept: Concept, model: str, what: str) -> None:
+    """Refuse a concept the model cannot draw: the bundled mini models know only mini-world concepts.
+
+    The one compatibility check, used by guards, erasure recipes, attacks and ``bench mini``.
+
+    Args:
+        concept: the concept to act on.
+        model: what ``--model`` says (a bundled name, a folder or a hub id).
+        what: what would act on it, for the message (``guard 'sp'``, ``erasure``, ...).
+
+    Raises:
+        SafegenError: a concept outside the mini world on a bundled mini model, naming the mini concepts
+            and what to point ``--model`` at instead.
+    """
+    from safegen.bundled import BUNDLED, REAL_MODEL_HINTS
+
+    if model not in BUNDLED or concept.axis is not None:
+        return
+    minis = [c.name for c in load_concepts().values() if c.axis is not None]
+    shown = ", ".join(minis[:12]) + (", ..." if len(minis) > 12 else "")
+    raise SafegenError(
+        f"The mini world has no concept '{concept.name}' (the bundled {model} model only knows the mini "
+        f"world: {shown}); for {what} on '{concept.name}', point --model at "
+        f"{REAL_MODEL_HINTS[BUNDLED[model].kind]}."
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,69 +28,11 @@ import torch
 from PIL import Image
 
 from safegen.errors import SafegenError, unknown
-from safegen.guards import Guard, NoGuard, RunContext, get_guard
+from safegen.guards.base import Guard, NoGuard, RunContext
 from safegen.loader import LoadedModel
+from safegen.sampling import OUTPUT_TYPES, GeneratedImage, GenerationConfig, plan_jobs
 
 log = logging.getLogger(__name__)
-OUTPUT_TYPES = ("pil", "np")
-MAX_SEED = 2**63 - 1
-
-
-@dataclass
-class GenerationConfig:
-    """Sampling settings shared by every image of a run.
-
-    Attributes:
-        steps: denoising steps (1..1000).
-        cfg: classifier-free guidance scale w (0..50); as in diffusers, ``cfg <= 1`` means no CFG (the
-            conditional prediction alone) unless the guard needs the unconditional branch.
-        height: image height in pixels; None: the UNet's sample size times the VAE's scale factor.
-        width: image width in pixels; None: as height.
-        negative_prompt: the text of the unconditional branch ("" is plain CFG).
-        batch_size: images per UNet batch (does not change the pixels).
-        eta: DDIM eta (0..1), passed to schedulers whose ``step`` takes it.
-    """
-
-    steps: int = 20
-    cfg: float = 7.5
-    height: int | None = None
-    width: int | None = None
-    negative_prompt: str = ""
-    batch_size: int = 8
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise SafegenError on the first setting out of range."""
-        _check_int("steps", self.steps, 1, 1000)
-        _check_number("cfg", self.cfg, 0.0, 50.0)
-        _check_int("batch_size", self.batch_size, 1, 4096)
-        _check_number("eta", self.eta, 0.0, 1.0)
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_int(name, value, 8, 8192)
-                if value % 8:
-                    raise SafegenError(f"{name} must be a multiple of 8, got {value}.")
-        if not isinstance(self.negative_prompt, str):
-            raise SafegenError(
-                f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class GeneratedImage:
-    """One generated image: its prompt, its seed, the image, and the guard's report on it."""
-
-    prompt: str
-    seed: int
-    image: Image.Image | np.ndarray  # PIL RGB, or (H, W, 3) uint8 with output_type="np"
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def generate(
@@ -133,7 +74,11 @@ def generate(
         return generate_ar(model, prompts, seeds, n, config, guard, progress, output_type)
     if model.kind != "sd":
         raise SafegenError(f"generate() runs diffusion models; '{model.name}' is of kind '{model.kind}'.")
-    guard = get_guard(guard) if isinstance(guard, str) else guard or NoGuard()
+    if isinstance(guard, str):
+        from safegen.guards import get_guard
+
+        guard = get_guard(guard)
+    guard = guard or NoGuard()
     jobs = plan_jobs(prompts, seeds, n)
     height, width = image_size(model, config)
     total, done = len(jobs) * config.steps, 0
@@ -312,40 +257,3 @@ def image_size(model: LoadedModel, config: GenerationConfig) -> tuple[int, int]:
         if value % scale:
             raise SafegenError(f"{name} must be a multiple of the VAE's scale factor {scale}, got {value}.")
     return height, width
-
-
-def plan_jobs(prompts: Sequence[str], seeds: Sequence[int] | None, n: int) -> list[tuple[str, int]]:
-    """(prompt, seed) per image, prompt-major; seeds default to 0..N-1.
-
-    Raises:
-        SafegenError: no prompts, an empty prompt, bad ``n``, or a seed list of the wrong length.
-    """
-    if isinstance(prompts, str):
-        raise SafegenError("prompts must be a list of strings, not one string.")
-    if not prompts:
-        raise SafegenError("No prompts given.")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise SafegenError(f"Prompt {i} is empty; every prompt needs some text.")
-    _check_int("n", n, 1, 100_000)
-    total = len(prompts) * n
-    seeds = list(range(total)) if seeds is None else list(seeds)
-    if len(seeds) != total:
-        raise SafegenError(f"Got {len(seeds)} seeds for {total} images ({len(prompts)} prompts x n={n}).")
-    for seed in seeds:
-        _check_int("seed", seed, 0, MAX_SEED)
-    return [(prompts[k // n], seeds[k]) for k in range(total)]
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SafegenError(f"{name} must be an integer, got {value!r}.")
-    if not low <= value <= high:
-        raise SafegenError(f"{name} must be in {low}..{high}, got {value}.")
-
-
-def _check_number(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise SafegenError(f"{name} must be a number, got {value!r}.")
-    if not low <= value <= high:  # also rejects NaN
-        raise SafegenError(f"{name} must be in {low}..{high}, got {value}.")

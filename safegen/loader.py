@@ -13,21 +13,17 @@ safety checker: safegen has its own classifiers). The pipeline is kept only as a
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import struct
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from safegen.bundled import BUNDLED, BundledModel
 from safegen.errors import SafegenError, unknown
+from safegen.files import check_safetensors
+from safegen.hub import hub_offline, quiet_progress_bars
 
 if TYPE_CHECKING:
     from safegen.ar import ARModel
@@ -38,40 +34,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    """A model shipped inside the package, under ``safegen/assets/<folder>``."""
-
-    name: str
-    kind: str  # "sd" (a diffusers StableDiffusionPipeline folder) or "ar" (a LlamaGen folder, safegen.ar)
-    folder: str
-    description: str
-
-    @property
-    def path(self) -> Path:
-        return Path(str(resources.files("safegen"))) / "assets" / self.folder
-
-    @property
-    def marker(self) -> str:
-        """The file whose presence means the weights are there."""
-        return "llamagen.json" if self.kind == "ar" else "model_index.json"
-
-    @property
-    def available(self) -> bool:
-        return (self.path / self.marker).is_file()
-
-
-BUNDLED: dict[str, BundledModel] = {
-    "mini": BundledModel("mini", "sd", "mini-sd", "tiny Stable Diffusion trained on the mini world (64 px)"),
-    "mini-ar": BundledModel(
-        "mini-ar",
-        "ar",
-        "mini-ar",
-        "tiny LlamaGen-style AR model (VQ + GPT) trained on the mini world (64 px)",
-    ),
-}
 
 
 @dataclass
@@ -111,20 +73,6 @@ class LoadedModel:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def list_models() -> list[dict]:
-    """The bundled models: name, kind, path, whether their weights exist, and a description."""
-    return [
-        {
-            "name": m.name,
-            "kind": m.kind,
-            "path": str(m.path),
-            "available": m.available,
-            "description": m.description,
-        }
-        for m in BUNDLED.values()
-    ]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -286,23 +234,12 @@ def _load_hub(repo_id: str, torch_dtype: torch.dtype) -> Any:
         )
     except (LocalEntryNotFoundError, OSError):
         pass  # not in the cache
-    if _hub_offline():
+    if hub_offline():
         raise SafegenError(
             f"'{repo_id}' is not in the local Hugging Face cache and the hub is offline; download it on a "
             "machine with network access, or pass a local model folder."
         )
     return _from_pretrained(repo_id, torch_dtype, where=repo_id)
-
-
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE is set, or huggingface.co cannot be reached within 3 s."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError:
-        return True
-    return False
 
 
 def _from_pretrained(
@@ -318,7 +255,7 @@ def _from_pretrained(
     from diffusers import StableDiffusionPipeline
 
     try:
-        with _quiet_progress_bars():
+        with quiet_progress_bars():
             return StableDiffusionPipeline.from_pretrained(
                 source,
                 dtype=torch_dtype,
@@ -333,23 +270,6 @@ def _from_pretrained(
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SafegenError(f"Could not load the model {where}: {first}") from e
-
-
-@contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    """Hide diffusers' and transformers' loading bars (the CLI draws its own), restoring them after."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
-    for module, _ in states:
-        module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module, enabled in states:
-            if enabled:
-                module.enable_progress_bar()
 
 
 def _check_folder(path: Path) -> str | None:
@@ -384,26 +304,6 @@ def _check_folder(path: Path) -> str | None:
     return variants.pop()
 
 
-def check_safetensors(file: Path) -> None:
-    """Check a safetensors file's header and that its size matches it (catches truncated downloads).
-
-    Raises:
-        SafegenError: naming the file and what is wrong with it.
-    """
-    size = file.stat().st_size
-    try:
-        with file.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8 or n > 100_000_000:
-                raise ValueError("header length exceeds the file")
-            header = json.loads(f.read(n))
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
-        raise SafegenError(f"Corrupt weights file {file}: not a valid safetensors file ({e}).") from e
-    if 8 + n + max(ends, default=0) != size:
-        raise SafegenError(f"Corrupt weights file {file}: its size does not match its header (truncated?).")
-
-
 def _check_pipeline(pipe: Any, source: str) -> None:
     """Catch components that loaded 'successfully' but cannot work (empty tokenizer, distilled UNet)."""
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
@@ -426,113 +326,3 @@ def _check_pipeline(pipe: Any, source: str) -> None:
         raise SafegenError(
             f"{source} has a guidance-distilled UNet (time_cond_proj_dim), which is not supported."
         )
-
-
-# --- Tiny random models, for tests and benchmarks ---------------------------------------------------------
-
-
-def byte_level_vocab() -> dict[str, int]:
-    """A CLIP-style byte-level vocabulary without merges: every byte char, its ``</w>`` form, and BOS/EOS."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    extra = [b for b in range(256) if b not in printable]
-    chars = [chr(c) for c in printable] + [chr(256 + i) for i in range(len(extra))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(tokens)}
-
-
-def save_tiny_sd(out_dir: str | Path, *, seed: int = 0, size: str = "test", max_length: int = 32) -> Path:
-    """Build a random Stable Diffusion pipeline from configs and save it as a diffusers folder.
-
-    No download: the tokenizer is a byte-level CLIP tokenizer written from :func:`byte_level_vocab`.
-
-    Args:
-        out_dir: folder to write (created).
-        seed: torch seed for the random weights.
-        size: ``test`` (8/16-channel UNet, 32 px images, milliseconds per step) or ``bench`` (32/64-channel
-            UNet with 2 layers per block, 64 px images, nearer the bundled mini model's cost).
-        max_length: the tokenizer's and text encoder's sequence length.
-
-    Returns:
-        The folder, loadable with :func:`load_model`.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    if size not in ("test", "bench"):
-        raise unknown("tiny model size", size, ["test", "bench"])
-    out = Path(out_dir)
-    vocab = byte_level_vocab()
-    with tempfile.TemporaryDirectory() as tok_dir:
-        (Path(tok_dir) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tok_dir) / "merges.txt").write_text("#version: 0.2\n")
-        (Path(tok_dir) / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_length}))
-        # CLIPTokenizer(vocab_file=...) ignores the file in transformers 5: load the folder instead.
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    # (UNet channels, layers per block, VAE channels): the VAE downsamples 4x, so latents are 8 or 16 px.
-    channels, layers, vae_channels = (
-        ((8, 16), 1, (8, 8, 16)) if size == "test" else ((32, 64), 2, (16, 32, 32))
-    )
-    latent_size = 8 if size == "test" else 16
-
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=max_length,
-            projection_dim=32,
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=latent_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=channels,
-        layers_per_block=layers,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=4,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=4 * latent_size,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    with _quiet_progress_bars():
-        pipe.save_pretrained(str(out), safe_serialization=True)
-    return out

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from safegen.errors import SafegenError
-from safegen.generator import GeneratedImage
+from safegen.sampling import GeneratedImage
 
 RECORD_FILE = "generation.jsonl"
 IMAGE_NAME = re.compile(r"^(\d+)_seed\d+\.png$")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safegen.bench.runs import MANIFEST, RESULTS, flatten, read_json
 from safegen.errors import SafegenError
+from safegen.runs import MANIFEST, RESULTS, flatten, read_json
 
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")
 THUMB = 160  # px, longest side of grid thumbnails
@@ -63,7 +63,7 @@ def load_run(path: str | Path) -> Run:
         raise SafegenError(f"{path} has no {RESULTS} yet; finish it with the same command and --resume.")
     samples = []
     if (path / "samples.jsonl").is_file():
-        from safegen.bench.runs import read_lines
+        from safegen.runs import read_lines
 
         samples = read_lines(path / "samples.jsonl", repair=False)
     return Run(path.name, path, read_json(path / MANIFEST), read_json(path / RESULTS), samples)

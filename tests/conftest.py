@@ -17,8 +17,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import save_tiny_sd  # noqa: E402
 
-from safegen.loader import LoadedModel, load_model, save_tiny_sd  # noqa: E402
+from safegen.loader import LoadedModel, load_model  # noqa: E402
 
 # Tiny models run fastest on one thread, and several OpenMP threads thrash when other jobs share the cores
 # (measured: the generator tests take 13 s on 1 thread, over 2 min on 2 threads under load).
@@ -40,15 +41,15 @@ def tiny_sd(tiny_sd_dir: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_ar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random LlamaGen folder (fp32 safetensors, ``llamagen.json``) that ``load_model`` reads as mini-ar."""
-    from safegen.ar import save_random_llamagen
+    from tiny_models import save_random_llamagen
 
     return save_random_llamagen(tmp_path_factory.mktemp("tiny-ar") / "model", preset="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer Janus with a word-level tokenizer (``safegen.ar.janus.save_tiny_janus``)."""
-    from safegen.ar.janus import save_tiny_janus
+    """A random 2-layer Janus with a word-level tokenizer (``tiny_models.save_tiny_janus``)."""
+    from tiny_models import save_tiny_janus
 
     return save_tiny_janus(tmp_path_factory.mktemp("tiny-janus") / "model", grid=4)
 

@@ -19,7 +19,7 @@ PROMPTS = ["a red circle", "a blue striped square on the green star"]  # differe
 
 @pytest.fixture(scope="module")
 def janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from safegen.ar.janus import save_tiny_janus
+    from tiny_models import save_tiny_janus
 
     return save_tiny_janus(tmp_path_factory.mktemp("janus") / "tiny-janus", grid=4)
 

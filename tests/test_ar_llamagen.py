@@ -21,11 +21,12 @@ from safegen.ar import llamagen_spec as spec_of
 from safegen.ar.generate import generate
 from safegen.ar.llamagen import GPTConfig, LlamaGenGPT, attention_mask, left_pad, rope_table_2d
 from safegen.ar.vq import VQConfig, VQModel
+from safegen.bundled import BUNDLED, list_models
 from safegen.errors import SafegenError
-from safegen.generator import GenerationConfig
-from safegen.loader import BUNDLED, list_models, load_model
+from safegen.loader import load_model
 from safegen.mini.tokenizer import build_tokenizer_files
 from safegen.outputs import save_images
+from safegen.sampling import GenerationConfig
 
 TINY_GPT = dict(
     dim=32,

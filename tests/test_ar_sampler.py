@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from safegen.ar.interface import Prefix
 from safegen.ar.llamagen import GPTConfig, LlamaGenBackbone, LlamaGenGPT
+from safegen.ar.protocols import Prefix
 from safegen.ar.sampler import SamplingConfig, draw, filter_logits, guide, sample_tokens, uniforms
 from safegen.errors import SafegenError
 

@@ -61,7 +61,7 @@ def test_bad_attack_input(tmp_path, capsys):
         load_attack("mma", ringabell(tmp_path))
     with pytest.raises(SafegenError, match="Unknown attack set 'rab'"):
         load_attack("rab", ringabell(tmp_path))
-    code = main(["bench", "attack", "--set", "mma", "--prompts", str(ringabell(tmp_path))])
+    code = main(["bench", "attack", "--attack", "mma", "--prompts", str(ringabell(tmp_path))])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "adv_prompt" in err and "--prompt-column" in err
@@ -91,7 +91,16 @@ def test_asr_by_hand():
 
 def test_bench_attack_on_tiny_model(tiny_sd_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["bench", "attack", "--set", "ringabell", "--prompts", ringabell(tmp_path), "--model", tiny_sd_dir]
+    args = [
+        "bench",
+        "attack",
+        "--attack",
+        "ringabell",
+        "--prompts",
+        ringabell(tmp_path),
+        "--model",
+        tiny_sd_dir,
+    ]
     args += ["--steps", "1", "--device", "cpu", "--seed", "3", "--preset", "mace", "--out", out, "--json"]
     code = main([str(a) for a in args])
     captured = capsys.readouterr()

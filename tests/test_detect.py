@@ -13,10 +13,11 @@ import torch
 from test_guards import pixels, unet_batches  # the UNet-call counter and pixel reader of the guard tests
 
 from safegen.concepts import get_concept
-from safegen.generator import GenerationConfig, generate, token_vectors
+from safegen.generator import generate, token_vectors
 from safegen.guards import get_guard
 from safegen.guards.detect import ConceptDetector
 from safegen.loader import LoadedModel, load_model
+from safegen.sampling import GenerationConfig
 
 TABLE = {
     "red": [1.0, 0.0, 0.0],

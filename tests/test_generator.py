@@ -10,9 +10,11 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
 from safegen.errors import SafegenError
-from safegen.generator import GenerationConfig, generate, initial_noise, plan_jobs
-from safegen.guards import GUARDS, GuardBase, NoGuard, RunContext, get_guard
+from safegen.generator import generate, initial_noise
+from safegen.guards import NoGuard, RunContext, get_guard, guard_class
+from safegen.guards.base import GuardBase
 from safegen.loader import LoadedModel, load_model
+from safegen.sampling import GenerationConfig, plan_jobs
 
 PROMPTS = ["a red circle", "a blue square with stripes"]
 
@@ -207,7 +209,7 @@ def test_guard_extra_branch_is_batched_and_dropped(tiny_sd: LoadedModel) -> None
 
 
 def test_guard_registry() -> None:
-    assert isinstance(get_guard("none"), NoGuard) and GUARDS["none"] is NoGuard
+    assert isinstance(get_guard("none"), NoGuard) and guard_class("none") is NoGuard
     assert get_guard("none").describe() == {"name": "none"}
     with pytest.raises(SafegenError, match="Unknown guard 'nnone'. Did you mean 'none'"):
         get_guard("nnone")

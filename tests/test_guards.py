@@ -19,14 +19,15 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestral
 
 from safegen.concepts import get_concept
 from safegen.errors import SafegenError
-from safegen.generator import GenerationConfig, generate
-from safegen.guards import GUARDS, build_guard, get_guard, guard_class, guard_options, list_guards
+from safegen.generator import generate
+from safegen.guards import build_guard, get_guard, guard_class, guard_names, guard_options, list_guards
+from safegen.guards import sp as sp_guard
 from safegen.guards.base import RunContext
-from safegen.guards.options import parse_sets, read_guard_config
+from safegen.guards.dlr import blend_latents
+from safegen.guards.sld import PRESETS as SLD_PRESETS
 from safegen.loader import LoadedModel, load_model
-from safegen.methods import sp_guard
-from safegen.methods.dual_latent import blend_latents
-from safegen.methods.sld import PRESETS as SLD_PRESETS
+from safegen.options import parse_sets, read_config
+from safegen.sampling import GenerationConfig
 
 PROMPTS = ["a red circle", "a blue star"]
 
@@ -339,16 +340,16 @@ def test_presets_and_defaults() -> None:
         assert described["strength"] == "medium"
     strong = get_guard("sp", concept="red", strength="strong", tau=0.4)
     assert strong.opts.lam_max == sp_guard.PRESETS["strong"]["lam_max"] and strong.opts.tau == 0.4
-    assert {row["name"] for row in list_guards()} == set(GUARDS)
+    assert {row["name"] for row in list_guards()} == set(guard_names())
 
 
 def test_set_and_config_file(tmp_path: Path) -> None:
     cls = guard_class("sp").Options
-    parsed = parse_sets("sp", cls, ["tau=0.5", "judge_steps=3", "mask=none", "mask_soft=yes"])
+    parsed = parse_sets("Guard 'sp'", cls, ["tau=0.5", "judge_steps=3", "mask=none", "mask_soft=yes"])
     assert parsed == {"tau": 0.5, "judge_steps": 3, "mask": "none", "mask_soft": True}
     config = tmp_path / "sp.yaml"
     config.write_text("# safegen generate x --guard sp --guard-config sp.yaml\nstrength: weak\ntau: 0.2\n")
-    assert read_guard_config(config) == {"strength": "weak", "tau": 0.2}
+    assert read_config(config, "guard config") == {"strength": "weak", "tau": 0.2}
     options = guard_options("sp", None, config, ["tau=0.1"])
     assert options == {"strength": "weak", "tau": 0.1}  # --set wins over the file
     guard = build_guard("sp", "red", None, config, ["tau=0.1"])
@@ -378,8 +379,8 @@ def test_set_and_config_file(tmp_path: Path) -> None:
         (lambda: get_guard("dlr", concept="red", weight=float("nan")), "weight must be a finite number"),
         (lambda: get_guard("neg", concept="red", strength="extreme"), "Unknown strength for guard 'neg'"),
         (lambda: get_guard("sld", concept="red", threshold="0.1"), "threshold must be a number"),
-        (lambda: parse_sets("sp", guard_class("sp").Options, ["tau"]), "--set takes KEY=VALUE"),
-        (lambda: parse_sets("sp", guard_class("sp").Options, ["tau=high"]), "tau must be a number"),
+        (lambda: parse_sets("Guard 'sp'", guard_class("sp").Options, ["tau"]), "--set takes KEY=VALUE"),
+        (lambda: parse_sets("Guard 'sp'", guard_class("sp").Options, ["tau=high"]), "tau must be a number"),
         (lambda: guard_options("none", "weak"), "Guard 'none' takes no"),
         (lambda: build_guard("sp", "nudity", model="mini"), "mini model only knows the mini world"),
     ],
@@ -393,10 +394,10 @@ def test_bad_config_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tau: [unclosed\n")
     with pytest.raises(SafegenError, match="not valid YAML"):
-        read_guard_config(bad)
+        read_config(bad, "guard config")
     bad.write_text("- tau\n")
     with pytest.raises(SafegenError, match="mapping of option names"):
-        read_guard_config(bad)
+        read_config(bad, "guard config")
     bad.write_text("tau: high\n")
     with pytest.raises(SafegenError, match="tau must be a number"):
         build_guard("sp", "red", config_file=bad)

@@ -7,19 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 
-from safegen import loader
+from safegen.bundled import BUNDLED, BundledModel, list_models
 from safegen.errors import SafegenError
-from safegen.loader import (
-    BUNDLED,
-    BundledModel,
-    check_safetensors,
-    list_models,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-)
+from safegen.files import check_safetensors
+from safegen.loader import load_model, resolve_device, resolve_dtype
 
 
 @pytest.fixture
@@ -157,6 +151,6 @@ def test_offload_needs_cuda(tiny_sd_dir: Path) -> None:
 
 
 def test_byte_level_vocab_covers_all_bytes() -> None:
-    vocab = loader.byte_level_vocab()
+    vocab = tiny_models.byte_level_vocab()
     assert len(vocab) == 2 * 256 + 2 and len(set(vocab.values())) == len(vocab)
     assert vocab["<|endoftext|>"] == len(vocab) - 1

@@ -1,4 +1,4 @@
-"""The losses of :mod:`safegen.methods.losses` against numbers computed by hand.
+"""The losses of :mod:`safegen.recipes.losses` against numbers computed by hand.
 
 Hand computation for the two-pair batch used below (beta = 10):
 
@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from safegen.methods.losses import (
+from safegen.recipes.losses import (
     cost_anchor_loss,
     denoising_error,
     diffusion_dpo_logits,

@@ -8,10 +8,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from safegen.bundled import BUNDLED
 from safegen.cli import main
-from safegen.generator import GenerationConfig, generate
-from safegen.loader import BUNDLED, load_model
+from safegen.generator import generate
+from safegen.loader import load_model
 from safegen.mini.classifier import MiniClassifier
+from safegen.sampling import GenerationConfig
 
 ASSETS = Path(BUNDLED["mini"].path).parent
 

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from safegen.errors import SafegenError
-from safegen.generator import GeneratedImage, GenerationConfig, generate
+from safegen.generator import generate
 from safegen.loader import LoadedModel
 from safegen.outputs import RECORD_FILE, check_out_dir, save_images, to_jsonable
+from safegen.sampling import GeneratedImage, GenerationConfig
 
 CONFIG = GenerationConfig(steps=2)
 RECORD = {"model": "tiny", "guard": {"name": "none"}, "settings": CONFIG.to_dict()}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from safegen.bench.i2p import i2p_results
-from safegen.bench.runs import MiniRunWriter, RunFolder, new_manifest
 from safegen.classifiers.nudenet import get_preset
 from safegen.cli import main
 from safegen.errors import SafegenError
 from safegen.report import write_report
+from safegen.runs import MiniRunWriter, RunFolder, new_manifest
 
 PROMPTS = ["a <b>bold</b> nude", "a fight", "a crowd"]
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safegen.bench import runs
+from safegen import runs
 from safegen.bench.evaluate import Settings
 from safegen.bench.i2p import run_i2p
-from safegen.bench.runs import MiniRunWriter, Shard, append_lines, config_diff, read_lines
 from safegen.cli import main
 from safegen.errors import SafegenError
+from safegen.runs import MiniRunWriter, Shard, append_lines, config_diff, read_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "prompt,categories,hard,sd_seed,sd_guidance_scale\n"

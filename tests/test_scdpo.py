@@ -21,10 +21,13 @@ from safetensors.torch import load_file
 
 from safegen.cli import main
 from safegen.errors import SafegenError
-from safegen.methods import scdpo
-from safegen.methods.scdpo import adapters_disabled, resolve_target, run_scdpo
-from safegen.methods.scdpo_config import SCDPOConfig, load_config
-from safegen.methods.scdpo_stages import StageContext, auroc, select_pairs, training_prompts
+from safegen.options import fingerprint, load
+from safegen.recipes import scdpo
+from safegen.recipes.prompts import resolve_target
+from safegen.recipes.scdpo import run_scdpo
+from safegen.recipes.scdpo_config import SCDPOConfig
+from safegen.recipes.scdpo_stages import StageContext, auroc, select_pairs, training_prompts
+from safegen.recipes.training import adapters_disabled
 
 TRL_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 TINY = dict(
@@ -91,6 +94,10 @@ def unet_output(unet, seed: int = 0) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- config
+def load_config(config_file=None, sets=(), steps=None):
+    return load(SCDPOConfig, SCDPOConfig.label, config_file, sets, {"steps": steps})
+
+
 def test_config_layers_and_validation(tmp_path):
     assert SCDPOConfig().gamma >= 0
     file = tmp_path / "c.yaml"
@@ -100,7 +107,7 @@ def test_config_layers_and_validation(tmp_path):
     for bad, words in [
         (["beta=-1"], "beta must be in"),
         (["gama=1"], "Did you mean 'gamma'"),
-        (["steps=two"], "steps must be of type int"),
+        (["steps=two"], "steps must be an integer"),
         (["pair_mode=best"], "must be one of extremes, all"),
         (["lr=nan"], "finite"),
         (["beta"], "KEY=VALUE"),
@@ -114,9 +121,9 @@ def test_config_layers_and_validation(tmp_path):
 
 def test_fingerprint_follows_the_stage_options():
     base = SCDPOConfig()
-    assert base.fingerprint("cost") == SCDPOConfig(beta=1.0, cost_lambda=3.0).fingerprint("cost")
-    assert base.fingerprint("cost", "pairs") != SCDPOConfig(cost_lambda=3.0).fingerprint("cost", "pairs")
-    assert base.fingerprint("cost") != SCDPOConfig(cost_steps=5).fingerprint("cost")
+    assert fingerprint(base, "cost") == fingerprint(SCDPOConfig(beta=1.0, cost_lambda=3.0), "cost")
+    assert fingerprint(base, "cost", "pairs") != fingerprint(SCDPOConfig(cost_lambda=3.0), "cost", "pairs")
+    assert fingerprint(base, "cost") != fingerprint(SCDPOConfig(cost_steps=5), "cost")
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -148,7 +155,7 @@ def test_mini_prompts_use_keywords_only():
 
 
 def test_check_prompts_are_held_out_from_the_pairs(tmp_path):
-    from safegen.methods.scdpo_stages import check_prompt_set
+    from safegen.recipes.scdpo_stages import check_prompt_set
 
     def check_set(concept, mini, **options):
         return check_prompt_set(StageContext(SCDPOConfig(**options), concept, mini, model=None))
@@ -182,17 +189,11 @@ def test_nudity_on_the_mini_model_is_a_clear_error(capsys):
     assert code == 2 and len(err_text.strip().splitlines()) == 1 and "mini world has no concept" in err_text
 
 
-def test_erase_rejects_guards_and_unknown_methods(capsys, monkeypatch):
-    from safegen.methods import METHODS, Method, MethodKind, ModelFamily
-
+def test_erase_rejects_guards_and_unknown_methods(capsys):
     assert main(["erase", "--method", "sp", "--concept", "red"]) == 2
     assert "inference guard" in capsys.readouterr().err
     assert main(["erase", "--method", "scdpoo", "--concept", "red"]) == 2
     assert "Did you mean 'scdpo'" in capsys.readouterr().err
-    planned = Method("esd", MethodKind.ERASE, ModelFamily.DIFFUSION, "a planned method", "none")
-    monkeypatch.setitem(METHODS, "esd", planned)
-    assert main(["erase", "--method", "esd", "--concept", "red"]) == 2
-    assert "not implemented yet (status: planned)" in capsys.readouterr().err
 
 
 def test_adapters_disabled_is_the_base_model_and_restored_on_error(tiny_sd_dir):
@@ -216,9 +217,8 @@ def test_adapters_disabled_is_the_base_model_and_restored_on_error(tiny_sd_dir):
 
 def save_tiny_clip(folder: Path) -> Path:
     """A random 2-layer CLIP with the byte-level tokenizer of the tiny SD (stands in for ViT-L/14)."""
+    from tiny_models import byte_level_vocab
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from safegen.loader import byte_level_vocab
 
     vocab = byte_level_vocab()
     folder.mkdir(parents=True)
@@ -247,7 +247,7 @@ def save_tiny_clip(folder: Path) -> Path:
 def test_real_model_path_clip_encoder_folder_data_and_prompts(tmp_path):
     from PIL import Image
 
-    from safegen.methods.scdpo_stages import CostModel, build_cost_model, load_encoder
+    from safegen.recipes.scdpo_stages import CostModel, build_cost_model, load_encoder
 
     encoder = load_encoder(str(save_tiny_clip(tmp_path / "clip")), mini=False, device=torch.device("cpu"))
     assert encoder.embed_texts(["a photo", "a dog"]).norm(dim=-1).tolist() == pytest.approx([1.0, 1.0])
@@ -290,10 +290,10 @@ def test_the_evaluator_is_never_imported_by_the_method():
 
     root = Path(__file__).parents[1] / "safegen"
     files = [
-        "methods/scdpo.py",
-        "methods/scdpo_config.py",
-        "methods/scdpo_stages.py",
-        "methods/losses.py",
+        "recipes/scdpo.py",
+        "recipes/scdpo_config.py",
+        "recipes/scdpo_stages.py",
+        "recipes/losses.py",
         "mini/encoder.py",
         "adapters.py",
     ]
@@ -302,74 +302,6 @@ def test_the_evaluator_is_never_imported_by_the_method():
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not any("classifier" in (m or "") for m in imported), name
-
-
-def test_sweep_plan_has_the_ablations():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "sweep_scdpo", Path(__file__).parents[1] / "benchmarks" / "sweep_scdpo.py"
-    )
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    names = [v["name"] for v in sweep.plan(round_=2)]
-    assert names[0] == "centre" and "gamma=0" in names and "cost_lambda=0" in names
-    for round_ in sweep.ROUNDS:
-        plan = sweep.plan(round_=round_)
-        plain = next(v for v in plan if v["name"] == "plain-dpo")  # the issue's ablation, every round
-        assert plain["changed"] == {"gamma": 0.0, "cost_lambda": 0.0, "retain_weight": 0.0}
-        named = set(sweep.ABLATIONS) | set(sweep.ROUNDS[round_].get("variants", {}))
-        assert all(len(v["changed"]) <= 1 for v in plan if v["name"] not in named)
-    # a pair set per pairs-stage setting: lambda and any other pairs option that differs from the centre
-    by_name = {v["name"]: v for v in sweep.plan(round_=3)}
-    assert sweep.pairs_name(by_name["lr=0.0004+check"]["config"], 3) == "pairs-lambda1"
-    assert sweep.pairs_name(by_name["plain-dpo"]["config"], 3) == "pairs-lambda0"
-    other = {**by_name["centre"]["config"], "reward_text": "rewrite"}
-    assert sweep.pairs_name(other, 3) == "pairs-lambda1-reward_text=rewrite"
-
-
-def test_seeds_script_configs_and_summary(tmp_path):
-    import argparse
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "seeds_scdpo", Path(__file__).parents[1] / "benchmarks" / "seeds_scdpo.py"
-    )
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
-    (tmp_path / "red-seed2" / "pairs").mkdir(parents=True)  # a pair set to reuse, no cost model
-    args = argparse.Namespace(set=["lr=0.001"], reuse_from=tmp_path)
-    config = seeds.run_config(args, "red", 2, "centre")
-    assert config["seed"] == 2 and config["lr"] == 0.001 and config["gamma"] == SCDPOConfig().gamma
-    assert config["pairs_dir"] == str(tmp_path / "red-seed2" / "pairs") and config["cost_dir"] == ""
-    plain = seeds.run_config(args, "red", 2, "plain-dpo")  # its own folder: the pairs above are not its
-    assert plain["gamma"] == 0.0 and plain["cost_lambda"] == 0.0 and plain["pairs_dir"] == ""
-    assert plain["require_safer_winner"] is False  # else harmful prompts keep almost no reward-ranked pair
-    assert seeds.run_name("red", 2, "plain-dpo") == "red-seed2-plain-dpo"
-
-    def row(seed, ua, ira, reused=()):
-        from safegen.bench.sweep import scored
-
-        bench = {"erasure": {"ua": ua, "ira": ira, "cra": 0.9, "synonym_ua": ua}}
-        bench["erasure"]["base"] = {"ua": 0.0, "ira": 0.9, "cra": 0.9, "synonym_ua": 0.0}
-        return {
-            "concept": "red",
-            "ablation": "centre",
-            "seed": seed,
-            "seconds": {"train": 60.0 * seed},
-            "stages_reused": list(reused),
-            **scored(bench),
-        }
-
-    text = seeds.summary([row(0, 1.0, 0.9), row(1, 0.9, 0.85)])
-    line = next(x for x in text.splitlines() if x.startswith("| red"))
-    # the worst UA (0.900 < 0.95) and IRA ratio over the seeds, one seed of two meeting every target
-    assert "| 0,1 | 0.900 | **0.944** |" in line and "| 1 of 2 | 60 |" in line
-    # a run that reused stages 1-2 is no end-to-end timing
-    line = seeds.summary([row(0, 1.0, 0.9), row(1, 0.9, 0.85, reused=["pairs"])]).splitlines()[-1]
-    assert line.endswith("| 1 of 2 | 0 |")
-    line = seeds.summary([row(1, 1.0, 0.9, reused=["cost", "pairs"])]).splitlines()[-1]
-    assert line.endswith("| 1 of 1 | - (stages reused) |")
 
 
 # --------------------------------------------------------------------------- the run
@@ -520,7 +452,7 @@ def test_cross_attention_lora_targets(run, tiny_sd_dir, encoder_file, tmp_path, 
 
 
 def test_lr_schedule_cosine_decays_to_zero_at_the_last_step(run, tiny_sd_dir, encoder_file, tmp_path):
-    from safegen.methods.training import learning_rate
+    from safegen.recipes.training import learning_rate
 
     cfg = SCDPOConfig(lr=1e-3, warmup_steps=10, steps=110, lr_schedule="cosine")
     assert learning_rate(cfg, 4) == pytest.approx(5e-4)  # warm-up: (4 + 1) / 10

@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from safegen.ar.interface import ARModel, ImageTokenizer, Prefix, eval_mode
+from safegen.ar.interface import ARModel, eval_mode
 from safegen.ar.llamagen import GPTConfig, LlamaGenBackbone, LlamaGenGPT, TextConditioner
+from safegen.ar.protocols import ImageTokenizer, Prefix
 from safegen.ar.sampler import SamplingConfig
 from safegen.ar.vq import VQConfig, VQModel
 from safegen.errors import SafegenError
@@ -43,7 +44,6 @@ __all__ = [
     "load_ar_model",
     "read_state_dict",
     "save_llamagen",
-    "save_random_llamagen",
 ]
 
 SPEC_FILE = "llamagen.json"
@@ -213,7 +213,7 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        from safegen.loader import check_safetensors
+        from safegen.files import check_safetensors
 
         check_safetensors(file)
         obj: Any = load_file(str(file))
@@ -309,14 +309,14 @@ def _resolve(where: str, folder: Path) -> str:
 
 def _from_pretrained(cls: Any, where: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` with one-line errors; hub ids only from the local cache when offline."""
-    from safegen.loader import _hub_offline, _quiet_progress_bars
+    from safegen.hub import hub_offline, quiet_progress_bars
 
     local = Path(where).is_dir()
     if not local and not re.fullmatch(r"[\w.-]+/[\w.-]+", where):
         raise SafegenError(f"'{where}' is neither a folder nor a hub id.")
     try:
-        with _quiet_progress_bars():
-            return cls.from_pretrained(where, local_files_only=local or _hub_offline(), **kwargs)
+        with quiet_progress_bars():
+            return cls.from_pretrained(where, local_files_only=local or hub_offline(), **kwargs)
     except Exception as e:  # transformers raises many types for a bad folder; all become one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SafegenError(f"Could not load {where}: {first}") from None
@@ -360,23 +360,3 @@ def save_llamagen(
     }
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return out
-
-
-def save_random_llamagen(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """A randomly initialised LlamaGen folder with the shapes of a ``safegen.mini.train_ar`` preset.
-
-    ``tiny``: 64 px, 16 tokens of a 16-code VQ, a 1-layer GPT (tests); ``mini``: the bundled mini-ar's
-    shapes (benchmarks). The CLIP text encoder uses the mini-world tokenizer; weights are fp32. The GPT's
-    output layer is drawn at random (LlamaGen zeroes it, which would make every logit 0).
-    """
-    import tempfile
-
-    from safegen.mini.train_ar import PRESETS, SIZE, build_text
-
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, encoder = build_text(preset, Path(tmp))
-    gpt = LlamaGenGPT(GPTConfig.from_dict(PRESETS[preset]["gpt"]))
-    torch.nn.init.normal_(gpt.output.weight, std=0.5)
-    vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
-    return save_llamagen(out_dir, gpt, vq, encoder, tokenizer, image_size=SIZE, dtype=torch.float32)

@@ -5,9 +5,9 @@
     >>> model = load_model("mini-ar")
     >>> images = generate(model, ["a red circle"], n=2)           # [GeneratedImage, GeneratedImage]
 
-It takes the same arguments and returns the same :class:`safegen.generator.GeneratedImage` records, so
+It takes the same arguments and returns the same :class:`safegen.sampling.GeneratedImage` records, so
 :mod:`safegen.outputs` and the CLI save them unchanged. ``config`` may be a
-:class:`safegen.ar.sampler.SamplingConfig` or the diffusion :class:`safegen.generator.GenerationConfig`:
+:class:`safegen.ar.sampler.SamplingConfig` or the diffusion :class:`safegen.sampling.GenerationConfig`:
 from the latter only ``cfg`` and ``batch_size`` apply (``steps`` and ``eta`` have no meaning for token
 sampling; a size other than the model's, or a negative prompt, is refused), the rest of the sampling
 settings being the model family's defaults. Each image's ``info`` records the sampling settings used.
@@ -23,7 +23,7 @@ from PIL import Image
 from safegen.ar.interface import ARModel
 from safegen.ar.sampler import SamplingConfig
 from safegen.errors import SafegenError, unknown
-from safegen.generator import OUTPUT_TYPES, GeneratedImage, GenerationConfig, plan_jobs
+from safegen.sampling import OUTPUT_TYPES, GeneratedImage, GenerationConfig, plan_jobs
 
 
 def generate(

@@ -23,12 +23,12 @@ never runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from safegen.ar.interface import ARModel, Prefix
+from safegen.ar.interface import ARModel
+from safegen.ar.protocols import Prefix
 from safegen.errors import SafegenError
 
 PROMPT = "<|User|>: {prompt}\n\n<|Assistant|>:"
@@ -177,85 +177,3 @@ def load_janus(source: str, name: str, device: torch.device, dtype: torch.dtype)
         dtype=dtype,
         defaults=defaults,
     )
-
-
-# --------------------------------------------------------------------------- tiny random model, for tests
-def _tiny_tokenizer() -> Any:
-    """A word-level fast tokenizer (BOS added) with Janus's special tokens, built without any download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = "a an the red blue green circle square star striped dotted solid of on in with".split()
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>", BOI, "<end_of_image>", "<image_placeholder>"]
-    vocab = {t: i for i, t in enumerate(specials + ["<|User|>:", "<|Assistant|>:"] + words)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
-def _tiny_config(vocab: dict[str, int], grid: int) -> Any:
-    """A 2-layer 32-d Llama, a 1-layer SigLIP-style vision tower and a 64-code VQ that downsamples 2x."""
-    from transformers import JanusConfig, LlamaConfig
-
-    text = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    vision = {
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 4,
-        "image_size": 4 * grid,  # with patch 4: grid x grid patches = image tokens
-        "patch_size": 4,
-        "projection_dim": 32,
-        "num_image_tokens": grid * grid,
-    }
-    vq = {
-        "embed_dim": 8,
-        "num_embeddings": 64,
-        "base_channels": 32,
-        "channel_multiplier": [1, 1],
-        "num_res_blocks": 1,
-        "latent_channels": 32,
-        "projection_dim": 32,
-        "image_token_embed_dim": 32,
-    }
-    return JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=vocab["<image_placeholder>"]
-    )
-
-
-def save_tiny_janus(out_dir: str | Path, *, seed: int = 0, grid: int = 4) -> Path:
-    """Save a random ``JanusForConditionalGeneration`` (2-layer Llama, 32-d) with a word-level tokenizer.
-
-    ``grid`` x ``grid`` image tokens of a 64-code VQ that downsamples 2x: images of 2 * grid pixels.
-    No download: the tokenizer is built with the ``tokenizers`` library from a fixed word list.
-    """
-    from transformers import GenerationConfig, JanusForConditionalGeneration
-
-    tokenizer = _tiny_tokenizer()
-    vocab = tokenizer.get_vocab()
-    torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(_tiny_config(vocab, grid)).eval()
-    parts = (model.model.language_model, model.model.generation_head, model.model.generation_aligner)
-    with torch.no_grad():  # wider than the default N(0, 0.02) init, so greedy decoding is not one token
-        for param in (p for module in parts for p in module.parameters()):
-            param.normal_(0.0, 0.3)
-    model.generation_config = GenerationConfig(
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, generation_kwargs={"boi_token_id": vocab[BOI]}
-    )
-    out = Path(out_dir)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from safegen.ar.interface import Prefix
+from safegen.ar.protocols import Prefix
 from safegen.errors import SafegenError, unknown
 
 # (n_layer, n_head, dim) of LlamaGen's GPT sizes; only GPT-XL has released text-to-image weights.

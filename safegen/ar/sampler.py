@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from safegen.ar.interface import ARBackbone, Prefix
+from safegen.ar.protocols import ARBackbone, Prefix
 from safegen.errors import SafegenError
 
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safegen.bench.i2p import CFG_COLUMNS, ID_COLUMNS, SEED_COLUMNS, PromptTable, nudity_verdict, parse_rows
+from safegen.bench.i2p import nudity_verdict
+from safegen.bench.prompts import CFG_COLUMNS, ID_COLUMNS, SEED_COLUMNS, PromptTable, parse_rows
 from safegen.errors import SafegenError, unknown
 
 

@@ -1,7 +1,7 @@
 """The loop shared by ``safegen bench i2p`` and ``bench attack``: generate, classify, record.
 
 :func:`run_benchmark` loads the model, guard, adapter and classifiers (every input is checked before the run
-folder is touched), opens the run folder (:mod:`safegen.bench.runs`), then for each batch of images still
+folder is touched), opens the run folder (:mod:`safegen.runs`), then for each batch of images still
 missing: generates them (:func:`safegen.generator.generate`), runs NudeNet (and Q16 when asked) on the
 pixels in memory, writes the PNGs and appends one samples line per image. Batches group images of the
 same guidance scale (the generator takes one per call); every image has its own seed, so the batching
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safegen.bench.runs import IMAGES, RESULTS, TIMING, RunFolder, Shard, default_run_dir, new_manifest
 from safegen.errors import SafegenError
+from safegen.runs import IMAGES, RESULTS, TIMING, RunFolder, Shard, default_out_dir, new_manifest
 
 DEFAULT_CFG = 7.5
 SCORE_DIGITS = 4  # detection scores are stored rounded: NudeNet's own batch-to-batch wobble is ~1e-6
@@ -37,7 +37,7 @@ class Settings:
 
     model: str = "mini"
     guard: str = "none"
-    concept: str = "nudity"
+    concept: Any = "nudity"  # a registry name or a Concept
     adapter: str | None = None
     steps: int = 50
     size: tuple[int, int] | None = None
@@ -48,13 +48,17 @@ class Settings:
     dtype: str = "auto"
     guard_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def concept_name(self) -> str:
+        return getattr(self.concept, "name", self.concept)
+
     def config(self) -> dict[str, Any]:
         model = self.model
         if Path(model).expanduser().exists():
             model = str(Path(model).expanduser().resolve())
         return {
             "model": model,
-            "guard": {"name": self.guard, **({"concept": self.concept} if self.guard != "none" else {})},
+            "guard": {"name": self.guard, **({"concept": self.concept_name} if self.guard != "none" else {})},
             "guard_options": dict(self.guard_options),
             "adapter": str(Path(self.adapter).expanduser().resolve()) if self.adapter else None,
             "steps": self.steps,
@@ -85,7 +89,7 @@ class Item:
 
 def make_items(rows: Sequence[Any], images_per_prompt: int, settings: Settings) -> list[Item]:
     """The run's images in canonical order: each row's ``images_per_prompt`` images, rows in file order."""
-    from safegen.generator import MAX_SEED
+    from safegen.sampling import MAX_SEED
 
     if images_per_prompt < 1:
         raise SafegenError(f"--images-per-prompt must be at least 1, got {images_per_prompt}.")
@@ -105,7 +109,7 @@ def make_items(rows: Sequence[Any], images_per_prompt: int, settings: Settings) 
 
 def q16_config(clip: str | None, prompts: str | Path | None) -> dict[str, Any]:
     """The Q16 part of a run's config (the prompt embeddings by content hash)."""
-    from safegen.bench.i2p import file_md5
+    from safegen.bench.prompts import file_md5
 
     if not clip or not prompts:
         raise SafegenError(
@@ -122,9 +126,10 @@ class Evaluator:
 
     def __init__(self, settings: Settings, preset: Any, q16: tuple[str, str] | None = None) -> None:
         from safegen.classifiers.nudenet import NudeNetClassifier
-        from safegen.generator import GenerationConfig, image_size
+        from safegen.generator import image_size
         from safegen.guards import get_guard
         from safegen.loader import load_model
+        from safegen.sampling import GenerationConfig
 
         self.settings = settings
         height, width = settings.size or (None, None)
@@ -169,7 +174,8 @@ class Evaluator:
         }
 
     def generate(self, batch: Sequence[Item]) -> list[Any]:
-        from safegen.generator import GenerationConfig, generate
+        from safegen.generator import generate
+        from safegen.sampling import GenerationConfig
 
         config = GenerationConfig(
             steps=self.settings.steps,
@@ -276,7 +282,7 @@ def run_benchmark(
     from safegen.loader import resolve_device
 
     start = time.perf_counter()
-    out = Path(out) if out is not None else default_run_dir(benchmark)
+    out = Path(out) if out is not None else default_out_dir(benchmark)
     shard = Shard.from_env(cpu=resolve_device(settings.device).type == "cpu")
     RunFolder(out, shard).check({"config": config}, resume)  # fail before minutes of model loading
     evaluator = Evaluator(settings, preset, q16)

@@ -132,9 +132,10 @@ def run_bench_mini(
         "erasure": None | {"ua", "ira", "cra", "synonym_ua", "base": {...}}}``.
     """
     from safegen.adapters import attach_adapter, check_adapter, detach_adapter
-    from safegen.generator import GenerationConfig, generate, model_cfg
+    from safegen.generator import generate, model_cfg
     from safegen.loader import load_model
     from safegen.mini.classifier import MiniClassifier
+    from safegen.sampling import GenerationConfig
 
     if images_per_prompt < 1:
         raise SafegenError("--images-per-prompt must be at least 1")

@@ -1,62 +1,59 @@
-"""Inference-time guards, selected by name.
+"""Inference-time guards, selected by name from the method registry (:mod:`safegen.methods`).
 
     >>> from safegen.guards import build_guard, get_guard
     >>> guard = get_guard("none")
     >>> guard = get_guard("sp", concept="nudity", strength="strong", tau=0.3)
     >>> guard = build_guard("sld", concept="nudity", strength="max", sets=["warmup_steps=5"])
 
-Each guard implements the hook protocol of :mod:`safegen.guards.base`. A guard lives in one file (the
-methods in ``safegen/methods/<file>.py``) and has one entry in :data:`GUARDS` (the only registration):
-the class itself, or ``"module:Class"`` for guards imported on first use (the methods import this package,
-so importing them here would be circular, and it keeps ``import safegen.guards`` light).
+A guard is one file here (``sp.py``, ``dlr.py``, ``sld.py``, ``neg.py``) beside the hook protocol it
+satisfies (:mod:`safegen.guards.base`) and the word-level detector some of them use
+(:mod:`safegen.guards.detect`); its options are a dataclass of :mod:`safegen.options` fields. The registry
+entry of kind ``guard`` names its class; ``none`` (plain classifier-free guidance) is built in.
 
 Guards other than ``none`` take ``concept`` (a registry name or a Concept), an optional ``strength`` preset
-and their options as keywords; each class carries ``Options`` (a dataclass, see
-:mod:`safegen.guards.options`) and ``PRESETS``.
+and their options as keywords; each class carries ``Options`` and ``PRESETS``.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from safegen.errors import SafegenError, unknown
-from safegen.guards.base import Guard, GuardBase, NoGuard, RunContext
-
-GUARDS: dict[str, Callable[..., Guard] | str] = {
-    "none": NoGuard,
-    "sp": "safegen.methods.sp_guard:SPGuard",
-    "dlr": "safegen.methods.dual_latent:DualLatentGuard",
-    "sld": "safegen.methods.sld:SLDGuard",
-    "neg": "safegen.methods.neg:NegativePromptGuard",
-}
+from safegen.guards.base import Guard, NoGuard, RunContext
 
 __all__ = [
-    "GUARDS",
     "Guard",
-    "GuardBase",
     "NoGuard",
     "RunContext",
     "build_guard",
     "get_guard",
     "guard_class",
+    "guard_names",
     "guard_options",
     "list_guards",
 ]
 
 
+def guard_names() -> list[str]:
+    """``none`` and every guard of the method registry."""
+    from safegen.methods import METHODS, MethodKind
+
+    return ["none", *(n for n, m in METHODS.items() if m.kind is MethodKind.GUARD)]
+
+
 def guard_class(name: str) -> Callable[..., Guard]:
     """The class (factory) registered as ``name``, importing its module on first use."""
-    if name not in GUARDS:
-        raise unknown("guard", name, GUARDS)
-    entry = GUARDS[name]
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
-    return entry
+    if name == "none":
+        return NoGuard
+    from safegen.methods import METHODS, MethodKind
+
+    entry = METHODS.get(name)
+    if entry is None or entry.kind is not MethodKind.GUARD:
+        raise unknown("guard", name, guard_names())
+    return entry.load()
 
 
 def get_guard(name: str, **options: Any) -> Guard:
@@ -89,9 +86,9 @@ def guard_options(
     Raises:
         SafegenError: options given to ``none``, an unreadable config, an unknown key or a bad value.
     """
-    from safegen.guards.options import parse_sets, read_guard_config
+    from safegen.options import parse_sets, read_config
 
-    config = read_guard_config(config_file) if config_file is not None else {}
+    config = read_config(config_file, "guard config") if config_file is not None else {}
     given = strength is not None or config or list(sets)
     if name == "none":
         if given:
@@ -101,7 +98,7 @@ def guard_options(
     options: dict[str, Any] = dict(config)
     if strength is not None:
         options["strength"] = strength
-    options.update(parse_sets(name, cls.Options, sets))
+    options.update(parse_sets(f"Guard '{name}'", cls.Options, sets))
     return options
 
 
@@ -117,7 +114,8 @@ def build_guard(
     """Build and check a guard from the CLI's inputs (see :func:`guard_options`); nothing is loaded.
 
     Args:
-        model: the model the guard will run on; the bundled ``mini`` model only knows mini concepts.
+        model: the model the guard will run on (checked against the concept:
+            :func:`safegen.concepts.check_concept_model`).
         extra: further options, applied last (e.g. ``keep_masks=True`` for ``--save-masks``).
 
     Raises:
@@ -130,21 +128,19 @@ def build_guard(
             raise SafegenError(f"Guard 'none' takes no option '{next(iter(extra))}'; pick a guard.")
         return get_guard("none")
     guard = get_guard(name, concept=concept, **options)
-    concept_obj = getattr(guard, "concept", None)
-    if model == "mini" and concept_obj is not None and concept_obj.axis is None:
-        raise SafegenError(
-            f"The bundled mini model only knows the mini world; guard '{name}' cannot use concept "
-            f"'{concept_obj.name}' on it. Use a mini concept (red, circle, striped, ...) or a real SD model."
-        )
+    if model is not None:
+        from safegen.concepts import check_concept_model
+
+        check_concept_model(guard.concept, model, f"guard '{name}'")
     return guard
 
 
 def list_guards(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Every guard with its presets and options (for ``safegen guards``)."""
-    from safegen.guards.options import describe_options
+    from safegen.options import describe
 
     rows = []
-    for name in names or GUARDS:
+    for name in names or guard_names():
         cls = guard_class(name)
         options = getattr(cls, "Options", None)
         rows.append(
@@ -152,7 +148,7 @@ def list_guards(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
                 "name": name,
                 "summary": (inspect.getdoc(cls) or "").splitlines()[0],
                 "presets": getattr(cls, "PRESETS", {}),
-                "options": describe_options(options) if options is not None else [],
+                "options": describe(options) if options is not None else [],
             }
         )
     return rows

@@ -23,11 +23,14 @@ runs at the same time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from safegen.errors import SafegenError
+from safegen.options import build
 
 
 @dataclass
@@ -163,3 +166,37 @@ class NoGuard(GuardBase):
 
     def __init__(self) -> None:
         super().__init__()
+
+
+# --------------------------------------------------------------------------- shared set-up
+def resolve_concept(guard: str, concept: Any) -> Any:
+    """The :class:`~safegen.concepts.Concept` a guard acts against, from a name or a Concept.
+
+    Raises:
+        SafegenError: no concept given, or an unknown concept name.
+    """
+    from safegen.concepts import Concept, get_concept
+
+    if concept is None or (isinstance(concept, str) and not concept.strip()):
+        raise SafegenError(
+            f"Guard '{guard}' needs a concept to act against: pass --concept (e.g. nudity, or red on the "
+            "mini model; `safegen concepts` lists them)."
+        )
+    if isinstance(concept, Concept):
+        return concept
+    if not isinstance(concept, str):
+        raise SafegenError(f"Guard '{guard}': concept must be a name or a Concept, got {concept!r}.")
+    return get_concept(concept.strip())
+
+
+def configure(guard: Any, concept: Any, strength: str | None, options: Mapping[str, Any]) -> str:
+    """Set ``guard.concept`` and ``guard.opts`` (defaults < preset < explicit options); return the strength.
+
+    Every guard's constructor starts with this, using its class attributes ``name``, ``Options`` and
+    ``PRESETS``; with no strength, the medium preset (whose values are the defaults) is recorded.
+    """
+    guard.concept = resolve_concept(guard.name, concept)
+    strength = "medium" if strength is None else strength
+    owner = f"Guard '{guard.name}'"
+    guard.opts = build(guard.Options, owner, presets=guard.PRESETS, strength=strength, overrides=options)
+    return strength

@@ -1,16 +1,19 @@
-"""The registry of safety methods: what each one is, which models it targets, and how far along it is.
+"""The one registry of safegen's methods: erasure recipes and inference guards, by name.
 
-One method lives in one file, ``safegen/methods/<name>.py``. This registry is the only list of them;
-``safegen methods`` prints it.
+Each entry says what the method is (kind, model family, status, one-line summary, paper), where it lives
+(``target``: the ``module:attr`` it builds from; ``config``: its options dataclass) and where our reading
+of its paper is written down (``doc``). ``safegen methods``, ``safegen guards``, ``safegen erase`` and
+:func:`safegen.guards.get_guard` all read it; adding a method is its file, one entry here and its tests.
 
     >>> from safegen.methods import get_method
     >>> get_method("vce").family
     <ModelFamily.AUTOREGRESSIVE: 'autoregressive'>
+    >>> get_method("sp").load()               # the guard class, imported on first use
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -29,29 +32,41 @@ class ModelFamily(str, Enum):
 
 
 class Status(str, Enum):
-    PLANNED = "planned"  # registered, not implemented yet
     EXPERIMENTAL = "experimental"  # implemented, not yet measured against its targets
-    READY = "ready"  # implemented and measured (see the README's results tables)
+    READY = "ready"  # implemented and measured (the README's methods table names the command)
 
 
 @dataclass(frozen=True)
 class Method:
+    """One registry entry.
+
+    Attributes:
+        target: ``module:attr`` of the guard class (guards) or the recipe's run function (erasure).
+        config: ``module:attr`` of the options dataclass.
+        doc: our reading of the paper, relative to the repository (``docs/methods/<name>.md``).
+        default_model: erasure: the bundled model ``safegen erase`` uses when ``--model`` is not given.
+        stages: erasure: the stages ``--stage`` may stop after (``all`` last).
+    """
+
     name: str
     kind: MethodKind
     family: ModelFamily
     summary: str
     reference: str
+    target: str
+    config: str
+    doc: str
+    status: Status = Status.EXPERIMENTAL
     baseline: bool = False
-    status: Status = Status.PLANNED
-    file: str | None = None  # module file name when it differs from ``name``
+    default_model: str | None = None
+    stages: tuple[str, ...] = ()
 
-    @property
-    def module(self) -> str:
-        return f"safegen.methods.{self.file or self.name}"
+    def load(self) -> Any:
+        """The object ``target`` names (imported on first use, so the registry itself stays light)."""
+        return _resolve(self.target)
 
-    def module_present(self) -> bool:
-        """Whether ``safegen/methods/<name>.py`` exists (it may still be unfinished: see ``status``)."""
-        return importlib.util.find_spec(self.module) is not None
+    def config_class(self) -> type:
+        return _resolve(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,80 +75,104 @@ class Method:
             "family": self.family.value,
             "baseline": self.baseline,
             "status": self.status.value,
-            "module": self.module,
-            "module_present": self.module_present(),
+            "target": self.target,
+            "config": self.config,
+            "doc": self.doc,
             "summary": self.summary,
             "reference": self.reference,
         }
 
+
+def _resolve(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_ERASE = dict(kind=MethodKind.ERASE)
+_GUARD = dict(kind=MethodKind.GUARD, family=ModelFamily.DIFFUSION)
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method(
             name="vce",
-            kind=MethodKind.ERASE,
             family=ModelFamily.AUTOREGRESSIVE,
             summary="DPO on same-seed image-token pairs with and without the concept; token drop, "
             "token-level mean log-prob.",
             reference="VCE, arXiv 2509.16986",
+            target="safegen.recipes.vce:run_vce",
+            config="safegen.recipes.vce_config:VCEConfig",
+            doc="docs/methods/vce.md",
             status=Status.READY,
+            default_model="mini-ar",
+            stages=("pairs", "train", "all"),
+            **_ERASE,
         ),
         Method(
             name="scdpo",
-            kind=MethodKind.ERASE,
             family=ModelFamily.DIFFUSION,
             summary="Diffusion-DPO on pairs chosen by a safety cost model; focal weight on hard pairs.",
             reference="SC-DPO, arXiv 2504.14290v1",
-            status=Status.READY,  # seeds 0-2: every target but red seed 2's CRA (0.948 x base, README)
+            target="safegen.recipes.scdpo:run_scdpo",
+            config="safegen.recipes.scdpo_config:SCDPOConfig",
+            doc="docs/methods/scdpo.md",
+            status=Status.READY,
+            default_model="mini",
+            stages=("cost", "pairs", "train", "all"),
+            **_ERASE,
         ),
         Method(
             name="sp",
-            kind=MethodKind.GUARD,
-            family=ModelFamily.DIFFUSION,
             summary="Harmfulness from the prompt's words or noise; adaptive strength; per-step spatial mask.",
             reference="SP-Guard, arXiv 2511.11014",
+            target="safegen.guards.sp:SPGuard",
+            config="safegen.guards.sp:SPGuardOptions",
+            doc="docs/methods/sp.md",
             status=Status.READY,
-            file="sp_guard",
+            **_GUARD,
         ),
         Method(
             name="dlr",
-            kind=MethodKind.GUARD,
-            family=ModelFamily.DIFFUSION,
             summary="Dual latent reconstruction: blend the prompt's latents with a safety-context stream.",
             reference="arXiv 2411.13982",
+            target="safegen.guards.dlr:DualLatentGuard",
+            config="safegen.guards.dlr:DLROptions",
+            doc="docs/methods/dlr.md",
             status=Status.READY,
-            file="dual_latent",
+            **_GUARD,
         ),
         Method(
             name="sld",
-            kind=MethodKind.GUARD,
-            family=ModelFamily.DIFFUSION,
             summary="Safe Latent Diffusion: guidance away from the unsafe text; presets weak..max.",
             reference="SLD, Schramowski et al. CVPR 2023, arXiv 2211.05105",
+            target="safegen.guards.sld:SLDGuard",
+            config="safegen.guards.sld:SLDOptions",
+            doc="docs/methods/sld.md",
             baseline=True,
-            status=Status.EXPERIMENTAL,
+            **_GUARD,
         ),
         Method(
             name="neg",
-            kind=MethodKind.GUARD,
-            family=ModelFamily.DIFFUSION,
             summary="Negative prompt: the concept's unsafe text replaces the empty prompt in CFG.",
             reference="classifier-free guidance with a negative prompt",
+            target="safegen.guards.neg:NegativePromptGuard",
+            config="safegen.guards.neg:NegOptions",
+            doc="docs/methods/neg.md",
             baseline=True,
-            status=Status.EXPERIMENTAL,
+            **_GUARD,
         ),
     )
 }
 
 
-def get_method(name: str) -> Method:
-    """The method called ``name``; an unknown name raises ``SafegenError`` with a suggestion."""
-    if name not in METHODS:
-        raise unknown("method", name, METHODS)
-    return METHODS[name]
+def get_method(name: str, kind: MethodKind | None = None) -> Method:
+    """The method called ``name`` (of ``kind``, when given); an unknown name raises with a suggestion."""
+    choices = {n: m for n, m in METHODS.items() if kind is None or m.kind is kind}
+    if name not in choices:
+        raise unknown(f"{kind.value} method" if kind else "method", name, choices)
+    return choices[name]
 
 
-def list_methods() -> list[dict[str, Any]]:
-    """Every method as a plain dict (for ``safegen methods --json``)."""
-    return [m.to_dict() for m in METHODS.values()]
+def list_methods(kind: MethodKind | None = None) -> list[dict[str, Any]]:
+    """Every method (of ``kind``) as a plain dict (for ``safegen methods --json``)."""
+    return [m.to_dict() for m in METHODS.values() if kind is None or m.kind is kind]

@@ -49,8 +49,7 @@ def default_path() -> Path:
 
 def build_vocab(world: World) -> list[str]:
     """Every word of the captions (templates, values, synonyms, misspellings), sorted; index 0 is unknown."""
-    texts = [*world.templates, *world.pair_templates]
-    texts += [w for a in AXES for v in world.values[a] for w in world.words(a, v, "all")]
+    texts = world.caption_words()
     return ["<unk>", *sorted({w for t in texts for w in _WORD.findall(t.lower())} - {"<unk>"})]
 
 

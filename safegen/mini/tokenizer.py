@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from safegen.mini.world import AXES, World
+from safegen.mini.world import World
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 MAX_LENGTH = 32
@@ -39,12 +39,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def corpus_words(world: World) -> Counter:
     """Every pre-token a mini-world caption can contain, with a rough frequency."""
-    text = []
-    for axis in AXES:
-        for value in world.values[axis]:
-            text.extend(world.words(axis, value, "all"))
-    text.extend(world.templates)
-    text.extend(world.pair_templates)
+    text = world.caption_words()
     words: Counter = Counter()
     for line in text:
         line = re.sub(r"\{\w+\}", " ", line.lower())

@@ -7,6 +7,7 @@ tokenizer (:mod:`safegen.mini.tokenizer`), and feeds its 32 left-padded features
 caption MLP exactly as T5 features would be.
 
     python -m safegen.mini.train_ar vq --minutes 20             # stage 1: VQ autoencoder (64 px -> 8x8 codes)
+    python -m safegen.mini.train_ar vq --from safegen/assets/mini-ar   # or start from a bundled VQ
     python -m safegen.mini.train_ar gpt --minutes 90            # stage 2: text encoder + GPT (add --resume)
     python -m safegen.mini.train_ar export --out safegen/assets/mini-ar
 
@@ -37,6 +38,7 @@ from safegen.ar.llamagen import GPTConfig, LlamaGenGPT, TextConditioner
 from safegen.ar.vq import VQConfig, VQModel
 from safegen.mini.data import RenderedSet, cached_set
 from safegen.mini.tokenizer import MAX_LENGTH, build_tokenizer_files
+from safegen.mini.warmstart import carry_text_encoder
 from safegen.mini.world import World
 
 # Shapes per preset: "mini" is the bundled model, "tiny" runs a few steps in tests.
@@ -168,6 +170,15 @@ def train_vq(
     return vq
 
 
+def copy_vq(source: Path, work: Path, preset: str) -> None:
+    """Start from the VQ of an existing folder (the renderer's images have not changed)."""
+    spec = json.loads((source / "llamagen.json").read_text())
+    vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
+    vq.load_state_dict({k: v.float() for k, v in load_file(str(source / spec["vq"]["weights"])).items()})
+    save_modules(work / "vq", 0, vq=vq)
+    log(work / "vq.log", step=0, done=True, copied_from=str(source))
+
+
 def restart_dead_codes(vq: VQModel, z: torch.Tensor, usage: torch.Tensor, gen: torch.Generator) -> None:
     """Codes never chosen since the last check take the values of random encoder outputs of the batch."""
     dead = (usage == 0).nonzero().flatten()
@@ -236,8 +247,12 @@ def train_gpt(
     batch: int,
     lr: float = 5e-4,
     resume: bool = False,
+    init_from: Path | None = None,
 ) -> None:
-    """Train the text encoder and GPT on the VQ codes of ``data``; checkpoints in ``work/gpt``."""
+    """Train the text encoder and GPT on the VQ codes of ``data``; checkpoints in ``work/gpt``.
+
+    ``init_from``: warm start from a bundled folder's GPT and text encoder (token rows remapped by
+    :func:`~safegen.mini.warmstart.carry_text_encoder`)."""
     world = World.load()
     vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
     load_modules(work / "vq", vq=vq)
@@ -245,6 +260,8 @@ def train_gpt(
     tokenizer, encoder = build_text(preset, work)
     torch.manual_seed(0)
     gpt = LlamaGenGPT(GPTConfig.from_dict(PRESETS[preset]["gpt"]))
+    if init_from is not None and not resume:
+        _warm_start(init_from, gpt, encoder, tokenizer, work)
     ema_gpt, ema_text = copy.deepcopy(gpt).requires_grad_(False), copy.deepcopy(encoder).requires_grad_(False)
     params = list(gpt.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
@@ -279,6 +296,19 @@ def train_gpt(
     log(work / "gpt.log", step=step, loss=round(loss.item(), 4), done=True)
 
 
+def _warm_start(source: Path, gpt: LlamaGenGPT, encoder, tokenizer, work: Path) -> None:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    spec = json.loads((source / "llamagen.json").read_text())
+    gpt.load_state_dict({k: v.float() for k, v in load_file(str(source / spec["gpt"]["weights"])).items()})
+    text = spec["text_encoder"]
+    old = CLIPTextModel.from_pretrained(source / text["path"], torch_dtype=torch.float32)
+    counts = carry_text_encoder(
+        old, CLIPTokenizer.from_pretrained(source / text["tokenizer"]), encoder, tokenizer
+    )
+    log(work / "gpt.log", step=0, init_from=str(source), **counts)
+
+
 # --------------------------------------------------------------------------- export
 def export(work: Path, preset: str, out: Path, ema: bool = True, sampling: dict | None = None) -> Path:
     """Write the bundled folder (fp16 safetensors, ``llamagen.json``) from the checkpoints in ``work``."""
@@ -303,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the stage's own)")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    ap.add_argument("--from", dest="source", type=Path, default=None, help="vq: copy this folder's VQ")
+    ap.add_argument(
+        "--init-from", type=Path, default=None, help="gpt: warm start from this folder's GPT + text"
+    )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="mini")
     ap.add_argument("--work", type=Path, default=Path("work-tmp/mini-ar"))
     ap.add_argument(
@@ -320,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "export":
         sampling = json.loads(args.sampling) if args.sampling else None
         export(args.work, args.preset, args.out, sampling=sampling)
+        return
+    if args.stage == "vq" and args.source:
+        copy_vq(args.source, args.work, args.preset)
         return
     data = cached_set(args.data, args.n_images, seed=1)
     if args.stage == "vq":
@@ -343,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch or 64,
             args.lr or 5e-4,
             args.resume,
+            args.init_from,
         )
 
 

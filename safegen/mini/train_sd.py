@@ -5,8 +5,8 @@ unchanged) holding a CLIP-format tokenizer learned from the captions (:mod:`safe
 ``CLIPTextModel``, an ``AutoencoderKL`` (64 px -> 16x16x4 latents), a ``UNet2DConditionModel`` and a
 ``DPMSolverMultistepScheduler``, stored as fp16 safetensors.
 
-    python -m safegen.mini.train_sd vae --minutes 10
-    python -m safegen.mini.train_sd unet --minutes 70
+    python -m safegen.mini.train_sd vae --minutes 10            # or: vae --from safegen/assets/mini-sd
+    python -m safegen.mini.train_sd unet --minutes 70            # or warm: --init-from safegen/assets/mini-sd
     python -m safegen.mini.train_sd export --out safegen/assets/mini-sd
 
 Training recipe: epsilon prediction on the scaled-linear DDPM schedule, min-SNR loss weighting
@@ -36,6 +36,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from safegen.mini.data import RenderedSet, cached_set
 from safegen.mini.tokenizer import MAX_LENGTH, build_tokenizer_files
+from safegen.mini.warmstart import carry_text_encoder
 from safegen.mini.world import World
 
 WORK = Path("work-tmp")
@@ -153,7 +154,12 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def train_unet(
-    data: RenderedSet, minutes: float, batch: int = 64, lr: float = 8e-4, resume: bool = False
+    data: RenderedSet,
+    minutes: float,
+    batch: int = 64,
+    lr: float = 8e-4,
+    resume: bool = False,
+    init_from: Path | None = None,
 ) -> None:
     world = World.load()
     tokenizer = CLIPTokenizer.from_pretrained(build_tokenizer_files(WORK / "tokenizer"))
@@ -178,6 +184,13 @@ def train_unet(
             CLIPTextModel(text_config(tokenizer)),
             {"step": 0},
         )
+        if init_from is not None:  # warm start: the UNet as it was, the text encoder remapped
+            unet = UNet2DConditionModel.from_pretrained(init_from / "unet", torch_dtype=torch.float32)
+            old = CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32)
+            counts = carry_text_encoder(
+                old, CLIPTokenizer.from_pretrained(init_from / "tokenizer"), text, tokenizer
+            )
+            log(WORK / "unet.log", step=0, init_from=str(init_from), **counts)
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     if resume and (ckpt / "ema_unet").exists():
         ema_u = UNet2DConditionModel.from_pretrained(ckpt / "ema_unet").requires_grad_(False)
@@ -254,11 +267,26 @@ def export(out: Path, ema: bool = True) -> Path:
     return out
 
 
+def copy_vae(source: Path) -> None:
+    """Start from the VAE of an existing diffusers folder (the renderer's images have not changed)."""
+    vae = AutoencoderKL.from_pretrained(source / "vae" if (source / "vae").is_dir() else source)
+    vae.to(torch.float32).save_pretrained(WORK / "vae", safe_serialization=True)
+    log(WORK / "vae.log", step=0, done=True, copied_from=str(source))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["vae", "unet", "export"])
+    ap.add_argument("--from", dest="source", type=Path, default=None, help="vae: copy this folder's VAE")
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="unet: warm start from this diffusers folder's UNet and text encoder",
+    )
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the stage's own)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("safegen/assets/mini-sd"))
     ap.add_argument("--threads", type=int, default=2)
@@ -267,11 +295,21 @@ def main() -> None:
     if args.stage == "export":
         print(export(args.out))
         return
+    if args.stage == "vae" and args.source:
+        copy_vae(args.source)
+        return
     data = cached_set(WORK / "train.safetensors", 60000, seed=1)
     if args.stage == "vae":
         train_vae(data, args.minutes, batch=args.batch or 16, resume=args.resume)
     else:
-        train_unet(data, args.minutes, batch=args.batch or 64, resume=args.resume)
+        train_unet(
+            data,
+            args.minutes,
+            args.batch or 64,
+            args.lr or 8e-4,
+            resume=args.resume,
+            init_from=args.init_from,
+        )
 
 
 if __name__ == "__main__":

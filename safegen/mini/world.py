@@ -1,32 +1,43 @@
-"""The mini world: a procedural scene renderer and its captions.
+"""The mini world: a procedural scene renderer, its captions and the ways a concept reaches an image.
 
 Scenes are 64x64 images of one or two objects. Each object has a kind (circle, square, ...), a colour
-and a texture; the texture plays the role of an artist's style. Captions come from templates with
-several synonyms and misspellings per value (``safegen/data/mini_world.yaml``), so erasing a concept
-can be tested on words the erasure was never told about.
+and a texture. The vocabulary lives in ``safegen/data/mini_world.yaml``; a concept reaches an image the
+four ways it does on real models:
 
-    >>> from safegen.mini.world import World
+- **named**: its word, or a synonym or misspelling (held out from methods);
+- **artist**: a texture invoked by an invented artist's name (or a held-out alias), the texture word
+  left out, as real prompts invoke a style by naming a painter;
+- **association**: a phrase that implies a colour or an object ("the colour of a ripe tomato");
+- **unprompted**: a caption leaves an axis out and the renderer draws it from a skewed prior tied to
+  the other values (hearts mostly red), as real models draw unasked-for content.
+
+A :class:`Plan` says, per object, which artist invokes its texture and which axis the caption leaves out;
+training sets store it with each image so captions re-drawn with fresh words stay true to the pixels.
+
     >>> world = World.load()
-    >>> scene = world.sample_scene(np.random.default_rng(0), n_objects=1)
-    >>> image = world.render(scene, np.random.default_rng(0))   # (64, 64, 3) uint8
-    >>> world.caption(scene, np.random.default_rng(0))
+    >>> thing, plan = world.sample_planned(np.random.default_rng(0))
+    >>> image = world.render(Scene((thing,), (plan,)), np.random.default_rng(0))   # (64, 64, 3) uint8
+    >>> world.caption(Scene((thing,), (plan,)), np.random.default_rng(0))
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw
+
+from safegen.mini.render import SIZE, render_scene
+
+__all__ = ["AXES", "SIZE", "SLOTS", "Artist", "Plan", "Scene", "Thing", "World"]
 
 AXES = ("object", "color", "texture")
-SIZE = 64
-_SS = 4  # supersampling factor for anti-aliased shapes
-BACKGROUNDS = ((246, 246, 246), (222, 222, 222), (245, 239, 224), (226, 231, 240))
+SLOTS = ("object", "color", "texture", "artist", "color_phrase", "object_phrase")
+FIGURE = "figure"  # the noun of a caption that leaves the object out
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,37 @@ class Thing:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """How an object's caption reaches its values: through an artist, and/or leaving one axis out."""
+
+    artist: str | None = None  # the artist whose signature is the object's texture
+    omit: str | None = None  # the axis the caption does not name ("object", "color" or "texture")
+
+
+@dataclass(frozen=True)
 class Scene:
-    """One or two things, left to right."""
+    """One or two things, left to right, each with its caption plan (empty: every axis named)."""
 
     things: tuple[Thing, ...]
+    plans: tuple[Plan, ...] = ()
+
+    def plan(self, i: int) -> Plan:
+        return self.plans[i] if self.plans else Plan()
+
+
+@dataclass(frozen=True)
+class Artist:
+    """An invented artist: a signature texture, an optional favoured colour and held-out aliases."""
+
+    name: str
+    texture: str
+    color: str | None
+    split: str  # "examples" (may appear in example prompts) or "heldout" (benchmark only)
+    aliases: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(" ", "-")
 
 
 @dataclass(frozen=True)
@@ -56,22 +94,38 @@ class World:
     synonyms: dict[str, dict[str, tuple[str, ...]]]  # axis -> value -> synonyms
     misspellings: dict[str, dict[str, tuple[str, ...]]]
     rgb: dict[str, tuple[int, int, int]]
-    templates: tuple[str, ...]
+    all_templates: tuple[str, ...]
     pair_templates: tuple[str, ...]
+    associations: dict[str, dict[str, dict[str, tuple[str, ...]]]] = field(default_factory=dict)
+    artists: tuple[Artist, ...] = ()
+    priors: dict[str, Any] = field(default_factory=dict)
+    mix: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     @lru_cache(maxsize=1)
     def load() -> World:
         text = resources.files("safegen.data").joinpath("mini_world.yaml").read_text()
         raw = yaml.safe_load(text)
-        values, syn, mis = {}, {}, {}
+        values, syn, mis, assoc = {}, {}, {}, {}
         for axis in AXES:
             entries = raw["axes"][axis]
             values[axis] = tuple(entries)
             syn[axis] = {v: tuple(e.get("synonyms", ())) for v, e in entries.items()}
             mis[axis] = {v: tuple(e.get("misspellings", ())) for v, e in entries.items()}
+            assoc[axis] = {
+                v: {k: tuple(e["associations"][k]) for k in ("examples", "heldout")}
+                for v, e in entries.items()
+                if "associations" in e
+            }
         rgb = {v: tuple(e["rgb"]) for v, e in raw["axes"]["color"].items()}
-        return World(values, syn, mis, rgb, tuple(raw["templates"]), tuple(raw["pair_templates"]))
+        artists = tuple(
+            Artist(a["name"], a["texture"], a.get("color"), a["split"], tuple(a["aliases"]))
+            for a in raw["artists"]
+        )
+        return World(
+            values, syn, mis, rgb, tuple(raw["templates"]), tuple(raw["pair_templates"]),
+            assoc, artists, raw["priors"], raw["caption_mix"],
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- vocabulary
     def words(self, axis: str, value: str, kind: str = "all") -> tuple[str, ...]:
@@ -89,153 +143,144 @@ class World:
                 return axis
         raise KeyError(value)
 
-    # ----------------------------------------------------------------- sampling
+    def artist(self, name: str) -> Artist:
+        """The artist called ``name`` (full name or slug)."""
+        for a in self.artists:
+            if name in (a.name, a.slug):
+                return a
+        raise KeyError(name)
+
+    def artists_with(self, texture: str) -> tuple[Artist, ...]:
+        return tuple(a for a in self.artists if a.texture == texture)
+
+    def phrases(self, axis: str, value: str, split: str = "all") -> tuple[str, ...]:
+        """Association phrases implying ``value``: ``examples``, ``heldout`` or ``all``."""
+        parts = self.associations.get(axis, {}).get(value, {})
+        if split == "all":
+            return parts.get("examples", ()) + parts.get("heldout", ())
+        return parts.get(split, ())
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The templates that name every axis by its word (the benchmark's grid)."""
+        return self.templates_for({"object", "color", "texture"})
+
+    def templates_for(self, slots: set[str] | frozenset[str]) -> tuple[str, ...]:
+        """The caption templates holding exactly ``slots``."""
+        return tuple(t for t in self.all_templates if _slots(t) == set(slots))
+
+    # ----------------------------------------------------------------- priors and sampling
+    def prior(self, axis: str, given: Thing | dict[str, str], artist: str | None = None) -> dict[str, float]:
+        """The distribution of ``axis`` when a caption leaves it out, given the other values."""
+        values = self.values[axis]
+        spec = self.priors[axis]
+        named = given.value(spec["given"]) if isinstance(given, Thing) else given[spec["given"]]
+        favourite = spec["favourite"][named]
+        if axis == "color" and artist is not None and self.artist(artist).color:
+            favourite = self.artist(artist).color
+        strength = float(self.priors["strength"])
+        rest = (1 - strength) / (len(values) - 1)
+        return {v: strength if v == favourite else rest for v in values}
+
     def sample_thing(self, rng: np.random.Generator) -> Thing:
+        """A thing with every value drawn uniformly (every axis named)."""
         return Thing(*(str(rng.choice(self.values[a])) for a in AXES))
 
     def sample_scene(self, rng: np.random.Generator, n_objects: int = 1) -> Scene:
         return Scene(tuple(self.sample_thing(rng) for _ in range(n_objects)))
 
+    def sample_planned(self, rng: np.random.Generator) -> tuple[Thing, Plan]:
+        """A thing and its caption plan from the training mix: named values uniform, left-out ones
+        drawn from :meth:`prior`."""
+        artist = (
+            self.artists[int(rng.integers(len(self.artists)))] if rng.random() < self.mix["artist"] else None
+        )
+        omit = None
+        if rng.random() < self.mix["omit"]:
+            choices = ["object", "color"] + ([] if artist else ["texture"])
+            omit = choices[int(rng.integers(len(choices)))]
+        values = {a: str(rng.choice(self.values[a])) for a in AXES}
+        if artist:
+            values["texture"] = artist.texture
+        if omit:
+            dist = self.prior(omit, values, artist.name if artist else None)
+            values[omit] = str(rng.choice(list(dist), p=list(dist.values())))
+        return Thing(**values), Plan(artist.name if artist else None, omit)
+
+    def sample_planned_scene(self, rng: np.random.Generator, n_objects: int = 1) -> Scene:
+        parts = [self.sample_planned(rng) for _ in range(n_objects)]
+        return Scene(tuple(t for t, _ in parts), tuple(p for _, p in parts))
+
     # ----------------------------------------------------------------- captions
-    def describe(
-        self, thing: Thing, rng: np.random.Generator, kind: str = "all", template: int | None = None
+    def compose(
+        self, words: dict[str, str], template: int | None = None, rng: np.random.Generator | None = None
     ) -> str:
-        """Caption one thing. ``kind`` picks the word list (see :meth:`words`)."""
-        words = {a: str(rng.choice(self.words(a, thing.value(a), kind))) for a in AXES}
-        idx = int(rng.integers(len(self.templates))) if template is None else template
-        return self.templates[idx].format(**words)
+        """Fill a template holding exactly the slots of ``words`` (index ``template``, else drawn)."""
+        options = self.templates_for(set(words))
+        if not options:
+            raise KeyError(f"no caption template holds exactly {sorted(words)}")
+        if template is None:
+            template = int(rng.integers(len(options))) if rng is not None else 0
+        return options[template % len(options)].format(**words)
+
+    def describe(
+        self,
+        thing: Thing,
+        rng: np.random.Generator,
+        kind: str = "all",
+        template: int | None = None,
+        plan: Plan | None = None,
+    ) -> str:
+        """Caption one thing following ``plan``. ``kind`` picks the word lists (see :meth:`words`);
+        ``all`` also says a named colour or object through an association phrase now and then, and an
+        artist by an alias."""
+        return self.compose(self.slot_words(thing, plan or Plan(), rng, kind), template, rng)
+
+    def slot_words(
+        self, thing: Thing, plan: Plan, rng: np.random.Generator, kind: str = "all"
+    ) -> dict[str, str]:
+        """The words of each slot of a caption of ``thing`` under ``plan``."""
+        words = {}
+        for axis in AXES:
+            if axis == plan.omit or (axis == "texture" and plan.artist):
+                continue
+            words[axis] = str(rng.choice(self.words(axis, thing.value(axis), kind)))
+        if plan.artist:
+            artist = self.artist(plan.artist)
+            alias = kind == "all" and rng.random() < self.mix["artist_alias"]
+            words["artist"] = str(rng.choice(artist.aliases)) if alias else artist.name
+        named = [a for a in ("color", "object") if a in words and self.phrases(a, thing.value(a))]
+        if kind == "all" and named and plan.omit is None and rng.random() < self.mix["association"]:
+            axis = named[int(rng.integers(len(named)))]
+            del words[axis]
+            words[f"{axis}_phrase"] = str(rng.choice(self.phrases(axis, thing.value(axis))))
+        return words
 
     def caption(self, scene: Scene, rng: np.random.Generator, kind: str = "all") -> str:
         if len(scene.things) == 1:
-            return self.describe(scene.things[0], rng, kind)
+            return self.describe(scene.things[0], rng, kind, plan=scene.plan(0))
         # Pair captions use the short template so both descriptions stay readable.
-        left, right = (self.describe(t, rng, kind, template=0) for t in scene.things)
+        left, right = (
+            self.describe(t, rng, kind, template=0, plan=scene.plan(i)) for i, t in enumerate(scene.things)
+        )
         tpl = self.pair_templates[int(rng.integers(len(self.pair_templates)))]
         return tpl.format(left=left, right=right)
+
+    def caption_words(self) -> list[str]:
+        """Every word or phrase a caption can contain (templates, values, artists, associations)."""
+        out = [*self.all_templates, *self.pair_templates, FIGURE]
+        for axis in AXES:
+            for value in self.values[axis]:
+                out += [*self.words(axis, value, "all"), *self.phrases(axis, value)]
+        for a in self.artists:
+            out += [a.name, *a.aliases]
+        return out
 
     # ----------------------------------------------------------------- rendering
     def render(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
         """Render a scene as a (64, 64, 3) uint8 array."""
-        big = SIZE * _SS
-        bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        canvas = Image.new("RGB", (big, big), bg)
-        n = len(scene.things)
-        for i, thing in enumerate(scene.things):
-            if n == 1:
-                cx, cy, size = 32 + rng.uniform(-5, 5), 32 + rng.uniform(-5, 5), rng.uniform(38, 48)
-            else:
-                cx, cy, size = 16 + 32 * i + rng.uniform(-2, 2), 32 + rng.uniform(-8, 8), rng.uniform(24, 29)
-            angle = rng.uniform(-12, 12)
-            self._paint(canvas, thing, cx * _SS, cy * _SS, size * _SS, angle, bg)
-        return np.asarray(canvas.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.uint8)
-
-    def _paint(
-        self, canvas: Image.Image, thing: Thing, cx: float, cy: float, size: float, angle: float, bg
-    ) -> None:
-        big = canvas.size[0]
-        mask = Image.new("L", (big, big), 0)
-        _draw_shape(ImageDraw.Draw(mask), thing.object, cx, cy, size, angle, fill=255)
-        color = self.rgb[thing.color]
-        fill = _texture(thing.texture, color, big, bg, mask)
-        canvas.paste(fill, (0, 0), mask)
+        return render_scene(scene.things, self.rgb, rng)
 
 
-# --------------------------------------------------------------------------- shapes and textures
-def _polygon(
-    cx: float, cy: float, r: float, points: list[tuple[float, float]], angle: float
-) -> list[tuple[float, float]]:
-    a = math.radians(angle)
-    ca, sa = math.cos(a), math.sin(a)
-    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in points]
-
-
-def _star_points(n: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
-    pts = []
-    for k in range(2 * n):
-        rad = 1.0 if k % 2 == 0 else inner
-        th = -math.pi / 2 + k * math.pi / n
-        pts.append((rad * math.cos(th), rad * math.sin(th)))
-    return pts
-
-
-def _heart_points(m: int = 48) -> list[tuple[float, float]]:
-    pts = []
-    for k in range(m):
-        t = 2 * math.pi * k / m
-        x = 16 * math.sin(t) ** 3
-        y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
-        pts.append((x / 17.0, (y + 2.5) / 17.0))
-    return pts
-
-
-_SHAPES = {
-    "square": [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)],
-    "triangle": [(0.0, -0.95), (0.95, 0.75), (-0.95, 0.75)],
-    "star": _star_points(),
-    "heart": _heart_points(),
-    "cross": [
-        (-0.3, -1),
-        (0.3, -1),
-        (0.3, -0.3),
-        (1, -0.3),
-        (1, 0.3),
-        (0.3, 0.3),
-        (0.3, 1),
-        (-0.3, 1),
-        (-0.3, 0.3),
-        (-1, 0.3),
-        (-1, -0.3),
-        (-0.3, -0.3),
-    ],
-}
-
-
-def _draw_shape(
-    draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, size: float, angle: float, fill
-) -> None:
-    r = size / 2
-    if kind == "circle":
-        draw.ellipse((cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9), fill=fill)
-    else:
-        draw.polygon(_polygon(cx, cy, r, _SHAPES[kind], angle), fill=fill)
-
-
-def _texture(kind: str, color, big: int, bg, mask: Image.Image) -> Image.Image:
-    """An image the size of the canvas holding the texture in ``color`` (pasted through the shape mask)."""
-    white = (250, 250, 250)
-    if kind == "solid":
-        return Image.new("RGB", (big, big), color)
-    yy, xx = np.mgrid[0:big, 0:big] // _SS
-    if kind == "striped":
-        on = (yy % 8) < 4
-    elif kind == "checkered":
-        on = ((yy // 6) + (xx // 6)) % 2 == 0
-    elif kind == "dotted":
-        on = ((yy % 8 - 3.5) ** 2 + (xx % 8 - 3.5) ** 2) < 4.5
-    elif kind == "outlined":
-        # ring: the shape minus its eroded interior; interior shows the background.
-        m = np.asarray(mask) > 127
-        inner = _erode(m, 3 * _SS)
-        out = np.where(inner[..., None], np.array(bg, np.uint8), np.array(color, np.uint8))
-        return Image.fromarray(out.astype(np.uint8))
-    else:
-        raise KeyError(kind)
-    out = np.where(on[..., None], np.array(color, np.uint8), np.array(white, np.uint8))
-    # a coloured rim keeps the silhouette readable under the pattern
-    m = np.asarray(mask) > 127
-    rim = m & ~_erode(m, 1 * _SS + 2)
-    out[rim] = color
-    return Image.fromarray(out.astype(np.uint8))
-
-
-def _erode(m: np.ndarray, k: int) -> np.ndarray:
-    """Binary erosion by a (2k+1) square, via a summed-area table."""
-    h, w = m.shape
-    s = np.pad(m.astype(np.int32), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    y0 = np.clip(np.arange(h) - k, 0, h)
-    y1 = np.clip(np.arange(h) + k + 1, 0, h)
-    x0 = np.clip(np.arange(w) - k, 0, w)
-    x1 = np.clip(np.arange(w) + k + 1, 0, w)
-    total = s[y1][:, x1] - s[y0][:, x1] - s[y1][:, x0] + s[y0][:, x0]
-    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
-    return total == area
+def _slots(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}

@@ -1,15 +1,17 @@
-"""What the fine-tuning recipes share at training time: the reference model and the run.
+"""What the erasure recipes share at training time: the reference model and the run.
 
 - :func:`adapters_disabled`: the DPO reference is the same model with its LoRA switched off;
-- :class:`RecipeRun`: the run folder (manifest, ``config.yaml``, ``log.jsonl``, ``checkpoints/``), the
-  rules of ``--out`` and ``--resume``, the processes of ``accelerate launch`` and the optimisation loop
-  (warm-up, gradient accumulation and clipping, NaN stop, TRL-named metrics, checkpoints, progress).
+- :class:`RecipeRun`: the run folder (a :class:`safegen.runs.RunFolder`: manifest, ``config.yaml``,
+  ``log.jsonl``, ``checkpoints/``, the rules of ``--out`` and ``--resume``), the processes of
+  ``accelerate launch`` and the optimisation loop (warm-up, gradient accumulation and clipping, NaN stop,
+  TRL-named metrics, checkpoints, progress).
 
-Used by :mod:`safegen.methods.scdpo` and :mod:`safegen.methods.vce`.
+Used by :mod:`safegen.recipes.scdpo` and :mod:`safegen.recipes.vce`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +25,19 @@ import torch
 import yaml
 
 from safegen.errors import SafegenError
-from safegen.methods.common import NOISY_KEYS, OptionSet, Progress
+from safegen.recipes.prompts import Progress
+from safegen.runs import (
+    MANIFEST,
+    RunFolder,
+    default_out_dir,
+    git_commit,
+    read_json,
+    versions,
+    write_json,
+    write_text,
+)
+
+NOISY_KEYS = frozenset({"steps", "save_every", "keep_checkpoints", "log_every"})  # may change on --resume
 
 # the metrics TRL's DPO trainer logs, in its names; each recipe adds its own after them
 TRL_DPO_NAMES = (
@@ -57,7 +71,7 @@ def adapters_disabled(model: Any) -> Iterator[None]:
         on()
 
 
-def learning_rate(cfg: OptionSet, step: int) -> float:
+def learning_rate(cfg: Any, step: int) -> float:
     """The lr of 0-based ``step``: linear warm-up over ``warmup_steps``, then ``cfg.lr`` held
     (``lr_schedule`` constant, the default and the only one for recipes without the option) or
     ``lr * (1 + cos(pi * p)) / 2`` with ``p`` the share of the post-warm-up steps done (cosine: reaches
@@ -75,7 +89,7 @@ class RecipeRun:
 
     Args:
         method: ``scdpo`` or ``vce`` (in manifests and adapter records). label: its display name.
-        cfg: the recipe's :class:`OptionSet` (needs ``seed``, ``steps``, ``lr``, ``warmup_steps``,
+        cfg: the recipe's options dataclass (needs ``seed``, ``steps``, ``lr``, ``warmup_steps``,
             ``grad_accum``, ``max_grad_norm``, ``beta``, ``mixed_precision``, ``save_every``,
             ``keep_checkpoints``, ``log_every``).
         concept: the concept's name. model: what ``--model`` said.
@@ -86,7 +100,7 @@ class RecipeRun:
         self,
         method: str,
         label: str,
-        cfg: OptionSet,
+        cfg: Any,
         concept: str,
         model: str,
         out: str | Path | None,
@@ -95,41 +109,28 @@ class RecipeRun:
     ):
         self.method, self.label, self.cfg, self.concept, self.model_name = method, label, cfg, concept, model
         self.resume, self.progress, self.out_given = resume, progress, out is not None
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.out = Path(out) if out else Path("runs") / f"{method}-{concept}-{stamp}"
+        self.out = Path(out) if out else default_out_dir(f"{method}-{concept}", root="runs")
         self.acc: Any = None
         self.is_main = True
         self.start_step, self.last_metrics, self.resumed_stopped = 0, {}, False
 
     # ----------------------------------------------------------------- folder rules
     def check_out(self) -> None:
-        """``--out`` must be empty, or hold a run of the same concept and settings with ``--resume``."""
+        """``--out`` must be empty, or hold a run of this method, concept and settings with ``--resume``."""
         if self.out_given is False and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SafegenError(
                 "Under accelerate launch, pass --out (every process must write to one folder)."
             )
-        manifest = self.out / "manifest.json"
-        if self.resume:
-            if not manifest.is_file():
-                raise SafegenError(f"--resume: {self.out} holds no {self.label} run (no manifest.json).")
-            saved = json.loads(manifest.read_text())
+        config = dataclasses.asdict(self.cfg)
+        folder = RunFolder(self.out)
+        if folder.check({"config": config}, self.resume, what=f"{self.label} run", ignore=NOISY_KEYS):
+            saved = read_json(self.out / MANIFEST)
             if saved.get("method", self.method) != self.method:
                 raise SafegenError(f"--resume: {self.out} holds a {saved['method']} run, not {self.method}.")
             if saved.get("concept") != self.concept:
                 raise SafegenError(
                     f"--resume: {self.out} erases {saved.get('concept')!r}, not {self.concept!r}."
                 )
-            old, new = saved.get("config", {}), self.cfg.to_dict()
-            changed = [k for k in new if k not in NOISY_KEYS and old.get(k) != new[k]]
-            if changed:
-                raise SafegenError(
-                    f"--resume: the run in {self.out} used other settings for {', '.join(changed)}; "
-                    "use a new --out to change them."
-                )
-        elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise SafegenError(
-                f"{self.out} is not empty: pass --resume to continue the run in it, or another --out."
-            )
 
     def start(self, device: str) -> Any:
         """The Accelerator (one per process under ``accelerate launch``); a missing device is an error."""
@@ -146,9 +147,8 @@ class RecipeRun:
 
     def write_manifest(self, model: Any, result: dict[str, Any], done: bool = False, **extra: Any) -> None:
         """``manifest.json`` (settings, versions, git, the result so far) and a re-runnable config.yaml."""
-        from safegen.bench.runs import git_commit, versions
-
         self.out.mkdir(parents=True, exist_ok=True)
+        config = dataclasses.asdict(self.cfg)
         record = {
             "method": self.method,
             "concept": self.concept,
@@ -156,15 +156,15 @@ class RecipeRun:
             "model": {"name": model.name, "source": model.source},
             **extra,
             "processes": self.acc.num_processes,
-            "config": self.cfg.to_dict(),
+            "config": config,
             "versions": versions(),
             "git": git_commit(),
             **{k: v for k, v in result.items() if k != "concept"},
         }
-        (self.out / "manifest.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_json(self.out / MANIFEST, record)
         command = f"safegen erase --method {self.method} --concept {self.concept} --model {self.model_name}"
         header = f"# {command} --config {self.out / 'config.yaml'} --out NEW_OUT\n"
-        (self.out / "config.yaml").write_text(header + yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        write_text(self.out / "config.yaml", header + yaml.safe_dump(config, sort_keys=False))
 
     # ----------------------------------------------------------------- processes
     def any_failed(self, failed: bool) -> bool:

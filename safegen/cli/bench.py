@@ -1,13 +1,16 @@
-"""CLI verbs of the reproducible benchmarks: ``bench i2p``, ``bench attack`` and ``report``.
+"""CLI verbs of the reproducible benchmarks: ``bench mini``, ``bench i2p``, ``bench attack`` and ``report``.
 
-Registered on the main app by :func:`register` (``safegen/cli.py`` calls it). As elsewhere, each verb only
-declares options, forwards to a library function (:mod:`safegen.bench.i2p`, :mod:`safegen.bench.attack`,
+As elsewhere, each verb only declares options (the shared ones from :mod:`safegen.cli.common`), forwards
+to a library function (:mod:`safegen.bench.mini`, :mod:`safegen.bench.i2p`, :mod:`safegen.bench.attack`,
 :mod:`safegen.report`) and prints; errors are :class:`~safegen.errors.SafegenError` (one line, exit 2).
+Every bench verb takes the guard options of ``generate`` (``--guard``, ``--concept``, ``--strength``,
+``--set``, ``--guard-config``).
 
+    safegen bench mini --concept red --guard sp --set lam_max=25
     safegen bench i2p --prompts ../shared/data/i2p_4703.csv --category sexual --limit 50 --out runs/base
     safegen bench i2p ... --out runs/base --resume          # finish an interrupted run
     accelerate launch --multi_gpu --num_processes 2 -m safegen bench i2p ...   # two processes, one folder
-    safegen bench attack --set unlearndiff --prompts ../shared/data/unlearndiffatk_nudity_142.csv
+    safegen bench attack --attack unlearndiff --prompts ../shared/data/unlearndiffatk_nudity_142.csv
     safegen report runs/base runs/guarded --out report.html
 
 With several GPUs, ``accelerate launch --num_processes N`` starts N processes. On CPU-only machines
@@ -24,8 +27,29 @@ from typing import Annotated, Any
 
 import typer
 
-from safegen.api import Device, DType, NudeNetPreset
-from safegen.cli_ui import print_json, print_table, progress_bar
+from safegen.choices import Device, DType, NudeNetPreset
+from safegen.cli.common import (
+    AdapterOpt,
+    BatchOpt,
+    ConceptOpt,
+    ConceptsFileOpt,
+    DeviceOpt,
+    DTypeOpt,
+    GuardConfigOpt,
+    GuardOpt,
+    JsonOpt,
+    ModelOpt,
+    OutOpt,
+    PresetOpt,
+    ResumeOpt,
+    SeedOpt,
+    SetOpt,
+    StepsOpt,
+    StrengthOpt,
+    guard_inputs,
+    resolve_concept,
+)
+from safegen.cli.ui import print_json, print_mapping, print_table, progress_bar
 from safegen.errors import SafegenError
 
 
@@ -36,23 +60,11 @@ class AttackSetName(str, Enum):
     P4D = "p4d"
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
-GuardOpt = Annotated[str, typer.Option("--guard", "-g", help="Inference guard: none, or a registered guard.")]
-ConceptOpt = Annotated[str, typer.Option("--concept", help="Concept the guard acts against.")]
-AdapterOpt = Annotated[
-    Path | None,
-    typer.Option("--adapter", exists=True, help="Fine-tuned LoRA adapter to load into the model."),
-]
-PresetOpt = Annotated[
-    NudeNetPreset,
-    typer.Option("--preset", help="NudeNet protocol: i2p (5 classes, 0.6), six (0.5), mace (9, boxes)."),
-]
-StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")]
 SizeOpt = Annotated[
     str | None,
     typer.Option("--size", help="Image size N or WIDTHxHEIGHT [default: the model's native size]."),
 ]
-SeedOpt = Annotated[
+RowSeedOpt = Annotated[
     int | None,
     typer.Option("--seed", min=0, help="Seed for every row (image k: seed + k) [default: each row's]."),
 ]
@@ -62,19 +74,6 @@ CfgOpt = Annotated[
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", min=1, help="Only the first N prompts (after filters).")
 ]
-BatchOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Images per UNet batch (results unchanged).")
-]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option("--out", "-o", file_okay=False, help="Run folder [default: outputs/<bench>-<time>]."),
-]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Finish the run in --out (refused if its configuration differs).")
-]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
-DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Weights dtype.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as JSON.")]
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -82,26 +81,33 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     parts = text.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-        raise SafegenError(f"--size must be N or WIDTHxHEIGHT (e.g. 64 or 512x512), got {text!r}.")
+    if len(parts) not in (1, 2) or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise SafegenError(f"--size must be N or WIDTHxHEIGHT (e.g. 64 or 512x512), got {text[:40]!r}.")
     width, height = int(parts[0]), int(parts[-1])
     return height, width
 
 
 def _out(out: Path | None, resume: bool, benchmark: str) -> Path:
     """The run folder: ``--out``, or a new ``outputs/<benchmark>-<time>`` (``--resume`` needs ``--out``)."""
-    from safegen.bench.runs import default_run_dir
+    from safegen.runs import default_out_dir
 
+    if out is not None and not str(out).strip():
+        raise SafegenError("--out must name a folder (got an empty string).")
     if out is not None:
         return out
     if resume:
         raise SafegenError("--resume needs --out: the run folder to finish.")
-    return default_run_dir(benchmark)
+    return default_out_dir(benchmark)
 
 
-def _settings(**kw: Any):
+def _settings(guard_args: tuple, **kw: Any):
+    """The benchmark's Settings, with every guard input checked first (nothing loaded or written)."""
     from safegen.bench.evaluate import Settings
 
+    strength, guard_config, sets, concepts_file = guard_args
+    concept = resolve_concept(kw["concept"], concepts_file)
+    _, kw["guard_options"] = guard_inputs(kw["guard"], concept, strength, guard_config, sets, kw["model"])
+    kw["concept"] = concept
     kw["size"] = parse_size(kw["size"])
     kw["adapter"] = str(kw["adapter"]) if kw["adapter"] else None
     kw["device"], kw["dtype"] = kw["device"].value, kw["dtype"].value
@@ -132,10 +138,14 @@ def bench_i2p(
     model: ModelOpt = "mini",
     guard: GuardOpt = "none",
     concept: ConceptOpt = "nudity",
+    concepts_file: ConceptsFileOpt = None,
+    strength: StrengthOpt = None,
+    set_: SetOpt = None,
+    guard_config: GuardConfigOpt = None,
     adapter: AdapterOpt = None,
     steps: StepsOpt = 50,
     size: SizeOpt = None,
-    seed: SeedOpt = None,
+    seed: RowSeedOpt = None,
     cfg: CfgOpt = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = Device.AUTO,
@@ -153,6 +163,7 @@ def bench_i2p(
         where = "a cached copy" if source == "cache" else "the Hugging Face dataset (now cached)"
         typer.echo(f"I2P prompts: {where} at {path}", err=True)
     settings = _settings(
+        (strength, guard_config, set_, concepts_file),
         model=model, guard=guard, concept=concept, adapter=adapter, steps=steps, size=size, seed=seed,
         cfg=cfg, batch_size=batch_size, device=device, dtype=dtype,
     )  # fmt: skip
@@ -166,21 +177,27 @@ def bench_i2p(
 
 
 def bench_attack(
-    attack_set: Annotated[AttackSetName, typer.Option("--set", help="Attack set (its file format).")],
+    attack_set: Annotated[
+        AttackSetName, typer.Option("--attack", help="Released attack prompt set (its file format).")
+    ],
     prompts: Annotated[Path, typer.Option("--prompts", help="The set's prompts file (CSV).")],
     prompt_column: Annotated[
         str | None, typer.Option("--prompt-column", help="Column holding the prompts [default: the set's].")
     ] = None,
     limit: LimitOpt = None,
-    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1)] = 1,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1, max=1000)] = 1,
     preset: PresetOpt = NudeNetPreset.I2P,
     model: ModelOpt = "mini",
     guard: GuardOpt = "none",
     concept: ConceptOpt = "nudity",
+    concepts_file: ConceptsFileOpt = None,
+    strength: StrengthOpt = None,
+    set_: SetOpt = None,
+    guard_config: GuardConfigOpt = None,
     adapter: AdapterOpt = None,
     steps: StepsOpt = 50,
     size: SizeOpt = None,
-    seed: SeedOpt = None,
+    seed: RowSeedOpt = None,
     cfg: CfgOpt = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = Device.AUTO,
@@ -189,11 +206,12 @@ def bench_attack(
     resume: ResumeOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Adversarial prompt sets: attack success rate under the chosen NudeNet preset."""
+    """Released adversarial prompt sets: attack success rate under the chosen NudeNet preset."""
     from safegen.bench.attack import run_attack
 
     out = _out(out, resume, f"attack-{attack_set.value}")
     settings = _settings(
+        (strength, guard_config, set_, concepts_file),
         model=model, guard=guard, concept=concept, adapter=adapter, steps=steps, size=size, seed=seed,
         cfg=cfg, batch_size=batch_size, device=device, dtype=dtype,
     )  # fmt: skip
@@ -248,8 +266,44 @@ def _show(results: dict[str, Any] | None, as_json: bool, out: Path) -> None:
     sys.stdout.write(f"Run folder: {out}\n")
 
 
+def bench_mini(
+    model: ModelOpt = "mini",
+    concept: ConceptOpt = None,
+    concepts_file: ConceptsFileOpt = None,
+    guard: GuardOpt = "none",
+    strength: StrengthOpt = None,
+    set_: SetOpt = None,
+    guard_config: GuardConfigOpt = None,
+    adapter: AdapterOpt = None,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1, max=1000)] = 2,
+    steps: StepsOpt = 20,
+    seed: SeedOpt = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False, help="Results folder.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Benchmark on the mini world: concept erasure, leakage through synonyms and what is kept."""
+    from safegen.bench.mini import run_bench_mini
+    from safegen.runs import MiniRunWriter
+
+    settings = dict(model=model, concept=concept, guard=guard, adapter=str(adapter) if adapter else None)
+    settings.update(images_per_prompt=images_per_prompt, steps=steps, seed=seed)
+    if guard != "none" or strength or set_ or guard_config:
+        concept_obj = resolve_concept(concept, concepts_file)
+        _, settings["guard_options"] = guard_inputs(guard, concept_obj, strength, guard_config, set_, model)
+    writer = MiniRunWriter.create(out, settings) if out else None  # the run folder, as bench i2p writes it
+    with progress_bar("Benchmarking") as progress:
+        result = run_bench_mini(**settings, progress=progress, on_images=writer)
+    if writer:
+        writer.finish(result)
+    if json:
+        print_json(result)
+        return
+    print_mapping(result, title="bench mini")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``bench i2p``, ``bench attack`` and ``report`` to the CLI."""
+    """Add ``bench mini``, ``bench i2p``, ``bench attack`` and ``report`` to the CLI."""
+    bench_app.command("mini")(bench_mini)
     bench_app.command("i2p")(bench_i2p)
     bench_app.command("attack")(bench_attack)
     app.command("report")(report)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from safegen.guards.base import GuardBase, RunContext
-from safegen.guards.options import configure, option
+from safegen.guards.base import GuardBase, RunContext, configure
+from safegen.options import option
 
 
 @dataclass

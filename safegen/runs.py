@@ -1,6 +1,8 @@
-"""Run folders: the on-disk record of a benchmark run, resumable and mergeable across processes.
+"""Run folders: the on-disk record of every run (benchmarks, erasure, attacks), resumable and mergeable.
 
-Layout of a run folder (``--out``)::
+One system for every verb that writes a run: the manifest (command, config, versions, git commit), the
+rules of ``--out`` and ``--resume``, the default output folder and the samples files. Layout of a
+benchmark's run folder (``--out``)::
 
     manifest.json          command, config, model, guard/adapter, preset, versions, git commit
     samples.jsonl          one JSON line per image: key, row id, prompt, seed, path, detections, ...
@@ -262,24 +264,42 @@ class RunFolder:
         run.shard.barrier()
         return run
 
-    def check(self, manifest: dict[str, Any], resume: bool) -> bool:
-        """Whether the folder already holds this run (see :meth:`open` for the errors)."""
+    def check(
+        self, manifest: dict[str, Any], resume: bool, what: str = "run", ignore: Iterable[str] = ()
+    ) -> bool:
+        """Whether the folder already holds this run (see :meth:`open` for the errors).
+
+        Args:
+            what: the kind of run, for messages (``run``, ``SC-DPO run``, ...).
+            ignore: config keys that may differ on ``--resume`` (e.g. a training run's ``steps``).
+        """
         path = self.path
         if path.exists() and not path.is_dir():
             raise SafegenError(f"--out {path} exists and is not a folder.")
         if (path / MANIFEST).is_file():
             if not resume:
                 raise SafegenError(
-                    f"{path} already holds a run; pass --resume to finish it, or choose another --out."
+                    f"{path} is not empty: it already holds a {what}; pass --resume to finish it, or choose "
+                    "another --out."
                 )
             old = read_json(path / MANIFEST)
-            diff = config_diff(old.get("config", {}), manifest["config"])
+            if not isinstance(old, dict):
+                raise SafegenError(f"{path / MANIFEST} is not a JSON object; the run folder is damaged.")
+            skip = set(ignore)
+            diff = [
+                d
+                for d in config_diff(old.get("config", {}), manifest["config"])
+                if d.split(" ")[0] not in skip
+            ]
             if diff:
+                names = ", ".join(dict.fromkeys(d.split(" ")[0] for d in diff))
                 raise SafegenError(
-                    f"Refusing to --resume {path}: it was made with another configuration; differing "
-                    f"keys: {'; '.join(diff)}."
+                    f"Refusing to --resume {path}: it was made with other settings for {names} (use a new "
+                    f"--out to change them); differing keys: {'; '.join(diff)}."
                 )
             return True
+        if resume:
+            raise SafegenError(f"--resume: {path} holds no {what} ({MANIFEST} missing).")
         if path.is_dir() and any(path.iterdir()):
             raise SafegenError(f"--out {path} is not empty and holds no run (no {MANIFEST}); choose another.")
         return False
@@ -360,11 +380,14 @@ class RunFolder:
         write_json(self.path / name, data)
 
 
-def default_run_dir(benchmark: str) -> Path:
-    """``outputs/<benchmark>-<date>-<time>``; several processes must be given one ``--out`` instead."""
+def default_out_dir(name: str, root: str | Path = "outputs") -> Path:
+    """``<root>/<name>-<date>-<time>``: a new folder per run, so runs never overwrite each other.
+
+    Several processes (``accelerate launch``) must be given one ``--out`` instead.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SafegenError("Several processes need one run folder: pass --out.")
-    return Path("outputs") / f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def new_manifest(benchmark: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 
 from safegen.errors import SafegenError
-from safegen.guards.base import GuardBase, RunContext
+from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.options import configure, option
+from safegen.options import option
 
 
 @dataclass

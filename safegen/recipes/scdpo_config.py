@@ -40,18 +40,14 @@ and ``retain_weight`` again (``--set``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from safegen.methods.common import NOISY_KEYS, OptionSet, option
-
-__all__ = ["NOISY_KEYS", "SCDPOConfig", "describe_options", "load_config"]
+from safegen.options import check_fields, option
 
 
 @dataclass
-class SCDPOConfig(OptionSet):
+class SCDPOConfig:
     """Every choice SC-DPO makes. Training defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "SC-DPO"
@@ -149,14 +145,5 @@ class SCDPOConfig(OptionSet):
     cost_dir: str = option("", "train", help="reuse the cost/ folder of an earlier run")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run")
 
-
-def load_config(
-    config_file: str | Path | None = None, sets: Iterable[str] = (), steps: int | None = None
-) -> SCDPOConfig:
-    """Defaults < YAML file < ``--set KEY=VALUE`` < ``--steps`` (see :meth:`OptionSet.load`)."""
-    return SCDPOConfig.load(config_file, sets, steps)
-
-
-def describe_options() -> list[dict[str, Any]]:
-    """One row per option (name, stage, default, allowed, help) for documentation and ``--options``."""
-    return SCDPOConfig.describe()
+    def __post_init__(self) -> None:
+        check_fields(self, self.label)

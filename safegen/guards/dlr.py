@@ -49,9 +49,9 @@ import torch
 
 from safegen.concepts import rewrite
 from safegen.errors import SafegenError
-from safegen.guards.base import GuardBase, RunContext
+from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.options import configure, option
+from safegen.options import option
 
 
 @dataclass

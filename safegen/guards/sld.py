@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from safegen.guards.base import GuardBase, RunContext
-from safegen.guards.options import configure, option
+from safegen.guards.base import GuardBase, RunContext, configure
+from safegen.options import option
 
 # The safety concept text of the SLD paper (I2P's inappropriate categories), for ``text=paper``.
 PAPER_TEXT = (

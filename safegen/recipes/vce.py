@@ -1,7 +1,7 @@
 """VCE: erase a concept from an autoregressive image model with visual contrast pairs and token-level DPO.
 
 Following VCE (arXiv 2509.16986; our reading, see REFERENCE.md 1.4; the paper's text could not be read
-here): contrastive image pairs that differ only in the concept (stage 1, :mod:`safegen.methods.vce_pairs`),
+here): contrastive image pairs that differ only in the concept (stage 1, :mod:`safegen.recipes.vce_pairs`),
 then DPO on image tokens with a token-level average and token drop, on a LoRA of the GPT (stage 2, here).
 
     safegen erase --method vce --concept red --model mini-ar --out runs/vce-red
@@ -22,14 +22,14 @@ the *input* tokens with random codes and keeps every position). L_chosen is TRL'
 (RPO, arXiv 2404.19733): it pulls the whole safe image up, not only its margin over the unsafe one.
 L_retain, the NLL of the base model's own samples, is in expectation KL(ref || th) on clean prompts up to
 the reference's entropy, a constant. The
-reference is the same GPT with its LoRA disabled (:func:`~safegen.methods.training.adapters_disabled`),
+reference is the same GPT with its LoRA disabled (:func:`~safegen.recipes.training.adapters_disabled`),
 under ``no_grad``; log-probabilities are teacher-forced with dropout and caption dropout off
 (:meth:`safegen.ar.ARModel.token_logprobs`).
 
 The recipe is shaped like SC-DPO's: ``setup()`` (model, pairs, LoRA, optimiser, resume state),
-``train()`` (the loop of :class:`~safegen.methods.training.RecipeRun`), ``save()`` (a PEFT adapter
+``train()`` (the loop of :class:`~safegen.recipes.training.RecipeRun`), ``save()`` (a PEFT adapter
 folder, loadable with ``safegen generate --adapter OUT`` or ``peft.PeftModel.from_pretrained``). Every
-number is an option of :class:`~safegen.methods.vce_config.VCEConfig`, whose defaults come from
+number is an option of :class:`~safegen.recipes.vce_config.VCEConfig`, whose defaults come from
 ``benchmarks/sweep_vce.py`` on mini-ar.
 
 ``OUT/log.jsonl`` uses TRL's DPO names, one row per step: ``loss``, ``rewards/chosen``
@@ -40,6 +40,7 @@ number is an option of :class:`~safegen.methods.vce_config.VCEConfig`, whose def
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -49,10 +50,11 @@ import torch
 from torch import nn
 
 from safegen.errors import SafegenError, unknown
-from safegen.methods.common import Progress, StageContext, resolve_target, reusable_stage
-from safegen.methods.losses import average_logprob, corrupt_tokens, token_keep_mask, vce_loss
-from safegen.methods.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
-from safegen.methods.vce_config import VCEConfig
+from safegen.options import fingerprint
+from safegen.recipes.losses import average_logprob, corrupt_tokens, token_keep_mask, vce_loss
+from safegen.recipes.prompts import Progress, StageContext, resolve_target, reusable_stage
+from safegen.recipes.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
+from safegen.recipes.vce_config import VCEConfig
 
 STAGES = ("pairs", "train", "all")
 TRL_NAMES = (*TRL_DPO_NAMES, "nll_loss")
@@ -117,7 +119,7 @@ class VCERecipe:
     def __init__(
         self,
         cfg: VCEConfig,
-        concept: str,
+        concept: Any,
         model: str = "mini-ar",
         out: str | Path | None = None,
         resume: bool = False,
@@ -137,7 +139,7 @@ class VCERecipe:
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
-        from safegen.methods.vce_pairs import check_pair_inputs
+        from safegen.recipes.vce_pairs import check_pair_inputs
 
         check_pair_inputs(self.cfg, self.concept, self.mini)  # every input before a model loads or a file
         self.run.check_out()
@@ -170,11 +172,11 @@ class VCERecipe:
             part.requires_grad_(False)
 
     def _fingerprint(self) -> str:
-        extra = f"{self.concept.name}|{self.model.source}|{self.cfg.fingerprint('pairs')}"
+        extra = f"{self.concept.name}|{self.model.source}|{fingerprint(self.cfg, 'pairs')}"
         return hashlib.sha256(extra.encode()).hexdigest()[:16]
 
     def _setup_pairs(self) -> None:
-        from safegen.methods.vce_pairs import TokenPairs, build_pair_part, merge_pair_parts
+        from safegen.recipes.vce_pairs import TokenPairs, build_pair_part, merge_pair_parts
 
         given = bool(self.cfg.pairs_dir)
         folder = Path(self.cfg.pairs_dir).expanduser() if given else self.out / "pairs"
@@ -269,7 +271,7 @@ class VCERecipe:
             "concept": self.concept.name,
             "steps": step,
             "base_model": {"name": model.name, "source": model.source, "family": model.family},
-            "config": self.cfg.to_dict(),
+            "config": dataclasses.asdict(self.cfg),
         }
 
     def save(self) -> dict[str, Any]:
@@ -287,7 +289,7 @@ class VCERecipe:
 
 
 def run_vce(
-    concept: str,
+    concept: Any,
     model: str = "mini-ar",
     config: VCEConfig | None = None,
     out: str | Path | None = None,
@@ -295,6 +297,7 @@ def run_vce(
     stage: str = "all",
     device: str = "auto",
     progress: Progress | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Erase ``concept`` from an autoregressive ``model`` with VCE; the five-line main of the recipe.
 
@@ -306,6 +309,8 @@ def run_vce(
         SafegenError: bad concept for the model, a diffusion model, bad pair options, non-empty ``out``
             without ``resume``, changed settings on resume, a NaN loss, missing weights.
     """
+    if merge:
+        raise SafegenError("VCE writes a PEFT adapter; load it with --adapter (merging is not available).")
     recipe = VCERecipe(config or VCEConfig(), concept, model, out, resume, stage, device, progress)
     recipe.setup()
     if recipe.trains:

@@ -50,7 +50,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from safegen.errors import SafegenError
-from safegen.methods.common import StageContext, concept_prompts, read_manifest
+from safegen.recipes.prompts import StageContext, concept_prompts, read_manifest
 
 COLOUR_RADIUS = 60.0  # RGB distance within which a pixel counts as the concept's colour
 

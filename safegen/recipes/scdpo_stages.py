@@ -1,7 +1,7 @@
 """SC-DPO's first two stages: the safety cost model and the preference pairs (recipe: ``scdpo.py``).
 
 Stage 1, cost model: a frozen image encoder and a small trainable head -> a scalar cost, trained with
-a prototype contrastive loss and cost anchoring (:mod:`safegen.methods.losses`). The encoder is a CLIP
+a prototype contrastive loss and cost anchoring (:mod:`safegen.recipes.losses`). The encoder is a CLIP
 vision model on real models and :mod:`safegen.mini.encoder` on the mini world; never the evaluator of
 ``bench mini`` (:mod:`safegen.mini.classifier`).
 
@@ -35,8 +35,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safegen.errors import SafegenError
-from safegen.methods.common import StageContext, concept_prompts, mini_prompt_pools, read_lines, read_manifest
-from safegen.methods.losses import cost_anchor_loss, prototype_infonce
+from safegen.recipes.losses import cost_anchor_loss, prototype_infonce
+from safegen.recipes.prompts import (
+    StageContext,
+    concept_prompts,
+    mini_prompt_pools,
+    read_lines,
+    read_manifest,
+)
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -296,7 +302,7 @@ def read_cost_folder(folder: Path) -> tuple[list[Any], np.ndarray]:
 
 # --------------------------------------------------------------------------- prompts
 def training_prompts(ctx: StageContext, seed_offset: int = 0) -> tuple[list[str], list[str]]:
-    """(harmful, clean) prompts of this run (:func:`safegen.methods.common.concept_prompts`)."""
+    """(harmful, clean) prompts of this run (:func:`safegen.recipes.prompts.concept_prompts`)."""
     cfg = ctx.cfg
     return concept_prompts(
         ctx.concept,
@@ -330,7 +336,8 @@ def check_prompt_set(ctx: StageContext) -> tuple[list[str], bool]:
 
 def sample_images(ctx: StageContext, prompts: list[str], seeds: list[int], stage: str | None) -> list[Any]:
     """Base-model samples (PIL), one per (prompt, seed); progress reported under ``stage`` unless None."""
-    from safegen.generator import GenerationConfig, generate
+    from safegen.generator import generate
+    from safegen.sampling import GenerationConfig
 
     config = GenerationConfig(steps=ctx.cfg.gen_steps, cfg=ctx.cfg.gen_cfg, batch_size=ctx.cfg.gen_batch_size)
     report = (lambda done, total: ctx.report(stage, done, total)) if stage else None

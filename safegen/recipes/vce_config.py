@@ -1,6 +1,6 @@
 """VCE's settings: one dataclass, every option with its stage, range or choices, and a help text.
 
-Settings come in layers, later ones winning (:meth:`safegen.methods.common.OptionSet.load`)::
+Settings come in layers, later ones winning (:meth:`safegen.recipes.prompts.OptionSet.load`)::
 
     dataclass defaults  <  --config FILE.yaml  <  --set KEY=VALUE  <  --steps N
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from safegen.methods.common import OptionSet, option
+from safegen.options import check_fields, option
 
 REWRITERS = ("rule", "caption", "file")
 FILTERS = ("none", "colour", "nudenet")
 
 
 @dataclass
-class VCEConfig(OptionSet):
+class VCEConfig:
     """Every choice VCE makes (stages ``pairs`` and ``train``). Defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "VCE"
@@ -97,3 +97,6 @@ class VCEConfig(OptionSet):
     keep_checkpoints: int = option(2, "train", low=0, high=1_000_000, help="newest kept (0: all)")
     log_every: int = option(1, "train", low=1, high=1_000_000, help="log.jsonl row every N steps")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run (same model)")
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.label)

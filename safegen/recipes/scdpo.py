@@ -2,7 +2,7 @@
 
 Following SC-DPO (arXiv 2504.14290 v1; our reading, see REFERENCE.md 1.3): a safety
 cost model (stage 1), preference pairs under harmful and clean prompts ranked by reward - lambda x cost
-(stage 2, :mod:`safegen.methods.scdpo_stages`), then Diffusion-DPO with a Dynamic Focusing Mechanism on
+(stage 2, :mod:`safegen.recipes.scdpo_stages`), then Diffusion-DPO with a Dynamic Focusing Mechanism on
 a LoRA of the UNet (stage 3, here). The reference model is the same UNet with its adapters disabled.
 
     safegen erase --method scdpo --concept red --model mini --out runs/scdpo-red
@@ -11,7 +11,7 @@ a LoRA of the UNet (stage 3, here). The reference model is the same UNet with it
 
 The recipe is shaped like torchtune's: ``setup()`` (model, stages 1-2, LoRA, optimiser, resume state),
 ``train()`` (one loop), ``save()`` (the LoRA in diffusers' format, optionally merged). Every number is an
-option of :class:`~safegen.methods.scdpo_config.SCDPOConfig`, whose training defaults come from the
+option of :class:`~safegen.recipes.scdpo_config.SCDPOConfig`, whose training defaults come from the
 sweep in ``benchmarks/sweep_scdpo.py`` on the mini world.
 
 ``OUT/log.jsonl`` uses the names of TRL's DPO trainer, one row per step: ``loss``, ``rewards/chosen``
@@ -25,7 +25,7 @@ with the denoising error as the winner's NLL): DPO alone may lower the winner's 
 lowers the loser's more; this term keeps pulling the winner itself up.
 
 With ``retain_weight > 0`` it also holds ``retain_weight * L_retain``, the mean over the clean prompts'
-samples of ``|| eps_theta(x_t, c) - eps_ref(x_t, c) ||^2`` (:func:`~safegen.methods.losses.retain_loss`):
+samples of ``|| eps_theta(x_t, c) - eps_ref(x_t, c) ||^2`` (:func:`~safegen.recipes.losses.retain_loss`):
 an anchor to the reference model where nothing is to be erased. It is our addition, not the paper's
 (DPO's implicit KL only ranks winner against loser, so both may drift together); the reference outputs
 are the ones the DPO term already computed, so it costs no extra UNet call.
@@ -41,6 +41,7 @@ stops (``stopped: true``), so a concept that is erased early is not trained on i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -49,12 +50,12 @@ from typing import Any
 import torch
 
 from safegen.errors import unknown
-from safegen.methods.common import Progress, resolve_target, reusable_stage
-from safegen.methods.losses import denoising_error, retain_loss, scdpo_loss
-from safegen.methods.scdpo_config import SCDPOConfig
-from safegen.methods.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
+from safegen.options import fingerprint
+from safegen.recipes.losses import denoising_error, retain_loss, scdpo_loss
+from safegen.recipes.prompts import Progress, resolve_target, reusable_stage
+from safegen.recipes.scdpo_config import SCDPOConfig
+from safegen.recipes.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
 
-__all__ = ["SCDPORecipe", "adapters_disabled", "add_lora", "dpo_errors", "resolve_target", "run_scdpo"]
 STAGES = ("cost", "pairs", "train", "all")
 
 
@@ -134,13 +135,13 @@ TRL_NAMES = (*TRL_DPO_NAMES, "dfm/weight_max", "retain/drift")
 class SCDPORecipe:
     """SC-DPO as a recipe: ``setup()``, ``train()``, ``save()``; see :func:`run_scdpo`.
 
-    The run folder, processes and optimisation loop are a :class:`~safegen.methods.training.RecipeRun`.
+    The run folder, processes and optimisation loop are a :class:`~safegen.recipes.training.RecipeRun`.
     """
 
     def __init__(
         self,
         cfg: SCDPOConfig,
-        concept: str,
+        concept: Any,
         model: str = "mini",
         out: str | Path | None = None,
         resume: bool = False,
@@ -181,7 +182,7 @@ class SCDPORecipe:
             self._setup_optimizer()
 
     def _context(self):
-        from safegen.methods.scdpo_stages import StageContext
+        from safegen.recipes.scdpo_stages import StageContext
 
         return StageContext(
             self.cfg,
@@ -194,7 +195,7 @@ class SCDPORecipe:
         )
 
     def _fingerprint(self, *stages: str) -> str:
-        extra = f"{self.concept.name}|{self.model.source}|{self.cfg.fingerprint(*stages)}"
+        extra = f"{self.concept.name}|{self.model.source}|{fingerprint(self.cfg, *stages)}"
         return hashlib.sha256(extra.encode()).hexdigest()[:16]
 
     def _reusable(self, folder: Path, given: bool, stages: tuple[str, ...], what: str) -> dict | None:
@@ -202,7 +203,7 @@ class SCDPORecipe:
         return reusable_stage(folder, given, what, self.concept.name, self._fingerprint(*stages))
 
     def _setup_cost_model(self) -> None:
-        from safegen.methods.scdpo_stages import CostModel, build_cost_model, load_encoder
+        from safegen.recipes.scdpo_stages import CostModel, build_cost_model, load_encoder
 
         given = bool(self.cfg.cost_dir)
         folder = Path(self.cfg.cost_dir).expanduser() if given else self.out / "cost"
@@ -221,7 +222,7 @@ class SCDPORecipe:
         self.result["stages"]["cost"] = {"folder": str(folder), "reused": reused, **record}
 
     def _setup_pairs(self) -> None:
-        from safegen.methods.scdpo_stages import PairData, build_pair_part, merge_pair_parts
+        from safegen.recipes.scdpo_stages import PairData, build_pair_part, merge_pair_parts
 
         given = bool(self.cfg.pairs_dir)
         folder = Path(self.cfg.pairs_dir).expanduser() if given else self.out / "pairs"
@@ -270,7 +271,7 @@ class SCDPORecipe:
     def _check(self, step: int) -> dict[str, Any] | None:
         """The safety constraint on the current model (our addition): the share of samples of the check's
         harmful prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
-        from safegen.methods.scdpo_stages import check_prompt_set, sample_images
+        from safegen.recipes.scdpo_stages import check_prompt_set, sample_images
 
         cfg = self.cfg
         if step % cfg.check_every:
@@ -328,7 +329,7 @@ class SCDPORecipe:
             "concept": self.concept.name,
             "steps": step,
             "base_model": {"name": self.model.name, "source": self.model.source},
-            "config": self.cfg.to_dict(),
+            "config": dataclasses.asdict(self.cfg),
         }
 
     def save(self) -> dict[str, Any]:
@@ -349,7 +350,7 @@ class SCDPORecipe:
 
 
 def run_scdpo(
-    concept: str,
+    concept: Any,
     model: str = "mini",
     config: SCDPOConfig | None = None,
     out: str | Path | None = None,

@@ -1,6 +1,6 @@
 """Preference and safety-cost losses as pure tensor functions, each beside the equation it implements.
 
-Used by SC-DPO (:mod:`safegen.methods.scdpo`) and VCE (:mod:`safegen.methods.vce`), which share the DPO
+Used by SC-DPO (:mod:`safegen.recipes.scdpo`) and VCE (:mod:`safegen.recipes.vce`), which share the DPO
 core. Every function takes tensors and numbers and returns tensors: no models and no state; the two
 token-drop draws take an explicit ``torch.Generator``. Each one is checked against hand-computed numbers
 in ``tests/test_losses.py`` and ``tests/test_vce.py``.

@@ -2,7 +2,7 @@
 
 Registered on the main app by :func:`register` (``safegen/cli.py`` calls it). The verb declares its
 options, checks every input, forwards to the method's library function (SC-DPO:
-:func:`safegen.methods.scdpo.run_scdpo`, diffusion models; VCE: :func:`safegen.methods.vce.run_vce`,
+:func:`safegen.recipes.scdpo.run_scdpo`, diffusion models; VCE: :func:`safegen.recipes.vce.run_vce`,
 autoregressive models) and prints; progress bars show one stage at a time.
 
     safegen erase --method scdpo --concept red --model mini --out runs/scdpo-red
@@ -26,8 +26,9 @@ from typing import Annotated, Any
 
 import typer
 
-from safegen.api import Device
-from safegen.cli_ui import print_json, print_mapping, print_table, progress_bar
+from safegen.choices import Device
+from safegen.cli.common import ConceptOpt, ConceptsFileOpt, DeviceOpt, JsonOpt, SetOpt, resolve_concept
+from safegen.cli.ui import print_json, print_mapping, print_table, progress_bar
 from safegen.errors import SafegenError
 
 
@@ -38,13 +39,6 @@ class Stage(str, Enum):
     ALL = "all"
 
 
-# method -> (options dataclass path, default model, stages); the runners are imported when used
-METHODS = {
-    "scdpo": ("safegen.methods.scdpo_config:SCDPOConfig", "mini", ("cost", "pairs", "train", "all")),
-    "vce": ("safegen.methods.vce_config:VCEConfig", "mini-ar", ("pairs", "train", "all")),
-}
-
-
 def register(app: typer.Typer) -> None:
     app.command("erase")(erase)
 
@@ -53,9 +47,8 @@ def erase(
     method: Annotated[
         str, typer.Option("--method", help="Erasure method (`safegen methods`): scdpo (diffusion), vce (AR).")
     ],
-    concept: Annotated[
-        str | None, typer.Option("--concept", help="Concept to erase (`safegen concepts`; mini: red, ...).")
-    ] = None,
+    concept: ConceptOpt = None,
+    concepts_file: ConceptsFileOpt = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -66,9 +59,7 @@ def erase(
         Path | None,
         typer.Option("--config", exists=True, dir_okay=False, readable=True, help="YAML file of options."),
     ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Option KEY=VALUE (repeatable; see --options).")
-    ] = None,
+    set_: SetOpt = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Training steps.")] = None,
     out: Annotated[
         Path | None,
@@ -83,43 +74,48 @@ def erase(
     stage: Annotated[
         Stage, typer.Option("--stage", help="Stop after this stage (scdpo: cost, pairs; vce: pairs) or all.")
     ] = Stage.ALL,
-    device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.AUTO,
+    device: DeviceOpt = Device.AUTO,
     options: Annotated[bool, typer.Option("--options", help="List the method's options and exit.")] = False,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Erase a concept by fine-tuning (a LoRA adapter, loadable with --adapter)."""
-    check_method(method)
-    options_class, default_model, stages = resolve_method(method)
+    from safegen.methods import MethodKind, get_method
+    from safegen.options import describe, load
+
+    entry = get_method(method)
+    if entry.kind is not MethodKind.ERASE:
+        raise SafegenError(
+            f"'{method}' is an inference guard, not an erasure method: use safegen generate --guard {method}."
+        )
+    options_class = entry.config_class()
     if options:
-        rows = options_class.describe()
+        rows = describe(options_class)
         print_table(
             rows, ["name", "stage", "default", "allowed", "help"], title=f"{options_class.label} options"
         )
         return
     if not concept:
         raise SafegenError("safegen erase needs --concept (e.g. red on the mini model; `safegen concepts`).")
-    if stage.value not in stages:
-        raise SafegenError(f"--stage {stage.value} is not a stage of {method} ({', '.join(stages)}).")
+    if stage.value not in entry.stages:
+        raise SafegenError(f"--stage {stage.value} is not a stage of {method} ({', '.join(entry.stages)}).")
     if merge and method != "scdpo":
         raise SafegenError(f"--merge is not available for {method}: load the adapter with --adapter instead.")
-    cfg = options_class.load(config, set_ or [], steps)  # every option checked before a model is loaded
-    kwargs = dict(
-        model=model or default_model,
-        config=cfg,
-        out=out,
-        resume=resume,
-        stage=stage.value,
-        device=device.value,
-    )
+    target = resolve_concept(concept, concepts_file)
+    # every option checked before a model is loaded
+    cfg = load(options_class, options_class.label, config, set_ or [], {"steps": steps})
+    run = entry.load()
     with StageBars() as bars:
-        if method == "vce":
-            from safegen.methods.vce import run_vce
-
-            result = run_vce(concept, **kwargs, progress=bars)
-        else:
-            from safegen.methods.scdpo import run_scdpo
-
-            result = run_scdpo(concept, **kwargs, merge=merge, progress=bars)
+        result = run(
+            target,
+            model=model or entry.default_model,
+            config=cfg,
+            out=out,
+            resume=resume,
+            merge=merge,
+            stage=stage.value,
+            device=device.value,
+            progress=bars,
+        )
     if result.get("main") is False:
         return
     if json:
@@ -128,28 +124,6 @@ def erase(
     print_mapping(summary(result), title=f"safegen erase --method {method} --concept {concept}")
     if result.get("adapter"):
         typer.echo(f"LoRA adapter in {result['adapter']}: safegen generate --adapter {result['adapter']} ...")
-
-
-def resolve_method(name: str) -> tuple[Any, str, tuple[str, ...]]:
-    """(options dataclass, default model, stages) of an implemented erasure method."""
-    import importlib
-
-    path, default_model, stages = METHODS[name]
-    module, cls = path.split(":")
-    return getattr(importlib.import_module(module), cls), default_model, stages
-
-
-def check_method(name: str) -> None:
-    """Only implemented fine-tuning methods pass; a guard or a planned method is a one-line error."""
-    from safegen.methods import MethodKind, get_method
-
-    method = get_method(name)
-    if method.kind is not MethodKind.ERASE:
-        raise SafegenError(
-            f"'{name}' is an inference guard, not an erasure method: use safegen generate --guard {name}."
-        )
-    if name not in METHODS:
-        raise SafegenError(f"Erasure method '{name}' is not implemented yet (status: {method.status.value}).")
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

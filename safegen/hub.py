@@ -1,0 +1,39 @@
+"""The Hugging Face hub, as safegen meets it: is it reachable, and quiet loading bars.
+
+>>> from safegen.hub import hub_offline, quiet_progress_bars
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set, or huggingface.co cannot be reached within 3 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide diffusers' and transformers' loading bars (the CLI draws its own), restoring them after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in states:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, enabled in states:
+            if enabled:
+                module.enable_progress_bar()
