@@ -223,14 +223,21 @@ def _detector(value: Any, fail: _Fail) -> dict[str, Any] | None:
     if name == "mini":
         from safegen.mini.world import AXES, World
 
-        if not isinstance(arg, dict) or set(arg) != {"axis", "value"}:
-            raise fail("detector mini must be {axis: <axis>, value: <value>}.")
+        world = World.load()
+        if not isinstance(arg, dict) or not {"axis", "value"} <= set(arg) <= {"axis", "value", "artist"}:
+            raise fail("detector mini must be {axis: <axis>, value: <value>} (and artist: <name>).")
         if arg["axis"] not in AXES:
             raise fail(f"detector mini axis must be one of {', '.join(AXES)}.")
-        values = World.load().values[arg["axis"]]
+        values = world.values[arg["axis"]]
         if arg["value"] not in values:
             raise fail(f"detector mini value for axis {arg['axis']} must be one of {', '.join(values)}.")
-        return {"mini": {"axis": arg["axis"], "value": arg["value"]}}
+        if "artist" in arg:
+            names = [a.name for a in world.artists]
+            if arg["artist"] not in names:
+                raise fail(f"detector mini artist must be one of {', '.join(names)}.")
+            if world.artist(arg["artist"]).texture != arg["value"] or arg["axis"] != "texture":
+                raise fail("detector mini artist: axis must be texture and value the artist's signature.")
+        return {"mini": dict(arg)}
     raise fail(f"unknown detector '{name}'; use nudenet, mini or null.")
 
 
@@ -269,17 +276,56 @@ def _mini_concepts() -> list[Concept]:
                     source="safegen/data/mini_world.yaml",
                 )
             )
+    solid = [a for a in world.artists if a.texture == "solid"]
+    for artist in world.artists:
+        anchor = next(a for a in solid if a.name != artist.name)  # a painter of plain fills
+        concepts.append(
+            Concept(
+                name=artist.slug,
+                kind=ConceptKind.STYLE,
+                keywords=(artist.name,),
+                unsafe_text=f"in the style of {artist.name}",
+                safe_text=anchor.name,
+                detector={"mini": {"axis": "texture", "value": artist.texture, "artist": artist.name}},
+                examples=_artist_examples(world, artist.name),
+                source="safegen/data/mini_world.yaml",
+            )
+        )
     return concepts
 
 
 def _mini_examples(world, axis: str, value: str) -> tuple[str, ...]:
-    """Three captions naming ``value`` with its canonical word; the other axes cycle through values."""
+    """Three captions naming ``value`` with its canonical word (the other axes cycle through values),
+    then one for each implicit trigger that may appear in examples (never the benchmark's held-out ones).
+    """
     out = []
     for i, template in enumerate(world.templates[:3]):
         words = {a: world.values[a][i % len(world.values[a])] for a in world.values}
         words[axis] = value
         out.append(template.format(**words))
+    base = {a: world.values[a][1] for a in world.values}
+    if axis in ("color", "object"):
+        for phrase in world.phrases(axis, value, "examples"):
+            words = {a: v for a, v in base.items() if a != axis} | {f"{axis}_phrase": phrase}
+            out.append(world.compose(words))
+    else:
+        for artist in world.artists_with(value):
+            if artist.split == "examples":
+                out.append(
+                    world.compose({"color": base["color"], "object": base["object"], "artist": artist.name})
+                )
     return tuple(out)
+
+
+def _artist_examples(world, name: str) -> tuple[str, ...]:
+    """Three captions naming the artist by full name (its keyword)."""
+    return tuple(
+        world.compose(
+            {"color": world.values["color"][i], "object": world.values["object"][i], "artist": name},
+            template=i,
+        )
+        for i in range(3)
+    )
 
 
 # --------------------------------------------------------------------------- prompts

@@ -29,7 +29,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -401,61 +400,3 @@ def new_manifest(benchmark: str, config: dict[str, Any], **extra: Any) -> dict[s
         "versions": versions(),
         "git": git_commit(),
     }
-
-
-# --------------------------------------------------------------------------- bench mini
-class MiniRunWriter:
-    """The ``on_images`` callback of :func:`safegen.bench.mini.run_bench_mini` that fills a run folder.
-
-    Each variant's images go to ``images/<variant>/NNNNN.png`` with one samples line each (the mini-world
-    classifier's reads as ``detections``); :meth:`finish` writes ``results.json``. The folder is checked at
-    once but created only when the first images arrive (after every input has been checked).
-
-        writer = MiniRunWriter.create("runs/mini-red", {"model": "mini", "concept": "red", ...})
-        result = run_bench_mini(..., on_images=writer)
-        writer.finish(result)
-    """
-
-    def __init__(self, run: RunFolder, manifest: dict[str, Any]) -> None:
-        self.run = run
-        self.manifest = manifest
-        self.order: list[str] = []
-
-    @classmethod
-    def create(cls, out: str | Path, config: dict[str, Any]) -> MiniRunWriter:
-        run = RunFolder(Path(out).expanduser())
-        manifest = new_manifest("mini", config)
-        run.check(manifest, resume=False)
-        return cls(run, manifest)
-
-    def __call__(self, variant: str, images: list, prompts: list, reads: list[list[dict]]) -> None:
-        if not (self.run.path / MANIFEST).is_file():
-            self.run.create(self.manifest)
-        records = []
-        for i, (image, prompt, read) in enumerate(zip(images, prompts, reads, strict=True)):
-            relative = f"{IMAGES}/{variant}/{i:05d}.png"
-            self.run.image(relative, image.image)
-            key = f"{variant}/{i}"
-            self.order.append(key)
-            thing = getattr(prompt, "thing", None)
-            records.append(
-                {
-                    "key": key,
-                    "variant": variant,
-                    "row_id": str(i),
-                    "prompt": image.prompt,
-                    "seed": image.seed,
-                    "group": getattr(prompt, "group", None),
-                    "target": dataclasses.asdict(thing) if dataclasses.is_dataclass(thing) else None,
-                    "path": relative,
-                    "detections": read,
-                    "guard": image.info,
-                }
-            )
-        self.run.append(records)
-
-    def finish(self, results: dict[str, Any]) -> None:
-        if not self.order:
-            return
-        self.run.finalize(self.order)
-        self.run.write(RESULTS, results)

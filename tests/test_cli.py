@@ -264,7 +264,7 @@ def test_bench_mini_forwards_options(monkeypatch):
     def fake(**kw):
         seen.update(kw)
         return {
-            "concept": kw["concept"],
+            "concept": kw["concept"].name,
             "metrics": {"erasure": 0.9, "kept": 0.8},
             "per_prompt": list(range(20)),
         }
@@ -274,7 +274,7 @@ def test_bench_mini_forwards_options(monkeypatch):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (
-        seen["concept"] == "red"
+        seen["concept"].name == "red"
         and seen["images_per_prompt"] == 3
         and (seen["steps"], seen["seed"]) == (4, 1)
     )

@@ -140,32 +140,6 @@ def test_guards_verb() -> None:
 
 
 # --------------------------------------------------------------------------- benchmark scripts
-def test_sweep_script_chooses_and_writes_a_table(monkeypatch, tmp_path: Path) -> None:
-    sweep = load_script("sweep_guards")
-    calls = []
-
-    def fake_bench(**kw):
-        calls.append(kw)
-        options = kw["guard_options"] or {}
-        strength = options.get("lam_max", 10.0) / 30  # stronger erases more and keeps less
-        ua = min(1.0, 0.7 + strength) if kw["guard"] != "none" else 0.0
-        base = {"ua": 0.0, "ira": 0.9, "cra": 0.9, "synonym_ua": 0.0}
-        erasure = {"ua": ua, "synonym_ua": ua, "ira": 0.9 - strength / 10, "cra": 0.9, "base": base}
-        return {"erasure": erasure}
-
-    monkeypatch.setattr(sweep, "run_bench_mini", fake_bench)
-    out = tmp_path / "sweep.md"
-    args = ["--guards", "sp", "--limit", "6", "--presets", "--no-pairs", "--diffusers-sld", "--out", str(out)]
-    assert sweep.main(args) == 0
-    assert len(calls) == 1 + 6  # the unguarded reference, then 6 runs of sp
-    table = out.read_text()
-    assert "| none | defaults |" in table and "strength=weak" in table and "judge=noise" in table
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    chosen = [r for r in rows if r.get("chosen")]
-    assert len(chosen) == 1 and chosen[0]["guard"] == "sp" and chosen[0]["pass"]
-    assert "**sp**" in table
-
-
 def test_speed_script_on_the_tiny_model(tiny_sd_dir: Path, tmp_path: Path, capsys) -> None:
     speed = load_script("bench_guard_speed")
     out = tmp_path / "speed.json"

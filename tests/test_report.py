@@ -14,7 +14,7 @@ from safegen.classifiers.nudenet import get_preset
 from safegen.cli import main
 from safegen.errors import SafegenError
 from safegen.report import write_report
-from safegen.runs import MiniRunWriter, RunFolder, new_manifest
+from safegen.runs import RunFolder, new_manifest
 
 PROMPTS = ["a <b>bold</b> nude", "a fight", "a crowd"]
 
@@ -51,18 +51,23 @@ def i2p_run(path: Path, guard: str, flagged: set[int]) -> Path:
     return path
 
 
-class FakeImage:
-    def __init__(self, prompt: str, seed: int) -> None:
-        self.prompt, self.seed, self.info = prompt, seed, {}
-        self.image = np.zeros((16, 16, 3), dtype=np.uint8)
-
-
 def mini_run(path: Path) -> Path:
-    writer = MiniRunWriter.create(path, {"model": "mini", "concept": "red", "guard": "none"})
+    """A bench mini run folder as ``run_bench_mini(out=...)`` writes it: one image per variant."""
+    run = RunFolder.open(path, new_manifest("mini", {"model": "mini", "concept": "red"}), resume=False)
+    samples = []
     for variant in ("base", "test"):
-        writer(variant, [FakeImage("a red circle", 0)], [None], [[]])
+        rel = f"images/{variant}/00000.png"
+        run.image(rel, np.zeros((16, 16, 3), dtype=np.uint8))
+        samples.append(
+            {"key": f"{variant}/0", "variant": variant, "row_id": "0", "prompt": "a red circle", "seed": 0}
+            | {"path": rel, "detections": [], "group": "grid", "target": {"color": "red"}}
+        )
+    run.append(samples)
+    run.finalize([s["key"] for s in samples])
     erasure = {"ua": 0.9, "ira": 0.8, "cra": 0.7, "synonym_ua": 0.5}
-    writer.finish({"accuracy": {"color": 0.6}, "erasure": {**erasure, "base": {**erasure, "ua": 0.1}}})
+    run.write(
+        "results.json", {"accuracy": {"color": 0.6}, "erasure": {**erasure, "base": {**erasure, "ua": 0.1}}}
+    )
     return path
 
 

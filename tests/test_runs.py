@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from safegen import runs
@@ -21,7 +20,7 @@ from safegen.bench.evaluate import Settings
 from safegen.bench.i2p import run_i2p
 from safegen.cli import main
 from safegen.errors import SafegenError
-from safegen.runs import MiniRunWriter, Shard, append_lines, config_diff, read_lines
+from safegen.runs import Shard, append_lines, config_diff, read_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "prompt,categories,hard,sd_seed,sd_guidance_scale\n"
@@ -247,47 +246,6 @@ def test_accelerate_launch_two_processes(tiny_sd_dir, prompts, tmp_path, referen
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert files(out) == reference
     assert json.loads((out / "manifest.json").read_text())["processes"] == 2
-
-
-# --------------------------------------------------------------------------- bench mini's run folder
-class FakeImage:
-    def __init__(self, prompt: str, seed: int) -> None:
-        self.prompt, self.seed, self.info = prompt, seed, {}
-        self.image = np.full((8, 8, 3), seed, dtype=np.uint8)
-
-
-def test_mini_run_writer(tmp_path):
-    out = tmp_path / "mini"
-    writer = MiniRunWriter.create(out, {"model": "mini", "concept": "red", "images_per_prompt": 1})
-    assert not out.exists()  # created when the first images arrive
-    reads = [[{"object": "circle", "color": "red", "texture": "plain"}], []]
-    for variant in ("base", "test"):
-        writer(variant, [FakeImage("a red circle", 0), FakeImage("a blue star", 1)], [None, None], reads)
-    writer.finish(
-        {"accuracy": {"color": 0.5}, "erasure": {"ua": 0.5, "ira": 1.0, "cra": 0.5, "synonym_ua": 0}}
-    )
-    samples = read_lines(out / "samples.jsonl", repair=False)
-    assert [s["key"] for s in samples] == ["base/0", "base/1", "test/0", "test/1"]
-    assert samples[0]["detections"] == reads[0] and (out / samples[3]["path"]).is_file()
-    assert json.loads((out / "results.json").read_text())["erasure"]["ua"] == 0.5
-    with pytest.raises(SafegenError, match="already holds a run"):
-        MiniRunWriter.create(out, {"model": "mini"})
-
-
-def test_bench_mini_out_writes_a_run_folder(tmp_path, monkeypatch, capsys):
-    from safegen.bench import mini
-
-    def fake_run_bench_mini(**kwargs):  # the mini model may not be trained yet: only the wiring is tested
-        kwargs["on_images"]("test", [FakeImage("a red circle", 0)], [None], [[{"color": "red"}]])
-        return {"model": kwargs["model"], "accuracy": {"color": 1.0}, "erasure": None}
-
-    monkeypatch.setattr(mini, "run_bench_mini", fake_run_bench_mini)
-    out = tmp_path / "mini-run"
-    assert main(["bench", "mini", "--out", str(out), "--json"]) == 0
-    capsys.readouterr()
-    assert json.loads((out / "results.json").read_text())["accuracy"] == {"color": 1.0}
-    assert json.loads((out / "manifest.json").read_text())["config"]["images_per_prompt"] == 2
-    assert read_lines(out / "samples.jsonl", repair=False)[0]["detections"] == [{"color": "red"}]
 
 
 def test_python_dash_m_safegen():

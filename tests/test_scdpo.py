@@ -23,10 +23,11 @@ from safegen.cli import main
 from safegen.errors import SafegenError
 from safegen.options import fingerprint, load
 from safegen.recipes import scdpo
-from safegen.recipes.prompts import resolve_target
+from safegen.recipes.prompts import StageContext, resolve_target, run_prompts
 from safegen.recipes.scdpo import run_scdpo
 from safegen.recipes.scdpo_config import SCDPOConfig
-from safegen.recipes.scdpo_stages import StageContext, auroc, select_pairs, training_prompts
+from safegen.recipes.scdpo_cost import auroc
+from safegen.recipes.scdpo_pairs import select_pairs
 from safegen.recipes.training import adapters_disabled
 
 TRL_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
@@ -146,7 +147,7 @@ def test_select_pairs():
 def test_mini_prompts_use_keywords_only():
     cfg = SCDPOConfig(n_harmful_prompts=40, n_clean_prompts=40)
     concept, mini = resolve_target("red", "mini")
-    harmful, clean = training_prompts(StageContext(cfg, concept, mini, model=None))
+    harmful, clean = run_prompts(StageContext(cfg, concept, mini, model=None))
     assert len(harmful) == len(clean) == 40
     assert all(" red" in p for p in harmful)
     synonyms = ("crimson", "scarlet", "rde")
@@ -155,14 +156,14 @@ def test_mini_prompts_use_keywords_only():
 
 
 def test_check_prompts_are_held_out_from_the_pairs(tmp_path):
-    from safegen.recipes.scdpo_stages import check_prompt_set
+    from safegen.recipes.prompts import check_prompt_set
 
     def check_set(concept, mini, **options):
         return check_prompt_set(StageContext(SCDPOConfig(**options), concept, mini, model=None))
 
     concept, mini = resolve_target("circle", "mini")
     ctx = StageContext(SCDPOConfig(n_harmful_prompts=40), concept, mini, model=None)
-    used = set(training_prompts(ctx)[0])
+    used = set(run_prompts(ctx)[0])
     held, held_out = check_set(concept, mini, n_harmful_prompts=40, check_prompts=24)
     assert held_out and len(held) == len(set(held)) == 24 and all("circle" in p for p in held)
     assert not used & set(held)
@@ -247,7 +248,7 @@ def save_tiny_clip(folder: Path) -> Path:
 def test_real_model_path_clip_encoder_folder_data_and_prompts(tmp_path):
     from PIL import Image
 
-    from safegen.recipes.scdpo_stages import CostModel, build_cost_model, load_encoder
+    from safegen.recipes.scdpo_cost import CostModel, build_cost_model, load_encoder
 
     encoder = load_encoder(str(save_tiny_clip(tmp_path / "clip")), mini=False, device=torch.device("cpu"))
     assert encoder.embed_texts(["a photo", "a dog"]).norm(dim=-1).tolist() == pytest.approx([1.0, 1.0])
@@ -276,7 +277,7 @@ def test_real_model_path_clip_encoder_folder_data_and_prompts(tmp_path):
     )
     cost = CostModel.load(tmp_path / "cost", encoder).cost([Image.new("RGB", (64, 64), (230, 0, 0))])
     assert cost.shape == (1,)
-    harmful, clean = training_prompts(ctx)
+    harmful, clean = run_prompts(ctx)
     assert harmful == list(concept.examples)
     assert clean == [
         "a photo of a fully clothed woman on the beach",
@@ -292,7 +293,8 @@ def test_the_evaluator_is_never_imported_by_the_method():
     files = [
         "recipes/scdpo.py",
         "recipes/scdpo_config.py",
-        "recipes/scdpo_stages.py",
+        "recipes/scdpo_cost.py",
+        "recipes/scdpo_pairs.py",
         "recipes/losses.py",
         "mini/encoder.py",
         "adapters.py",

@@ -140,7 +140,9 @@ class Evaluator:
         self.guard = get_guard(settings.guard, **options)
         self.model = load_model(settings.model, device=settings.device, dtype=settings.dtype)
         if settings.adapter:
-            self._attach(settings.adapter)
+            from safegen.adapters import attach_adapter
+
+            attach_adapter(self.model, settings.adapter)
         self.size = image_size(self.model, GenerationConfig(height=height, width=width))
         self.nudenet = NudeNetClassifier(preset)
         self.q16 = None
@@ -148,12 +150,6 @@ class Evaluator:
             from safegen.bench.q16 import Q16
 
             self.q16 = Q16(*q16, device=str(self.model.device))
-
-    def _attach(self, path: str) -> None:
-        try:
-            self.model.pipe.load_lora_weights(path, adapter_name="safegen")
-        except (OSError, ValueError) as exc:
-            raise SafegenError(f"Cannot load adapter '{path}': {str(exc).splitlines()[0]}") from None
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the model side of the run."""

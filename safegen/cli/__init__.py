@@ -66,4 +66,3 @@ def main(argv: list[str] | None = None) -> int:
 def _is_help_request(exc: Exception) -> bool:
     """``safegen`` or ``safegen bench`` without arguments asks for help (Typer raises it as an error)."""
     return type(exc).__name__ == "NoArgsIsHelpError"
-

@@ -278,23 +278,33 @@ def bench_mini(
     images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1, max=1000)] = 2,
     steps: StepsOpt = 20,
     seed: SeedOpt = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False, help="Results folder.")] = None,
+    device: DeviceOpt = Device.AUTO,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", file_okay=False, help="Run folder [default: none, in memory]."),
+    ] = None,
+    resume: ResumeOpt = False,
+    base_from: Annotated[
+        Path | None,
+        typer.Option("--base-from", exists=True, file_okay=False, help="Reuse this run's unmodified images."),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Benchmark on the mini world: concept erasure, leakage through synonyms and what is kept."""
+    """Benchmark on the mini world: erasure (named, synonym, implicit, unprompted) and what is kept."""
     from safegen.bench.mini import run_bench_mini
-    from safegen.runs import MiniRunWriter
 
-    settings = dict(model=model, concept=concept, guard=guard, adapter=str(adapter) if adapter else None)
-    settings.update(images_per_prompt=images_per_prompt, steps=steps, seed=seed)
+    if resume and out is None:
+        raise SafegenError("--resume needs --out: the run folder to finish.")
+    concept_obj = resolve_concept(concept, concepts_file)
+    options: dict[str, Any] = {}
     if guard != "none" or strength or set_ or guard_config:
-        concept_obj = resolve_concept(concept, concepts_file)
-        _, settings["guard_options"] = guard_inputs(guard, concept_obj, strength, guard_config, set_, model)
-    writer = MiniRunWriter.create(out, settings) if out else None  # the run folder, as bench i2p writes it
+        _, options = guard_inputs(guard, concept_obj, strength, guard_config, set_, model)
     with progress_bar("Benchmarking") as progress:
-        result = run_bench_mini(**settings, progress=progress, on_images=writer)
-    if writer:
-        writer.finish(result)
+        result = run_bench_mini(
+            model=model, concept=concept_obj, guard=guard, adapter=str(adapter) if adapter else None,
+            images_per_prompt=images_per_prompt, steps=steps, seed=seed, guard_options=options,
+            device=device.value, out=out, resume=resume, base_from=base_from, progress=progress,
+        )  # fmt: skip
     if json:
         print_json(result)
         return

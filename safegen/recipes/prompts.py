@@ -135,3 +135,36 @@ def reusable_stage(folder: Path, given: bool, what: str, concept: str, fingerpri
     if not given and record.get("fingerprint") != fingerprint:
         raise SafegenError(f"The {what} in {folder} was built with other settings; use a new --out.")
     return record
+
+
+def run_prompts(ctx: StageContext, seed_offset: int = 0) -> tuple[list[str], list[str]]:
+    """(harmful, clean) prompts of this run (:func:`concept_prompts` with the recipe's settings)."""
+    cfg = ctx.cfg
+    return concept_prompts(
+        ctx.concept,
+        ctx.mini,
+        seed=cfg.seed + 31 + seed_offset,
+        n_harmful=cfg.n_harmful_prompts,
+        n_clean=cfg.n_clean_prompts,
+        prompts_file=cfg.prompts_file,
+        clean_prompts_file=cfg.clean_prompts_file,
+    )
+
+
+def check_prompt_set(ctx: StageContext) -> tuple[list[str], bool]:
+    """The safety-constraint check's ``check_prompts`` harmful prompts, and whether they are held out.
+
+    With ``check_set=held-out``: prompts stage 2 never sampled (the rest of the mini world's captions of
+    the concept, or the prompts past ``n_harmful_prompts`` of a real concept), falling back to the training
+    prompts when none are left (then the second value is False). Fixed for a run, so checks compare.
+    """
+    cfg = ctx.cfg
+    used = run_prompts(ctx)[0]
+    pool = used
+    if cfg.check_set == "held-out":
+        if ctx.mini is not None:
+            pool = [p for p in mini_prompt_pools(ctx.mini)[0] if p not in set(used)] or used
+        else:
+            pool = (list(ctx.concept.examples) + read_lines(cfg.prompts_file))[len(used) :] or used
+        pool = [pool[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(pool))]
+    return [pool[i % len(pool)] for i in range(cfg.check_prompts)], not set(pool) & set(used)

@@ -1,9 +1,10 @@
 """SC-DPO: erase a concept from a diffusion model with a safety cost model and Diffusion-DPO.
 
-Following SC-DPO (arXiv 2504.14290 v1; our reading, see REFERENCE.md 1.3): a safety
-cost model (stage 1), preference pairs under harmful and clean prompts ranked by reward - lambda x cost
-(stage 2, :mod:`safegen.recipes.scdpo_stages`), then Diffusion-DPO with a Dynamic Focusing Mechanism on
-a LoRA of the UNet (stage 3, here). The reference model is the same UNet with its adapters disabled.
+Following SC-DPO (arXiv 2504.14290 v1; our reading, ``docs/methods/scdpo.md``): a safety cost model
+(stage 1, :mod:`safegen.recipes.scdpo_cost`), preference pairs under harmful and clean prompts ranked by
+reward - lambda x cost (stage 2, :mod:`safegen.recipes.scdpo_pairs`), then Diffusion-DPO with a Dynamic
+Focusing Mechanism on a LoRA of the UNet (stage 3, here). The reference model is the same UNet with its
+adapters disabled.
 
     safegen erase --method scdpo --concept red --model mini --out runs/scdpo-red
     safegen erase --method scdpo --concept red --set beta=2500 --set gamma=0 --steps 50 --out runs/x
@@ -11,8 +12,7 @@ a LoRA of the UNet (stage 3, here). The reference model is the same UNet with it
 
 The recipe is shaped like torchtune's: ``setup()`` (model, stages 1-2, LoRA, optimiser, resume state),
 ``train()`` (one loop), ``save()`` (the LoRA in diffusers' format, optionally merged). Every number is an
-option of :class:`~safegen.recipes.scdpo_config.SCDPOConfig`, whose training defaults come from the
-sweep in ``benchmarks/sweep_scdpo.py`` on the mini world.
+option of :class:`~safegen.recipes.scdpo_config.SCDPOConfig`.
 
 ``OUT/log.jsonl`` uses the names of TRL's DPO trainer, one row per step: ``loss``, ``rewards/chosen``
 (``0.5 * beta * (L_ref_w - L_w)``), ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
@@ -21,22 +21,17 @@ sweep in ``benchmarks/sweep_scdpo.py`` on the mini world.
 ``retain/drift`` (L_retain below, logged whatever its weight).
 
 With ``rpo_alpha > 0`` the loss also holds ``rpo_alpha * mean_w L_w`` (TRL's RPO term, arXiv 2404.19733,
-with the denoising error as the winner's NLL): DPO alone may lower the winner's likelihood as long as it
-lowers the loser's more; this term keeps pulling the winner itself up.
+with the denoising error as the winner's NLL). With ``retain_weight > 0`` it also holds
+``retain_weight * L_retain``, the mean over the clean prompts' samples of
+``|| eps_theta(x_t, c) - eps_ref(x_t, c) ||^2`` (:func:`~safegen.recipes.losses.retain_loss`), an anchor
+to the reference model where nothing is to be erased (our addition); the reference outputs are the ones
+the DPO term already computed, so it costs no extra UNet call.
 
-With ``retain_weight > 0`` it also holds ``retain_weight * L_retain``, the mean over the clean prompts'
-samples of ``|| eps_theta(x_t, c) - eps_ref(x_t, c) ||^2`` (:func:`~safegen.recipes.losses.retain_loss`):
-an anchor to the reference model where nothing is to be erased. It is our addition, not the paper's
-(DPO's implicit KL only ranks winner against loser, so both may drift together); the reference outputs
-are the ones the DPO term already computed, so it costs no extra UNet call.
-
-The safety-constraint check (our addition, on by default): every ``check_every`` steps the current model
-samples ``check_prompts`` harmful prompts (``check_set=held-out``: prompts stage 2 never sampled, so the
-check reads how far erasure generalises, not how well the pairs' own prompts were fitted) and the stage-1
-cost model scores them; the rows of those steps also hold ``constraint/flagged`` (share with cost > 0.5)
-and ``constraint/mean_cost``; once the flagged share is at most ``stop_share`` the run checkpoints and
-stops (``stopped: true``), so a concept that is erased early is not trained on into the rest of the model
-(``--set check_every=0``: off).
+The safety-constraint check (our addition): every ``check_every`` steps the current model samples
+``check_prompts`` harmful prompts that stage 2 never sampled and the stage-1 cost model scores them; the
+log rows of those steps hold ``constraint/flagged`` (share with cost > 0.5) and
+``constraint/mean_cost``; once the flagged share is at most ``stop_share`` the run checkpoints and stops
+(``stopped: true``). ``--set check_every=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -182,7 +177,7 @@ class SCDPORecipe:
             self._setup_optimizer()
 
     def _context(self):
-        from safegen.recipes.scdpo_stages import StageContext
+        from safegen.recipes.prompts import StageContext
 
         return StageContext(
             self.cfg,
@@ -203,7 +198,7 @@ class SCDPORecipe:
         return reusable_stage(folder, given, what, self.concept.name, self._fingerprint(*stages))
 
     def _setup_cost_model(self) -> None:
-        from safegen.recipes.scdpo_stages import CostModel, build_cost_model, load_encoder
+        from safegen.recipes.scdpo_cost import CostModel, build_cost_model, load_encoder
 
         given = bool(self.cfg.cost_dir)
         folder = Path(self.cfg.cost_dir).expanduser() if given else self.out / "cost"
@@ -222,7 +217,7 @@ class SCDPORecipe:
         self.result["stages"]["cost"] = {"folder": str(folder), "reused": reused, **record}
 
     def _setup_pairs(self) -> None:
-        from safegen.recipes.scdpo_stages import PairData, build_pair_part, merge_pair_parts
+        from safegen.recipes.scdpo_pairs import PairData, build_pair_part, merge_pair_parts
 
         given = bool(self.cfg.pairs_dir)
         folder = Path(self.cfg.pairs_dir).expanduser() if given else self.out / "pairs"
@@ -271,7 +266,8 @@ class SCDPORecipe:
     def _check(self, step: int) -> dict[str, Any] | None:
         """The safety constraint on the current model (our addition): the share of samples of the check's
         harmful prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
-        from safegen.recipes.scdpo_stages import check_prompt_set, sample_images
+        from safegen.recipes.prompts import check_prompt_set
+        from safegen.recipes.scdpo_cost import sample_images
 
         cfg = self.cfg
         if step % cfg.check_every:

@@ -50,7 +50,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from safegen.errors import SafegenError
-from safegen.recipes.prompts import StageContext, concept_prompts, read_manifest
+from safegen.recipes.prompts import StageContext, read_manifest, run_prompts
 
 COLOUR_RADIUS = 60.0  # RGB distance within which a pixel counts as the concept's colour
 
@@ -119,19 +119,6 @@ def plan_retain(ctx: StageContext) -> list[tuple[str, int]]:
     _, clean = run_prompts(ctx)
     cfg = ctx.cfg
     return [(p, pair_seed(cfg, 500 + i, k)) for i, p in enumerate(clean) for k in range(cfg.retain_seeds)]
-
-
-def run_prompts(ctx: StageContext) -> tuple[list[str], list[str]]:
-    cfg = ctx.cfg
-    return concept_prompts(
-        ctx.concept,
-        ctx.mini,
-        seed=cfg.seed + 31,
-        n_harmful=cfg.n_harmful_prompts,
-        n_clean=cfg.n_clean_prompts,
-        prompts_file=cfg.prompts_file,
-        clean_prompts_file=cfg.clean_prompts_file,
-    )
 
 
 def read_pairs_file(cfg: Any) -> list[PairJob]:

@@ -1,26 +1,17 @@
-"""SC-DPO's first two stages: the safety cost model and the preference pairs (recipe: ``scdpo.py``).
+"""SC-DPO's first stage: the safety cost model (recipe: :mod:`safegen.recipes.scdpo`).
 
-Stage 1, cost model: a frozen image encoder and a small trainable head -> a scalar cost, trained with
-a prototype contrastive loss and cost anchoring (:mod:`safegen.recipes.losses`). The encoder is a CLIP
-vision model on real models and :mod:`safegen.mini.encoder` on the mini world; never the evaluator of
-``bench mini`` (:mod:`safegen.mini.classifier`).
+A frozen image encoder and a small trainable head -> a scalar cost, trained with a prototype contrastive
+loss and cost anchoring (:mod:`safegen.recipes.losses`). The encoder is a CLIP vision model on real models
+and :mod:`safegen.mini.encoder` on the mini world; never the evaluator of ``bench mini``
+(:mod:`safegen.mini.classifier`). Our reading of the paper: ``docs/methods/scdpo.md``.
 
-Stage 2, pairs: K samples per harmful and per clean prompt from the base model, scored
-``s = reward - lambda x cost``; winner = best s, loser = worst s. Our reading of the paper's reward
-("human preference") is **prompt fidelity**: the cosine between the image and the prompt's text in the
-same frozen encoder (CLIP score on real models, the mini encoder's image-text agreement on the mini
-world). When no sample of a harmful prompt is safe, the winner comes from extra samples of the prompt's
-safe rewrite (:func:`safegen.concepts.rewrite`), still trained under the harmful prompt.
+Folder written (reusable by a later run through ``cost_dir=``)::
 
-Folders written (each reusable by a later run through ``cost_dir=`` / ``pairs_dir=``)::
-
-    cost/   cost_head.safetensors, manifest.json (encoder, sizes, held-out AUROC)
-    pairs/  pairs.jsonl, images/*.png, manifest.json
+    cost/   cost_head.safetensors, manifest.json (encoder, sizes, labels' source, held-out AUROC)
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
@@ -36,13 +27,7 @@ from torch import nn
 
 from safegen.errors import SafegenError
 from safegen.recipes.losses import cost_anchor_loss, prototype_infonce
-from safegen.recipes.prompts import (
-    StageContext,
-    concept_prompts,
-    mini_prompt_pools,
-    read_lines,
-    read_manifest,
-)
+from safegen.recipes.prompts import StageContext, read_manifest, run_prompts
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -261,7 +246,7 @@ def cost_images(ctx: StageContext) -> tuple[list[Any], np.ndarray, str]:
         return images, labels, "render"
     if kind == "folder":
         return (*read_cost_folder(Path(cfg.cost_folder).expanduser()), f"folder {cfg.cost_folder}")
-    harmful, clean = training_prompts(ctx, seed_offset=7)
+    harmful, clean = run_prompts(ctx, seed_offset=7)
     half = max(1, cfg.cost_images // 2)
     prompts = [harmful[i % len(harmful)] for i in range(half)] + [clean[i % len(clean)] for i in range(half)]
     seeds = [cfg.seed * 1_000_003 + 500_000 + i for i in range(len(prompts))]
@@ -300,40 +285,7 @@ def read_cost_folder(folder: Path) -> tuple[list[Any], np.ndarray]:
     return images, np.array([0] * len(files["safe"]) + [1] * len(files["harmful"]))
 
 
-# --------------------------------------------------------------------------- prompts
-def training_prompts(ctx: StageContext, seed_offset: int = 0) -> tuple[list[str], list[str]]:
-    """(harmful, clean) prompts of this run (:func:`safegen.recipes.prompts.concept_prompts`)."""
-    cfg = ctx.cfg
-    return concept_prompts(
-        ctx.concept,
-        ctx.mini,
-        seed=cfg.seed + 31 + seed_offset,
-        n_harmful=cfg.n_harmful_prompts,
-        n_clean=cfg.n_clean_prompts,
-        prompts_file=cfg.prompts_file,
-        clean_prompts_file=cfg.clean_prompts_file,
-    )
-
-
-def check_prompt_set(ctx: StageContext) -> tuple[list[str], bool]:
-    """The safety-constraint check's ``check_prompts`` harmful prompts, and whether they are held out.
-
-    With ``check_set=held-out``: prompts stage 2 never sampled (the rest of the mini world's captions of
-    the concept, or the prompts past ``n_harmful_prompts`` of a real concept), falling back to the training
-    prompts when none are left (then the second value is False). Fixed for a run, so checks compare.
-    """
-    cfg = ctx.cfg
-    used = training_prompts(ctx)[0]
-    pool = used
-    if cfg.check_set == "held-out":
-        if ctx.mini is not None:
-            pool = [p for p in mini_prompt_pools(ctx.mini)[0] if p not in set(used)] or used
-        else:
-            pool = (list(ctx.concept.examples) + read_lines(cfg.prompts_file))[len(used) :] or used
-        pool = [pool[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(pool))]
-    return [pool[i % len(pool)] for i in range(cfg.check_prompts)], not set(pool) & set(used)
-
-
+# --------------------------------------------------------------------------- samples
 def sample_images(ctx: StageContext, prompts: list[str], seeds: list[int], stage: str | None) -> list[Any]:
     """Base-model samples (PIL), one per (prompt, seed); progress reported under ``stage`` unless None."""
     from safegen.generator import generate
@@ -343,148 +295,3 @@ def sample_images(ctx: StageContext, prompts: list[str], seeds: list[int], stage
     report = (lambda done, total: ctx.report(stage, done, total)) if stage else None
     out = generate(ctx.model, prompts, seeds=seeds, config=config, progress=report)
     return [g.image for g in out]
-
-
-# --------------------------------------------------------------------------- stage 2: pairs
-def select_pairs(
-    scores: np.ndarray, costs: np.ndarray, mode: str, min_gap: float, max_pairs: int, safer_winner: bool
-) -> list[tuple[int, int]]:
-    """(winner, loser) indices among one prompt's candidates, by score s = reward - lambda x cost.
-
-    ``extremes``: the best against the worst. ``all``: every pair with a gap, largest gaps first, at most
-    ``max_pairs``. A pair needs ``s_w - s_l >= min_gap`` (and > 0); with ``safer_winner`` also c_w < c_l.
-    """
-    order = np.argsort(-scores, kind="stable")
-    candidates = (
-        [(int(order[0]), int(order[-1]))]
-        if mode == "extremes"
-        else list(itertools.permutations(range(len(scores)), 2))
-    )
-    keep = [
-        (win, lose)
-        for win, lose in candidates
-        if scores[win] - scores[lose] > 0
-        and scores[win] - scores[lose] >= min_gap
-        and (not safer_winner or costs[win] < costs[lose])
-    ]
-    keep.sort(key=lambda p: scores[p[1]] - scores[p[0]])
-    return keep[:max_pairs]
-
-
-def build_pair_part(ctx: StageContext, cost_model: CostModel, folder: Path) -> None:
-    """Stage 2 on this process: its share of the prompts (every N-th), written to ``part-<rank>.jsonl``."""
-    harmful, clean = training_prompts(ctx)
-    prompts = [(p, True) for p in harmful] + [(p, False) for p in clean]
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    mine = [i for i in range(len(prompts)) if i % ctx.world_size == ctx.rank]
-    chunk = max(1, ctx.cfg.gen_batch_size // ctx.cfg.samples_per_prompt)
-    for begin in range(0, len(mine), chunk):
-        rows += _pairs_for(ctx, cost_model, folder, [(i, *prompts[i]) for i in mine[begin : begin + chunk]])
-        ctx.report("pairs", min(len(mine), begin + chunk), len(mine))
-    (folder / f"part-{ctx.rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def merge_pair_parts(
-    ctx: StageContext, cost_model: CostModel, folder: Path, fingerprint: str, start: float
-) -> dict[str, Any]:
-    """Stage 2 on the main process: merge the parts into ``pairs.jsonl`` and write the manifest."""
-    harmful, clean = training_prompts(ctx)
-    parts = sorted(folder.glob("part-*.jsonl"))
-    merged = [json.loads(line) for p in parts for line in p.read_text().splitlines()]
-    merged.sort(key=lambda r: (r["prompt_index"], r["winner"], r["loser"]))
-    if not merged:
-        raise SafegenError("Stage 2 found no preference pairs; lower min_gap or raise samples_per_prompt.")
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
-    for p in parts:
-        p.unlink()
-    mean = lambda key: float(np.mean([r[key] for r in merged]))  # noqa: E731
-    record = {
-        "fingerprint": fingerprint,
-        "concept": ctx.concept.name,
-        "model": ctx.model.source,
-        "cost_model_encoder": cost_model.encoder.name,
-        "n_prompts": {"harmful": len(harmful), "clean": len(clean)},
-        "n_pairs": {
-            "harmful": sum(r["harmful"] for r in merged),
-            "clean": sum(not r["harmful"] for r in merged),
-        },
-        "mean_cost": {"winner": mean("winner_cost"), "loser": mean("loser_cost")},
-        "mean_reward": {"winner": mean("winner_reward"), "loser": mean("loser_reward")},
-        "winner_from_rewrite": float(np.mean([r["winner_prompt"] != r["prompt"] for r in merged])),
-        "processes": ctx.world_size,
-        "seconds": round(time.time() - start, 2),
-    }
-    (folder / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def _pairs_for(
-    ctx: StageContext, cost_model: CostModel, folder: Path, batch: list[tuple[int, str, bool]]
-) -> list[dict[str, Any]]:
-    """Sample, score and pair the candidates of a few prompts; save the images that end up in a pair."""
-    from safegen.concepts import rewrite
-
-    cfg, jobs = ctx.cfg, []
-    for i, prompt, harmful in batch:
-        safe = rewrite(prompt, ctx.concept)
-        extra = cfg.rewrite_samples if harmful and safe != prompt else 0
-        for k in range(cfg.samples_per_prompt + extra):
-            source = prompt if k < cfg.samples_per_prompt else safe
-            jobs.append((i, prompt, harmful, source, cfg.seed * 1_000_003 + i * 1_000 + k, safe))
-    images = sample_images(ctx, [j[3] for j in jobs], [j[4] for j in jobs], None)  # progress: per chunk
-    emb = cost_model.encoder.embed_images(images)  # (J, D)
-    costs = cost_model.cost_of_embeddings(emb).numpy()
-    reward_texts = [j[5] if cfg.reward_text == "rewrite" else j[1] for j in jobs]
-    rewards = (emb * cost_model.encoder.embed_texts(reward_texts)).sum(-1).numpy()  # cosine, (J,)
-    scores = rewards - cfg.cost_lambda * costs
-    rows = []
-    for i, prompt, harmful in batch:
-        idx = [j for j, job in enumerate(jobs) if job[0] == i]
-        chosen = select_pairs(
-            scores[idx],
-            costs[idx],
-            cfg.pair_mode,
-            cfg.min_gap,
-            cfg.max_pairs_per_prompt,
-            cfg.require_safer_winner and harmful,
-        )
-        for win, lose in ((idx[a], idx[b]) for a, b in chosen):
-            row = {"prompt_index": i, "prompt": prompt, "harmful": harmful}
-            for side, j in (("winner", win), ("loser", lose)):
-                row[side] = f"images/{i:05d}-{j - idx[0]:02d}.png"
-                images[j].save(folder / row[side])
-                row |= {f"{side}_prompt": jobs[j][3], f"{side}_seed": jobs[j][4]}
-                row |= {f"{side}_score": float(scores[j]), f"{side}_reward": float(rewards[j])}
-                row[f"{side}_cost"] = float(costs[j])
-            rows.append(row)
-    return rows
-
-
-# --------------------------------------------------------------------------- stage 3's data
-class PairData:
-    """The pairs of a ``pairs/`` folder; batches are drawn by a seeded generator (exactly resumable)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        read_manifest(folder, "pair set")
-        self.rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line]
-        if not self.rows:
-            raise SafegenError(f"{folder}/pairs.jsonl holds no pairs.")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, size: int, generator: torch.Generator) -> dict[str, Any]:
-        """``prompts`` (B,), ``pixels`` (2B, 3, H, W) in [-1, 1] (winners then losers); (B,) costs, harmful"""
-        idx = torch.randint(len(self.rows), (size,), generator=generator).tolist()
-        rows = [self.rows[i] for i in idx]
-        files = [r["winner"] for r in rows] + [r["loser"] for r in rows]
-        arrays = np.stack([np.asarray(Image.open(self.folder / f).convert("RGB")) for f in files])
-        return {
-            "prompts": [r["prompt"] for r in rows],
-            "pixels": torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1,
-            "winner_cost": torch.tensor([r["winner_cost"] for r in rows]),
-            "loser_cost": torch.tensor([r["loser_cost"] for r in rows]),
-            "harmful": torch.tensor([bool(r["harmful"]) for r in rows]),
-        }
