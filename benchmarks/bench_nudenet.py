@@ -3,7 +3,7 @@
 Run::
 
     .venv/bin/pip install scikit-image   # benchmark only: its wheel ships the photos used here
-    .venv/bin/python benchmarks/bench_nudenet.py --rounds 5
+    .venv/bin/python benchmarks/bench_nudenet.py --repeats 5
 
 Images: there are no photo collections on the machine and no data set downloads, so the benchmark uses
 the real photographs that ship inside the scikit-image wheel (``skimage/data``: astronaut, cameraman,
@@ -110,7 +110,7 @@ def timed(fn, n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timing rounds")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="parallel batches (default: CPU cores)")
     args = parser.parse_args()
@@ -144,7 +144,7 @@ def main() -> None:
     }
     names = list(runs)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    for r in range(args.rounds):
+    for r in range(args.repeats):
         # Rotate the order, so that each run follows each other run equally often.
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed(runs[name], len(images)))
@@ -160,7 +160,7 @@ def main() -> None:
         *[(name, _throughput(times[name])) for name in names],
         ("speed-up: ours vs NudeDetector.detect", _ratio(times[mine], times[theirs])),
         ("speed-up: ours vs NudeDetector.detect, not spinning", _ratio(times[mine], times[nospin_name])),
-        ("rounds", f"{args.rounds}, order rotated each round"),
+        ("repeats", f"{args.repeats}, order rotated each repeat"),
         (
             "onnxruntime / cores / load avg",
             f"{ort.__version__} / {os.cpu_count()} / {os.getloadavg()[0]:.2f}",
@@ -171,20 +171,20 @@ def main() -> None:
     print("|-" + "-" * width + "-|------")
     for key, value in rows:
         print("| " + key.ljust(width) + " | " + value)
-    print("img/s: median over rounds (all rounds listed); cpu: median CPU ms per image, all threads.")
+    print("img/s: median over repeats (all repeats listed); cpu: median CPU ms per image, all threads.")
 
 
 def _ratio(values: list[tuple[float, float]], reference: list[tuple[float, float]]) -> str:
     """Median and range of the per-round throughput ratios: a shared machine's load changes over minutes."""
     ratios = [v[0] / r[0] for v, r in zip(values, reference, strict=True)]
-    return f"{statistics.median(ratios):.2f}x median of rounds (range {min(ratios):.2f}-{max(ratios):.2f})"
+    return f"{statistics.median(ratios):.2f}x median of repeats (range {min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _throughput(values: list[tuple[float, float]]) -> str:
     ips = statistics.median(v[0] for v in values)
     cpu = statistics.median(v[1] for v in values)
     rounds = ", ".join(f"{v[0]:.1f}" for v in values)
-    return f"{ips:5.1f} img/s, cpu {cpu:5.1f} ms/img  (rounds: {rounds})"
+    return f"{ips:5.1f} img/s, cpu {cpu:5.1f} ms/img  (repeats: {rounds})"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ class NudeNetPreset(str, Enum):
     I2P = "i2p"
     SIX = "six"
     MACE = "mace"
+    UNLEARNDIFF = "unlearndiff"
 
 
 class Device(str, Enum):

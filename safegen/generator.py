@@ -116,62 +116,87 @@ def denoise(
         (B, H, W, 3) uint8 pixels and the guard's per-image reports.
     """
     prompts, seeds = [p for p, _ in batch], [s for _, s in batch]
-    device, unet, batch_size = model.device, model.unet, len(batch)
-    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    batch_size = len(batch)
+    generators = [torch.Generator(model.device).manual_seed(seed) for seed in seeds]
     cond = encode_text(model, prompts)  # (B, L, D)
     uncond = negative.expand(batch_size, -1, -1)  # (B, L, D)
     scheduler = fresh_scheduler(model, config.steps)
-    timesteps = scheduler.timesteps
-    step_kwargs = scheduler_step_kwargs(scheduler, config.eta, generators)
+    ctx = run_context(model, config, guard, prompts, seeds, cond, uncond, scheduler, generators)
     latents = initial_noise(model, generators, size, cond.dtype) * scheduler.init_noise_sigma  # (B, 4, h, w)
-    do_cfg = config.cfg > 1.0 or guard.needs_uncond
-
-    def run_unet(latent_input: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        return unet(latent_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-
-    guard.begin(
-        RunContext(
-            prompts=prompts,
-            seeds=seeds,
-            n_steps=len(timesteps),
-            timesteps=timesteps,
-            cfg=config.cfg,
-            do_cfg=do_cfg,
-            prompt_embeds=cond,
-            negative_embeds=uncond,
-            encode=lambda texts: encode_text(model, list(texts)),
-            unet=run_unet,
-            make_scheduler=lambda: fresh_scheduler(model, config.steps),
-            step_kwargs=step_kwargs,
-            generators=generators,
-            device=device,
-            dtype=cond.dtype,
-            options=config.to_dict(),
-            token_vectors=lambda word: token_vectors(model, word),
-        )
-    )
-    base = [uncond, cond] if do_cfg else [cond]
-    for i, t in enumerate(timesteps):
-        extra = guard.branches(i)  # (k, B, L, D) or None
-        if extra is not None:
-            extra = extra.unsqueeze(0) if extra.dim() == 3 else extra
-            if extra.dim() != 4 or extra.shape[1] != batch_size:
-                raise RuntimeError(f"guard '{guard.name}' returned branches of shape {tuple(extra.shape)}")
-        embeds = torch.cat(base if extra is None else [*base, extra.flatten(0, 1)])  # (n_branches * B, L, D)
-        n_branches = embeds.shape[0] // batch_size
-        latent_input = torch.cat([latents] * n_branches) if n_branches > 1 else latents
-        latent_input = scheduler.scale_model_input(latent_input, t)
-        eps_all = run_unet(latent_input, t, embeds).chunk(n_branches)  # n_branches x (B, 4, h, w)
-        eps_uncond, eps_cond = (eps_all[0], eps_all[1]) if do_cfg else (None, eps_all[0])
-        eps_extra = torch.stack(eps_all[len(base) :]) if extra is not None else None  # (k, B, 4, h, w)
+    guard.begin(ctx)
+    for i, t in enumerate(ctx.timesteps):
+        eps_uncond, eps_cond, eps_extra = branch_predictions(ctx, guard, i, t, latents, scheduler)
         eps = guard.guide(i, t, latents, eps_uncond, eps_cond, eps_extra)
-        latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        latents = scheduler.step(eps, t, latents, **ctx.step_kwargs, return_dict=False)[0]
         latents = guard.after_step(i, t, latents)
         on_step(batch_size)
     infos = guard.end()
     if len(infos) != batch_size:
         raise RuntimeError(f"guard '{guard.name}' reported {len(infos)} images for a batch of {batch_size}")
     return decode_latents(model, latents), infos
+
+
+def run_context(
+    model: LoadedModel,
+    config: GenerationConfig,
+    guard: Guard,
+    prompts: list[str],
+    seeds: list[int],
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    scheduler: Any,
+    generators: list[torch.Generator],
+) -> RunContext:
+    """What a guard is told about a batch (:class:`~safegen.guards.base.RunContext`)."""
+
+    def run_unet(latent_input: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return model.unet(latent_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    return RunContext(
+        prompts=prompts,
+        seeds=seeds,
+        n_steps=len(scheduler.timesteps),
+        timesteps=scheduler.timesteps,
+        cfg=config.cfg,
+        do_cfg=config.cfg > 1.0 or guard.needs_uncond,
+        prompt_embeds=cond,
+        negative_embeds=uncond,
+        encode=lambda texts: encode_text(model, list(texts)),
+        unet=run_unet,
+        make_scheduler=lambda: fresh_scheduler(model, config.steps),
+        step_kwargs=scheduler_step_kwargs(scheduler, config.eta, generators),
+        generators=generators,
+        device=model.device,
+        dtype=cond.dtype,
+        options=config.to_dict(),
+        token_vectors=lambda word: token_vectors(model, word),
+    )
+
+
+def branch_predictions(
+    ctx: RunContext, guard: Guard, step: int, t: torch.Tensor, latents: torch.Tensor, scheduler: Any
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """One batched UNet call over [uncond?, cond, the guard's extra branches] at step ``step``.
+
+    Returns:
+        ``eps_uncond`` (B, C, h, w) or None without CFG, ``eps_cond`` (B, C, h, w), ``eps_extra``
+        (k, B, C, h, w) or None: what :meth:`Guard.guide` combines.
+    """
+    batch_size = latents.shape[0]
+    base = [ctx.negative_embeds, ctx.prompt_embeds] if ctx.do_cfg else [ctx.prompt_embeds]
+    extra = guard.branches(step)  # (k, B, L, D) or None
+    if extra is not None:
+        extra = extra.unsqueeze(0) if extra.dim() == 3 else extra
+        if extra.dim() != 4 or extra.shape[1] != batch_size:
+            raise RuntimeError(f"guard '{guard.name}' returned branches of shape {tuple(extra.shape)}")
+    embeds = torch.cat(base if extra is None else [*base, extra.flatten(0, 1)])  # (n_branches * B, L, D)
+    n_branches = embeds.shape[0] // batch_size
+    latent_input = torch.cat([latents] * n_branches) if n_branches > 1 else latents
+    latent_input = scheduler.scale_model_input(latent_input, t)
+    eps_all = ctx.unet(latent_input, t, embeds).chunk(n_branches)  # n_branches x (B, 4, h, w)
+    eps_uncond, eps_cond = (eps_all[0], eps_all[1]) if ctx.do_cfg else (None, eps_all[0])
+    eps_extra = torch.stack(eps_all[len(base) :]) if extra is not None else None  # (k, B, 4, h, w)
+    return eps_uncond, eps_cond, eps_extra
 
 
 def model_cfg(model: Any, cfg: float | None) -> float:

@@ -278,8 +278,8 @@ class RunFolder:
         if (path / MANIFEST).is_file():
             if not resume:
                 raise SafegenError(
-                    f"{path} is not empty: it already holds a {what}; pass --resume to finish it, or choose "
-                    "another --out."
+                    f"{path} is not empty: it already holds {_article(what)} {what}; pass --resume to finish "
+                    "it, or choose another --out."
                 )
             old = read_json(path / MANIFEST)
             if not isinstance(old, dict):
@@ -377,6 +377,10 @@ class RunFolder:
 
     def write(self, name: str, data: Any) -> None:
         write_json(self.path / name, data)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def default_out_dir(name: str, root: str | Path = "outputs") -> Path:

@@ -57,7 +57,17 @@ def test_methods():
     result = runner.invoke(app, ["methods", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert {r["name"] for r in rows} == {"vce", "scdpo", "sp", "dlr", "sld", "neg"}
+    assert {r["name"] for r in rows} == {
+        "vce",
+        "scdpo",
+        "sp",
+        "dlr",
+        "sld",
+        "neg",
+        "unlearndiff",
+        "inversion",
+        "ringabell",
+    }
     vce = next(r for r in rows if r["name"] == "vce")
     assert (
         vce["kind"] == "erase"

@@ -70,6 +70,15 @@ class JanusBackbone:
         mask = torch.cat([enc.attention_mask, torch.ones_like(boi)], dim=1).bool().to(device)
         return Prefix(self.model.get_input_embeddings()(ids), mask, ids)
 
+    def prompt_vocabulary(self) -> tuple[Any, torch.nn.Module]:
+        """The prompt tokenizer and the input embedding table the prompt's tokens are looked up in."""
+        return self.tokenizer, self.model.get_input_embeddings()
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """What the language model makes of the prompts: its hidden states over the prompt (B, T, D)."""
+        prefix = self.encode_prompts(prompts)
+        return self._run(prefix.embeds, prefix.mask, _positions(prefix.mask), None)
+
     def null_prefix(self, cond: Prefix) -> Prefix:
         ids = cond.ids.clone()
         keep = ids == self.boi_id

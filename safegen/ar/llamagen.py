@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -444,6 +445,14 @@ class LlamaGenBackbone:
             raise SafegenError("This LlamaGen model has no text encoder; pass caption features instead.")
         features, mask = self.text(prompts)
         return Prefix(features.to(self.gpt.output.weight.dtype), mask)
+
+    def prompt_vocabulary(self) -> tuple[Any, nn.Module]:
+        """The prompt tokenizer and the input embedding table the prompt's tokens are looked up in."""
+        return self.text.tokenizer, self.text.encoder.get_input_embeddings()
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """What the text encoder makes of the prompts: caption features (B, T, C), before the caption MLP."""
+        return self.text(prompts)[0]
 
     def null_prefix(self, cond: Prefix) -> Prefix:
         """The fixed unconditional caption for every row, under the caption's own padding mask (LlamaGen

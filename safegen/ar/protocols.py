@@ -72,6 +72,14 @@ class ARBackbone(Protocol):
         """The torch modules, for eval/train mode switching."""
         ...
 
+    def prompt_vocabulary(self) -> tuple[Any, torch.nn.Module]:
+        """The prompt tokenizer and the input embedding table of its tokens (attacks edit rows of it)."""
+        ...
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """The text side's output for the prompts, (B, T, D) (what a text-only attack matches)."""
+        ...
+
 
 class ImageTokenizer(Protocol):
     """A VQ autoencoder: images (B, 3, H, W) in [-1, 1] <-> token grids (B, N), N = (H / downsample)^2."""

@@ -149,11 +149,7 @@ def run_attack(
             "skipped_empty": table.skipped,
         },
         "images_per_prompt": images_per_prompt,
-        "preset": {
-            "name": preset_obj.name,
-            "classes": list(preset_obj.classes),
-            "threshold": preset_obj.threshold,
-        },
+        "preset": preset_obj.to_config(),
         **settings.config(),
     }
 

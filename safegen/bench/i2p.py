@@ -269,11 +269,7 @@ def run_i2p(
             "skipped_empty": table.skipped,
         },
         "images_per_prompt": images_per_prompt,
-        "preset": {
-            "name": preset_obj.name,
-            "classes": list(preset_obj.classes),
-            "threshold": preset_obj.threshold,
-        },
+        "preset": preset_obj.to_config(),
         "q16": q16_config(q16_clip, q16_prompts) if use_q16 else None,
         "emi": EMI,
         **settings.config(),

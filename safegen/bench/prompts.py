@@ -190,3 +190,55 @@ def _flag(text: str, where: str) -> bool:
     if text in ("1", "1.0", "true"):
         return True
     raise SafegenError(f"{where}: malformed row, hard {text!r} is not 0 or 1.")
+
+
+PROMPT_COLUMNS = ("prompt", "sensitive prompt", "adv_prompt", "text", "caption")
+
+
+def read_prompt_list(path: str | Path, column: str | None = None) -> list[str]:
+    """The prompts of a file a user hands over: TXT (one a line, ``#`` comments), CSV or JSONL.
+
+    CSV and JSONL take ``column`` (default: the first of ``prompt``, ``sensitive prompt``, ``adv_prompt``,
+    ``text``, ``caption`` present). Empty prompts are left out.
+
+    Raises:
+        SafegenError: missing or unreadable file, not UTF-8, malformed CSV / JSON line, no such column.
+    """
+    import json
+
+    from safegen.files import read_text
+
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        header, rows = read_csv(path)
+        name = column or first_column(PROMPT_COLUMNS, header)
+        if name is None or name not in header:
+            wanted = repr(column) if column else " or ".join(repr(c) for c in PROMPT_COLUMNS)
+            raise SafegenError(
+                f"{path} has no {wanted} column (columns: {', '.join(repr(c) for c in header)}); "
+                "pick it with --prompt-column."
+            )
+        return [r[name].strip() for _, r in rows if r[name].strip()]
+    text = read_text(path, "prompts file")
+    if suffix == ".jsonl":
+        out = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise SafegenError(f"{path} line {number} is not valid JSON.") from None
+            if not isinstance(record, dict):
+                raise SafegenError(f"{path} line {number} is not a JSON object.")
+            name = column or first_column(PROMPT_COLUMNS, list(record))
+            value = record.get(name) if name else None
+            if not isinstance(value, str):
+                raise SafegenError(f"{path} line {number} has no string field {name or 'prompt'!r}.")
+            if value.strip():
+                out.append(value.strip())
+        return out
+    if column is not None:
+        raise SafegenError(f"--prompt-column is for CSV and JSONL files; {path} is read as text.")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]

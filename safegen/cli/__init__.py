@@ -17,7 +17,7 @@ import os
 
 import typer
 
-from safegen.cli import bench, erase, generate, info
+from safegen.cli import attack, bench, erase, generate, info
 from safegen.cli.ui import print_error
 from safegen.errors import SafegenError
 
@@ -34,6 +34,7 @@ generate.register(app)  # generate, classify
 info.register(app)  # models, methods, concepts, guards
 erase.register(app)  # erase
 bench.register(app, bench_app)  # bench mini, bench i2p, bench attack, report
+attack.register(app)  # attack
 
 
 # --------------------------------------------------------------------------- entry point

@@ -60,7 +60,10 @@ DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Weights dtype.")]
 PresetOpt = Annotated[
     NudeNetPreset,
-    typer.Option("--preset", help="NudeNet protocol: i2p (5 classes, 0.6), six (0.5), mace (9, boxes)."),
+    typer.Option(
+        "--preset",
+        help="NudeNet protocol: i2p (5 classes, 0.6), six (0.5), mace (9, boxes), unlearndiff (9, 0.45).",
+    ),
 ]
 OutOpt = Annotated[
     Path | None,

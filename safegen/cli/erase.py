@@ -19,7 +19,6 @@ either loads with ``safegen generate --adapter OUT`` and ``safegen bench mini --
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +27,7 @@ import typer
 
 from safegen.choices import Device
 from safegen.cli.common import ConceptOpt, ConceptsFileOpt, DeviceOpt, JsonOpt, SetOpt, resolve_concept
-from safegen.cli.ui import print_json, print_mapping, print_table, progress_bar
+from safegen.cli.ui import StageBars, print_json, print_mapping, print_table
 from safegen.errors import SafegenError
 
 
@@ -150,18 +149,3 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     if "cost" in stages:  # SC-DPO can also write the merged pipeline
         out["merged"] = result.get("merged")
     return out
-
-
-class StageBars(ExitStack):
-    """``progress(stage, done, total)``: one progress bar per stage, the previous one closed first."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stage: str | None = None
-        self.update: Any = None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
-            self.close()
-            self.stage, self.update = stage, self.enter_context(progress_bar(stage.capitalize()))
-        self.update(done, total)

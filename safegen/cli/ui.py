@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 
@@ -106,3 +106,18 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield name, f"[{len(value)} items]"
         else:
             yield name, value
+
+
+class StageBars(ExitStack):
+    """``progress(stage, done, total)``: one progress bar per stage, the previous one closed first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage: str | None = None
+        self.update: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.update = stage, self.enter_context(progress_bar(stage.capitalize()))
+        self.update(done, total)

@@ -114,6 +114,23 @@ class Guard(Protocol):
     def describe(self) -> dict:
         """The guard's name and options, recorded with every image."""
 
+    def effective_eps(
+        self,
+        step: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        eps_uncond: torch.Tensor | None,
+        eps_cond: torch.Tensor,
+        eps_extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The noise prediction the guard makes the sampler follow at this step, differentiably (what a
+        white-box attack on the guarded model descends; :mod:`safegen.attacks`). For a guard acting on eps
+        it is :meth:`guide`; a guard acting on latents gives its one-step equivalent."""
+
+    def replay_steps(self) -> int:
+        """How many first steps must run before a later step is guided as in a real run (their state:
+        SP-Guard's judgement); an attack replays them on the attacked latent first."""
+
 
 class GuardBase:
     """No-op defaults for the hook protocol, and plain CFG as :meth:`guide`.
@@ -157,6 +174,20 @@ class GuardBase:
 
     def describe(self) -> dict:
         return {"name": self.name, **self.options}
+
+    def effective_eps(
+        self,
+        step: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        eps_uncond: torch.Tensor | None,
+        eps_cond: torch.Tensor,
+        eps_extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return self.guide(step, t, latents, eps_uncond, eps_cond, eps_extra)
+
+    def replay_steps(self) -> int:
+        return 0
 
 
 class NoGuard(GuardBase):

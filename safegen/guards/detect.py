@@ -12,12 +12,9 @@ or digits) and the concept's keywords k::
 
 with E the text encoder's input embedding matrix (static: no context, no UNet call). A keyword itself
 scores 1; a word split into several tokens is compared as a whole (the mean of its tokens), so a shared
-sub-word alone does not flag it. On the mini world (benchmarks/probe_text_judge.py) the prompt score
-separates prompts with the concept, synonyms and misspellings included, from those without at AUROC
-1.000 for 16 of the 17 concepts (red, circle, striped: every prompt with the concept >= 0.78, every prompt
-without <= 0.39; solid 0.986, as the templates' "plain background" names its synonym); the
-noise-direction judge of SP-Guard's reading reaches 0.68-0.93 on circle and red. On a real CLIP text
-encoder the scale differs: calibrate ``tau`` on prompts of your own (the probe takes ``--model``).
+sub-word alone does not flag it. It sees words only: a prompt that reaches the concept through other
+words (an artist, a description) scores low. On a real CLIP text encoder the scale differs from the mini
+model's: calibrate ``tau`` on prompts of your own.
 
 Known limit: a keyword of several words contributes each of its words (``van gogh`` flags ``van``).
 """

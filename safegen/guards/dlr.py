@@ -1,8 +1,8 @@
 """Dual latent reconstruction (DLR): blend the prompt's latents with a safety-context stream.
 
 Following "Safety Without Semantic Disruptions: Editing-free Safe Image Generation via Context-preserving
-Dual Latent Reconstruction" (arXiv 2411.13982; our reading: the paper's full text was not available, see
-REFERENCE.md 1.2). No weights are edited. Two latent streams start from the same initial noise:
+Dual Latent Reconstruction" (arXiv 2411.13982; our reading, ``docs/methods/dlr.md``). No weights are edited.
+Two latent streams start from the same initial noise:
 
 - stream A: the prompt, with the run's unconditional branch (plain CFG);
 - stream B: a safety context (the prompt with the concept's safe anchor text, ``context``) with the
@@ -22,7 +22,7 @@ from step ``fork = round(tau_gc * N)`` on both streams run and are combined by a
 ``blend=step`` blends after every step from the fork on and both streams go on from the blend (stream B's
 UNet branches then share the batched call with stream A); ``blend=final`` lets the streams run apart and
 blends once, after the last step (stream B gets its own UNet call). Averaging latents shrinks their norm
-and washes images out (the pitfall REFERENCE.md names): ``norm_correction`` rescales each image's blended
+and washes images out: ``norm_correction`` rescales each image's blended
 latent to the interpolated norm. ``space=x0`` blends the two streams' predicted clean latents and keeps
 stream A's noise (variance-preserving schedulers only: DDIM, DDPM, PNDM, DPM-Solver, UniPC).
 
@@ -56,7 +56,7 @@ from safegen.options import option
 
 @dataclass
 class DLROptions:
-    """DLR's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
+    """DLR's knobs (defaults: the ``medium`` preset; where they come from: docs/methods/dlr.md)."""
 
     weight: float = option(1.0, low=0.0, high=1.0, help="omega: share of the safety stream in the blend")
     tau_gc: float = option(0.05, low=0.0, high=1.0, help="share of steps run as one stream (global context)")
@@ -79,7 +79,7 @@ class DLROptions:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "weak": {"weight": 0.75},
-    "medium": {},  # the defaults: the red sweep's best, detect=embedding from the probes (sweep_guards.py)
+    "medium": {},  # the dataclass defaults
     "strong": {"negative": "unsafe"},  # also steer away from the unsafe text: synonyms too, at IRA's cost
 }
 
@@ -218,6 +218,23 @@ class DualLatentGuard(GuardBase):
         else:
             self.eps_b = self._stream_b_eps(t)
         return eps_a
+
+    def effective_eps(
+        self,
+        step: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        eps_uncond: torch.Tensor | None,
+        eps_cond: torch.Tensor,
+        eps_extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One step's equivalent prediction: from a shared latent, blending the two streams' scheduler
+        steps (Eq. 3) is stepping with ``(1 - omega) eps_A + omega eps_B`` for a scheduler linear in eps
+        (DDIM, DPM-Solver's first order); our reading for attacks, without the norm correction."""
+        eps_a = self.guide(step, t, latents, eps_uncond, eps_cond, eps_extra)
+        if self.idle or step < self.fork or self.opts.blend != "step" or eps_extra is None:
+            return eps_a
+        return (1 - self.opts.weight) * eps_a + self.opts.weight * self.eps_b
 
     def _stream_b_eps(self, t: torch.Tensor) -> torch.Tensor:
         """Stream B's guided prediction from its own UNet call on its own latents (blend=final)."""

@@ -50,7 +50,7 @@ class SLDOptions:
     text: str = option("concept", choices=("concept", "paper"), help="safety text: the concept's or SLD's")
 
 
-# (warmup, s_S, lambda, s_m, beta_m) of the paper, as REFERENCE.md section 2 lists them.
+# (warmup, s_S, lambda, s_m, beta_m) of the paper (diffusers' SafetyConfig); docs/methods/sld.md.
 PRESETS: dict[str, dict[str, Any]] = {
     name: dict(
         zip(("warmup_steps", "guidance_scale", "threshold", "momentum_scale", "mom_beta"), v, strict=True)

@@ -1,7 +1,7 @@
 """SP-Guard: adaptive, selective safety guidance inside the denoising loop.
 
-Following SP-Guard (arXiv 2511.11014, TRUST-AI @ ECAI 2025; our reading: the paper's full text was not
-available, see REFERENCE.md 1.1). The paper estimates a prompt's harmfulness from the noise direction it
+Following SP-Guard (arXiv 2511.11014, TRUST-AI @ ECAI 2025; our reading, ``docs/methods/sp.md``). The paper
+estimates a prompt's harmfulness from the noise direction it
 induces, adapts the guidance strength to it, and masks the safety guidance to the unsafe image regions.
 Our reading, per denoising step t, with one batched UNet call over three branches::
 
@@ -19,13 +19,11 @@ With ``direction=contrast`` the guided steps also run the concept's safe anchor 
 e.g. "clothed" for nudity, the replacement value for a mini concept) and steer along eps_s - eps_a: what
 the unsafe text adds over its safe counterpart, without the generic "draw something" component that
 eps_s - eps_u also holds (one more branch while guiding). h is still judged with Eq. (a).
-``judge=text`` (our addition, not the paper's; the default, from the mini-world probes) reads h before the
-first step from the text encoder's token embeddings (:mod:`safegen.guards.detect`, Eq. D1-D2): it finds
-synonyms and misspellings the registry was not told, costs no UNet call, and lets guidance start at step
-0; ``text_tau`` / ``text_h_sat`` replace ``tau`` / ``h_sat`` on its scale. benchmarks/probe_text_judge.py:
-AUROC 1.000 on red, circle and striped, where Eq. (b) reaches 0.93, 0.68-0.90 and 1.000
-(benchmarks/results/probe_sp_judge.txt). It only sees words: a prompt that implies the concept without a
-word near its keywords (common in I2P) is judged benign. ``judge=both`` takes the larger strength of the
+``judge=text`` (our addition, not the paper's) reads h before the first step from the text encoder's token
+embeddings (:mod:`safegen.guards.detect`, Eq. D1-D2): it finds synonyms and misspellings the registry was
+not told, costs no UNet call, and lets guidance start at step 0; ``text_tau`` / ``text_h_sat`` replace
+``tau`` / ``h_sat`` on its scale. It only sees words: a prompt that implies the concept without a word near
+its keywords (common in I2P) is judged benign. ``judge=both`` takes the larger strength of the
 two judges (guidance from step K): use it, or ``noise``, where prompts are implicit.
 
 Guidance starts once h is known (step K; step 0 with judge=text; later with ``window_start``). When every
@@ -62,7 +60,7 @@ from safegen.options import option
 
 @dataclass
 class SPGuardOptions:
-    """SP-Guard's knobs (defaults: the ``medium`` preset; chosen by benchmarks/sweep_guards.py)."""
+    """SP-Guard's knobs (defaults: the ``medium`` preset; where they come from: docs/methods/sp.md)."""
 
     judge: str = option(
         "text",
@@ -93,7 +91,7 @@ class SPGuardOptions:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "weak": {"lam_max": 15.0},  # weak / strong: lam_max 10 below / above the default (not swept)
-    "medium": {},  # the dataclass defaults (benchmarks/results/guards_defaults_<concept>.md)
+    "medium": {},  # the dataclass defaults
     "strong": {"lam_max": 35.0},
 }
 
@@ -279,6 +277,9 @@ class SPGuard(GuardBase):
         if self.opts.keep_masks:
             self.masks.extend(self.batch_masks)
         return infos
+
+    def replay_steps(self) -> int:
+        return self.judge  # the noise judge reads the first K steps (0 with judge=text)
 
     def take_masks(self) -> list[list[tuple[int, np.ndarray]]]:
         """The kept masks, one list of (step, (h, w) uint8) per image in generation order; then cleared."""

@@ -1,4 +1,4 @@
-"""The one registry of safegen's methods: erasure recipes and inference guards, by name.
+"""The one registry of safegen's methods: erasure recipes, inference guards and attacks, by name.
 
 Each entry says what the method is (kind, model family, status, one-line summary, paper), where it lives
 (``target``: the ``module:attr`` it builds from; ``config``: its options dataclass) and where our reading
@@ -24,11 +24,13 @@ from safegen.errors import unknown
 class MethodKind(str, Enum):
     ERASE = "erase"  # changes the weights (fine-tuning)
     GUARD = "guard"  # steers generation at inference, weights untouched
+    ATTACK = "attack"  # looks for prompts (or words) that bring an erased or guarded concept back
 
 
 class ModelFamily(str, Enum):
     DIFFUSION = "diffusion"
     AUTOREGRESSIVE = "autoregressive"
+    ANY = "any"  # diffusion and autoregressive models
 
 
 class Status(str, Enum):
@@ -41,7 +43,8 @@ class Method:
     """One registry entry.
 
     Attributes:
-        target: ``module:attr`` of the guard class (guards) or the recipe's run function (erasure).
+        target: ``module:attr`` of the guard class (guards), the recipe's run function (erasure) or the
+            attack's function (attacks).
         config: ``module:attr`` of the options dataclass.
         doc: our reading of the paper, relative to the repository (``docs/methods/<name>.md``).
         default_model: erasure: the bundled model ``safegen erase`` uses when ``--model`` is not given.
@@ -90,6 +93,7 @@ def _resolve(path: str) -> Any:
 
 _ERASE = dict(kind=MethodKind.ERASE)
 _GUARD = dict(kind=MethodKind.GUARD, family=ModelFamily.DIFFUSION)
+_ATTACK = dict(kind=MethodKind.ATTACK, family=ModelFamily.ANY, status=Status.READY)
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -160,6 +164,33 @@ METHODS: dict[str, Method] = {
             doc="docs/methods/neg.md",
             baseline=True,
             **_GUARD,
+        ),
+        Method(
+            name="unlearndiff",
+            summary="White-box: discrete prefix tokens optimised on the attacked model's denoising error.",
+            reference="UnlearnDiffAtk, Zhang et al. ECCV 2024, arXiv 2310.11868",
+            target="safegen.attacks.unlearndiff:attack",
+            config="safegen.attacks.unlearndiff:UnlearnDiffOptions",
+            doc="docs/attacks.md",
+            **_ATTACK,
+        ),
+        Method(
+            name="inversion",
+            summary="White-box: one new word learned by textual inversion on the attacked model.",
+            reference="Concept inversion, Pham et al. ICLR 2024, arXiv 2308.01508",
+            target="safegen.attacks.inversion:attack",
+            config="safegen.attacks.inversion:InversionOptions",
+            doc="docs/attacks.md",
+            **_ATTACK,
+        ),
+        Method(
+            name="ringabell",
+            summary="Black-box: a genetic search for a prompt near the concept in the text encoder.",
+            reference="Ring-A-Bell, Tsai et al. ICLR 2024, arXiv 2310.10012",
+            target="safegen.attacks.ringabell:attack",
+            config="safegen.attacks.ringabell:RingABellOptions",
+            doc="docs/attacks.md",
+            **_ATTACK,
         ),
     )
 }

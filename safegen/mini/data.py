@@ -98,3 +98,25 @@ def cached_set(
         tensors["plans"] = data.plans
     save_file(tensors, str(path))
     return data
+
+
+# --------------------------------------------------------------------------- what the training scripts share
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """(N, 64, 64, 3) uint8 -> (N, 3, 64, 64) float in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def log_row(path: Path, **row) -> None:
+    """Print one JSON line and append it to ``path`` (a training log)."""
+    import json
+
+    print(json.dumps(row), flush=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model``, parameter by parameter."""
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - decay)

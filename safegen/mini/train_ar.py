@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from safegen.ar import save_llamagen
 from safegen.ar.llamagen import GPTConfig, LlamaGenGPT, TextConditioner
 from safegen.ar.vq import VQConfig, VQModel
-from safegen.mini.data import RenderedSet, cached_set
+from safegen.mini.data import RenderedSet, cached_set, ema_update, log_row, to_pixels
 from safegen.mini.tokenizer import MAX_LENGTH, build_tokenizer_files
 from safegen.mini.warmstart import carry_text_encoder
 from safegen.mini.world import World
@@ -61,17 +61,6 @@ PRESETS = {
 SIZE = 64
 SAVE_EVERY_S = 600
 EMA_DECAY = 0.998  # GPT and text encoder; the exported weights are the EMA
-
-
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """(N, 64, 64, 3) uint8 -> (N, 3, 64, 64) float in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def log(path: Path, **row) -> None:
-    print(json.dumps(row), flush=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 # --------------------------------------------------------------------------- checkpoints (safetensors only)
@@ -119,12 +108,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) ->
     return {"state": state, "param_groups": groups}
 
 
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-            pe.lerp_(pm, 1 - decay)
-
-
 # --------------------------------------------------------------------------- stage 1: VQ
 def train_vq(
     data: RenderedSet,
@@ -160,13 +143,13 @@ def train_vq(
         usage += torch.bincount(tokens.flatten(), minlength=usage.numel())
         if step % 200 == 0:
             restart_dead_codes(vq, z, usage, gen)
-            log(work / "vq.log", step=step, l1=round(l1.item(), 4), used=int((usage > 0).sum()))
+            log_row(work / "vq.log", step=step, l1=round(l1.item(), 4), used=int((usage > 0).sum()))
             usage.zero_()
         if time.time() - last_save > SAVE_EVERY_S:
             save_modules(work / "vq", step, vq=vq, optimizer=opt)
             last_save = time.time()
     save_modules(work / "vq", step, vq=vq, optimizer=opt)
-    log(work / "vq.log", step=step, l1=round(l1.item(), 4), done=True)
+    log_row(work / "vq.log", step=step, l1=round(l1.item(), 4), done=True)
     return vq
 
 
@@ -176,7 +159,7 @@ def copy_vq(source: Path, work: Path, preset: str) -> None:
     vq = VQModel(VQConfig.from_dict(PRESETS[preset]["vq"]))
     vq.load_state_dict({k: v.float() for k, v in load_file(str(source / spec["vq"]["weights"])).items()})
     save_modules(work / "vq", 0, vq=vq)
-    log(work / "vq.log", step=0, done=True, copied_from=str(source))
+    log_row(work / "vq.log", step=0, done=True, copied_from=str(source))
 
 
 def restart_dead_codes(vq: VQModel, z: torch.Tensor, usage: torch.Tensor, gen: torch.Generator) -> None:
@@ -285,15 +268,15 @@ def train_gpt(
         opt.step()
         step += 1
         decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        _ema_update(ema_gpt, gpt, decay)
-        _ema_update(ema_text, encoder, decay)
+        ema_update(ema_gpt, gpt, decay)
+        ema_update(ema_text, encoder, decay)
         if step % 50 == 0:
-            log(work / "gpt.log", step=step, loss=round(loss.item(), 4), t=round(time.time(), 1))
+            log_row(work / "gpt.log", step=step, loss=round(loss.item(), 4), t=round(time.time(), 1))
         if time.time() - last_save > SAVE_EVERY_S:
             save_modules(work / "gpt", step, **parts)
             last_save = time.time()
     save_modules(work / "gpt", step, **parts)
-    log(work / "gpt.log", step=step, loss=round(loss.item(), 4), done=True)
+    log_row(work / "gpt.log", step=step, loss=round(loss.item(), 4), done=True)
 
 
 def _warm_start(source: Path, gpt: LlamaGenGPT, encoder, tokenizer, work: Path) -> None:
@@ -306,7 +289,7 @@ def _warm_start(source: Path, gpt: LlamaGenGPT, encoder, tokenizer, work: Path) 
     counts = carry_text_encoder(
         old, CLIPTokenizer.from_pretrained(source / text["tokenizer"]), encoder, tokenizer
     )
-    log(work / "gpt.log", step=0, init_from=str(source), **counts)
+    log_row(work / "gpt.log", step=0, init_from=str(source), **counts)
 
 
 # --------------------------------------------------------------------------- export

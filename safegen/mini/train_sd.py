@@ -34,7 +34,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from safegen.mini.data import RenderedSet, cached_set
+from safegen.mini.data import RenderedSet, cached_set, ema_update, log_row, to_pixels
 from safegen.mini.tokenizer import MAX_LENGTH, build_tokenizer_files
 from safegen.mini.warmstart import carry_text_encoder
 from safegen.mini.world import World
@@ -86,17 +86,6 @@ def text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     )
 
 
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """(N, 64, 64, 3) uint8 -> (N, 3, 64, 64) float in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def log(path: Path, **row) -> None:
-    print(json.dumps(row), flush=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 # --------------------------------------------------------------------------- VAE
 def train_vae(
     data: RenderedSet,
@@ -123,7 +112,7 @@ def train_vae(
         opt.step()
         step += 1
         if step % 20 == 0:
-            log(WORK / "vae.log", step=step, l1=round(l1.item(), 4), loss=round(loss.item(), 4))
+            log_row(WORK / "vae.log", step=step, l1=round(l1.item(), 4), loss=round(loss.item(), 4))
     # the latent scale that gives unit variance, as SD's scaling_factor
     with torch.no_grad():
         z = torch.cat(
@@ -131,7 +120,7 @@ def train_vae(
         )
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(WORK / "vae", safe_serialization=True)
-    log(WORK / "vae.log", step=step, done=True, scaling_factor=float(1.0 / z.std()))
+    log_row(WORK / "vae.log", step=step, done=True, scaling_factor=float(1.0 / z.std()))
 
 
 @torch.no_grad()
@@ -147,10 +136,6 @@ def encode_latents(
 
 
 # --------------------------------------------------------------------------- UNet + text encoder
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-            pe.lerp_(pm, 1 - decay)
 
 
 def train_unet(
@@ -190,7 +175,7 @@ def train_unet(
             counts = carry_text_encoder(
                 old, CLIPTokenizer.from_pretrained(init_from / "tokenizer"), text, tokenizer
             )
-            log(WORK / "unet.log", step=0, init_from=str(init_from), **counts)
+            log_row(WORK / "unet.log", step=0, init_from=str(init_from), **counts)
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     if resume and (ckpt / "ema_unet").exists():
         ema_u = UNet2DConditionModel.from_pretrained(ckpt / "ema_unet").requires_grad_(False)
@@ -227,10 +212,10 @@ def train_unet(
         opt.step()
         step += 1
         decay = min(0.999, (1 + step) / (10 + step))
-        _ema_update(ema_u, unet, decay)
-        _ema_update(ema_t, text, decay)
+        ema_update(ema_u, unet, decay)
+        ema_update(ema_t, text, decay)
         if step % 25 == 0:
-            log(WORK / "unet.log", step=step, loss=round(loss.item(), 4), t=round(time.time(), 1))
+            log_row(WORK / "unet.log", step=step, loss=round(loss.item(), 4), t=round(time.time(), 1))
         if time.time() - last_save > 600 or time.time() >= end:
             _save_ckpt(ckpt, unet, text, ema_u, ema_t, step)
             last_save = time.time()
@@ -246,7 +231,7 @@ def _save_ckpt(ckpt: Path, unet, text, ema_u, ema_t, step: int) -> None:
     ):
         module.save_pretrained(ckpt / name, safe_serialization=True)
     (ckpt / "state.json").write_text(json.dumps({"step": step}))
-    log(WORK / "unet.log", step=step, saved=str(ckpt))
+    log_row(WORK / "unet.log", step=step, saved=str(ckpt))
 
 
 def export(out: Path, ema: bool = True) -> Path:
@@ -271,7 +256,7 @@ def copy_vae(source: Path) -> None:
     """Start from the VAE of an existing diffusers folder (the renderer's images have not changed)."""
     vae = AutoencoderKL.from_pretrained(source / "vae" if (source / "vae").is_dir() else source)
     vae.to(torch.float32).save_pretrained(WORK / "vae", safe_serialization=True)
-    log(WORK / "vae.log", step=0, done=True, copied_from=str(source))
+    log_row(WORK / "vae.log", step=0, done=True, copied_from=str(source))
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ References:
     SC-DPO: "Towards NSFW-Free Text-to-Image Generation via Safety-Constraint Direct Preference
         Optimization", arXiv 2504.14290 v1. Its exact formulas could not be read here; the cost-model
         losses and the focal weight below are **our reading** of its abstract (see
-        REFERENCE.md section 1.3), not the paper's verbatim method.
+        ``docs/methods/scdpo.md``), not the paper's verbatim method.
     VCE: "Visual Contrast Exploitation" for concept erasure in autoregressive models, arXiv 2509.16986.
         Its text could not be read here either; the token-level average and token drop below are
-        **our reading** of its abstract (REFERENCE.md section 1.4).
+        **our reading** of its abstract (``docs/methods/vce.md``).
 """
 
 from __future__ import annotations

@@ -44,12 +44,11 @@ from typing import Any
 
 import torch
 
-from safegen.errors import unknown
 from safegen.options import fingerprint
 from safegen.recipes.losses import denoising_error, retain_loss, scdpo_loss
-from safegen.recipes.prompts import Progress, resolve_target, reusable_stage
+from safegen.recipes.prompts import Progress, reusable_stage
 from safegen.recipes.scdpo_config import SCDPOConfig
-from safegen.recipes.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
+from safegen.recipes.training import TRL_DPO_NAMES, RecipeRequest, RecipeRun, adapters_disabled, execute
 
 STAGES = ("cost", "pairs", "train", "all")
 
@@ -133,46 +132,30 @@ class SCDPORecipe:
     The run folder, processes and optimisation loop are a :class:`~safegen.recipes.training.RecipeRun`.
     """
 
-    def __init__(
-        self,
-        cfg: SCDPOConfig,
-        concept: Any,
-        model: str = "mini",
-        out: str | Path | None = None,
-        resume: bool = False,
-        merge: bool = False,
-        stage: str = "all",
-        device: str = "auto",
-        progress: Progress | None = None,
-    ):
-        if stage not in STAGES:
-            raise unknown("stage", stage, STAGES)
-        self.cfg, self.model_name, self.merge, self.stage = cfg, model, merge, stage
-        self.device, self.progress = device, progress
-        self.concept, self.mini = resolve_target(concept, model)
-        self.run = RecipeRun("scdpo", "SC-DPO", cfg, self.concept.name, model, out, resume, progress)
-        self.out = self.run.out
-        self.trains = stage in ("train", "all")
-        self.result: dict[str, Any] = {"out": str(self.out), "concept": self.concept.name, "stages": {}}
+    def __init__(self, cfg: SCDPOConfig, request: RecipeRequest):
+        self.cfg, self.request = cfg, request
+        self.run = RecipeRun("scdpo", "SC-DPO", cfg, request, STAGES)
+        self.concept, self.mini, self.out = self.run.target, self.run.mini, self.run.out
+        self.result = self.run.result
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
         from safegen.loader import load_model
 
         self.run.check_out()  # every input is checked before a model is loaded or a file written
-        self.acc = self.run.start(self.device)
+        self.acc = self.run.start(self.request.device)
         self.is_main = self.result["main"] = self.run.is_main
         dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.cfg.mixed_precision]
-        self.model = load_model(self.model_name, device="cpu", dtype=dtype)
+        self.model = load_model(self.request.model, device="cpu", dtype=dtype)
         self.model.pipe.to(self.acc.device)
         self.model.device = self.acc.device
         for part in (self.model.unet, self.model.vae, self.model.text_encoder):
             part.requires_grad_(False)
         self.run.collective(self._write_manifest, main_only=True)
         self._setup_cost_model()
-        if self.stage != "cost":
+        if self.request.stage != "cost":
             self._setup_pairs()
-        if self.trains:
+        if self.run.trains:
             self._setup_lora()
             self._setup_optimizer()
 
@@ -186,7 +169,7 @@ class SCDPORecipe:
             self.model,
             self.acc.process_index,
             self.acc.num_processes,
-            progress=self.progress,
+            progress=self.request.progress,
         )
 
     def _fingerprint(self, *stages: str) -> str:
@@ -332,17 +315,17 @@ class SCDPORecipe:
         """Write the final LoRA (diffusers format) in ``out`` (and merged, if asked); finish the manifest."""
         from safegen.adapters import merge_adapter, save_adapter
 
-        if self.trains and self.is_main:
+        if self.run.trains and self.is_main:
             steps = self.result["stages"]["train"]["steps"]  # fewer than cfg.steps after an early stop
             save_adapter(self.base, self.out, self._record(steps))
             self.result["adapter"] = str(self.out)
-            if self.merge:
-                self.result["merged"] = str(merge_adapter(self.model_name, self.out, self.out / "merged"))
+            if self.request.merge:
+                self.result["merged"] = str(merge_adapter(self.request.model, self.out, self.out / "merged"))
         self.run.collective(lambda: self._write_manifest(done=True), main_only=True)
         return self.result
 
     def _write_manifest(self, done: bool = False) -> None:
-        self.run.write_manifest(self.model, self.result, done, stage=self.stage)
+        self.run.write_manifest(self.model, self.result, done, stage=self.request.stage)
 
 
 def run_scdpo(
@@ -366,8 +349,5 @@ def run_scdpo(
         SafegenError: bad concept for the model, non-empty ``out`` without ``resume``, changed settings
             on resume, a NaN loss, missing weights.
     """
-    recipe = SCDPORecipe(config or SCDPOConfig(), concept, model, out, resume, merge, stage, device, progress)
-    recipe.setup()
-    if recipe.trains:
-        recipe.train()
-    return recipe.save()
+    request = RecipeRequest(concept, model, out, resume, merge, stage, device, progress)
+    return execute(SCDPORecipe(config or SCDPOConfig(), request))

@@ -1,41 +1,16 @@
 """SC-DPO's settings: one dataclass, every option with its stage, range or choices, and a help text.
 
-Settings come in layers, later ones winning::
+Settings come in layers, later ones winning (:func:`safegen.options.load`)::
 
     dataclass defaults  <  --config FILE.yaml  <  --set KEY=VALUE  <  --steps N
-
-A config file is a YAML mapping of option names to values (read with ``yaml.safe_load``)::
 
     # safegen erase --method scdpo --concept red --config scdpo-red.yaml --out runs/scdpo-red
     beta: 2500
     gamma: 0
 
-Values are checked strictly: an unknown key, a wrong type or a value out of range is a one-line
-:class:`~safegen.errors.SafegenError`, never silently corrected.
-
-The training defaults (128 + 128 prompts, lr 4e-4, beta 1000, ``retain_weight`` 100, up to 700 steps,
-``stop_share`` 0) come from runs on the mini world at seeds 0, 1 and 2 for a colour (red) and an object
-(circle), each seed's cost model and pair set shared by its rows (README, "SC-DPO across seeds"; tables
-in ``benchmarks/results/``). What chose them:
-
-- lr: ``benchmarks/sweep_scdpo.py`` rounds 1-4 (1e-4 erases nothing in 300 steps, 1e-3 costs circle its
-  CRA, 4e-4 erases both).
-- ``retain_weight`` (our addition: an anchor to the reference on the clean prompts): without it red's IRA
-  falls to 0.80-0.83 x base at seeds 0 and 2, a hue shift learnt from the red -> green rewrite winners;
-  300 keeps it but slows circle, which at beta 2500 is not erased after 1000 steps at seeds 1 and 2
-  (UA 0.867, 0.750; still 0.19 of the check's samples flagged at step 1450); 100 with beta 1000 erases
-  both.
-- beta: 1000 erases 2-3 x faster than 2500 under the anchor (our reading: the DPO term saturates later);
-  with weight 300 circle's held-out erasure then oscillates (UA 0.933 at seed 2), with 100 it holds.
-- ``stop_share`` 0 (the safety-constraint check stops the run only when none of the 32 held-out samples
-  costs more than 0.5): at 0.0625 red at seed 2 stopped at 2 of 32 flagged with UA 0.900; red stops by
-  the check at steps 350-450, circle at 550 or at the 700-step budget.
-- Measured in session 9: every target met at 5 of the 6 concept-seed runs; red at seed 2 reaches CRA
-  0.948 x base (target 0.95). Striped (a texture) is not erased by any setting tried.
-
-The check samples ``check_prompts`` harmful prompts stage 2 never used (round 3 read training prompts and
-stopped too early: ``benchmarks/probe_scdpo_check.py``). On a real Stable Diffusion, sweep lr, steps, beta
-and ``retain_weight`` again (``--set``).
+Values are checked strictly (one-line :class:`~safegen.errors.SafegenError`). Where each default comes
+from: ``docs/methods/scdpo.md``. They are the mini world's values: on a real Stable Diffusion, sweep lr,
+steps, beta and ``retain_weight`` again (``--set``).
 """
 
 from __future__ import annotations

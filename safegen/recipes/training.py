@@ -18,14 +18,15 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from safegen.errors import SafegenError
-from safegen.recipes.prompts import Progress
+from safegen.errors import SafegenError, unknown
+from safegen.recipes.prompts import Progress, resolve_target
 from safegen.runs import (
     MANIFEST,
     RunFolder,
@@ -84,32 +85,46 @@ def learning_rate(cfg: Any, step: int) -> float:
 
 
 # --------------------------------------------------------------------------- the run
+@dataclass
+class RecipeRequest:
+    """What a run of an erasure recipe is asked to do, beside its options (``safegen erase``'s flags)."""
+
+    concept: Any  # a registry name or a Concept
+    model: str
+    out: str | Path | None = None
+    resume: bool = False
+    merge: bool = False
+    stage: str = "all"
+    device: str = "auto"
+    progress: Progress | None = None
+
+
 class RecipeRun:
-    """A fine-tuning run's folder, processes and loop, composed by a recipe.
+    """A fine-tuning run's target, folder, processes and loop, composed by a recipe.
 
     Args:
         method: ``scdpo`` or ``vce`` (in manifests and adapter records). label: its display name.
         cfg: the recipe's options dataclass (needs ``seed``, ``steps``, ``lr``, ``warmup_steps``,
             ``grad_accum``, ``max_grad_norm``, ``beta``, ``mixed_precision``, ``save_every``,
             ``keep_checkpoints``, ``log_every``).
-        concept: the concept's name. model: what ``--model`` said.
-        out: the run folder (None: ``runs/<method>-<concept>-<time>``).
+        request: what to erase from which model, where (``out`` None: ``runs/<method>-<concept>-<time>``).
+        stages: the recipe's stages (``request.stage`` must be one).
+
+    Raises:
+        SafegenError: an unknown stage, or a concept the model cannot draw.
     """
 
-    def __init__(
-        self,
-        method: str,
-        label: str,
-        cfg: Any,
-        concept: str,
-        model: str,
-        out: str | Path | None,
-        resume: bool,
-        progress: Progress | None = None,
-    ):
-        self.method, self.label, self.cfg, self.concept, self.model_name = method, label, cfg, concept, model
-        self.resume, self.progress, self.out_given = resume, progress, out is not None
-        self.out = Path(out) if out else default_out_dir(f"{method}-{concept}", root="runs")
+    def __init__(self, method: str, label: str, cfg: Any, request: RecipeRequest, stages: tuple[str, ...]):
+        if request.stage not in stages:
+            raise unknown(f"{label} stage", request.stage, stages)
+        self.target, self.mini = resolve_target(request.concept, request.model)
+        self.method, self.label, self.cfg, self.request = method, label, cfg, request
+        self.concept, self.model_name = self.target.name, request.model
+        self.resume, self.progress, self.out_given = request.resume, request.progress, request.out is not None
+        name = f"{method}-{self.concept}"
+        self.out = Path(request.out) if request.out else default_out_dir(name, root="runs")
+        self.trains = request.stage in ("train", "all")
+        self.result: dict[str, Any] = {"out": str(self.out), "concept": self.concept, "stages": {}}
         self.acc: Any = None
         self.is_main = True
         self.start_step, self.last_metrics, self.resumed_stopped = 0, {}, False
@@ -303,3 +318,11 @@ class RecipeRun:
             "seconds": round(time.time() - start, 2),
             "final": self.last_metrics,
         }
+
+
+def execute(recipe: Any) -> dict[str, Any]:
+    """The five-line main of a recipe: ``setup()``, ``train()`` when the stage asks for it, ``save()``."""
+    recipe.setup()
+    if recipe.run.trains:
+        recipe.train()
+    return recipe.save()

@@ -1,7 +1,7 @@
 """VCE: erase a concept from an autoregressive image model with visual contrast pairs and token-level DPO.
 
-Following VCE (arXiv 2509.16986; our reading, see REFERENCE.md 1.4; the paper's text could not be read
-here): contrastive image pairs that differ only in the concept (stage 1, :mod:`safegen.recipes.vce_pairs`),
+Following VCE (arXiv 2509.16986; our reading, ``docs/methods/vce.md``): contrastive image pairs that differ
+only in the concept (stage 1, :mod:`safegen.recipes.vce_pairs`),
 then DPO on image tokens with a token-level average and token drop, on a LoRA of the GPT (stage 2, here).
 
     safegen erase --method vce --concept red --model mini-ar --out runs/vce-red
@@ -49,11 +49,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from safegen.errors import SafegenError, unknown
+from safegen.errors import SafegenError
 from safegen.options import fingerprint
 from safegen.recipes.losses import average_logprob, corrupt_tokens, token_keep_mask, vce_loss
-from safegen.recipes.prompts import Progress, StageContext, resolve_target, reusable_stage
-from safegen.recipes.training import TRL_DPO_NAMES, RecipeRun, adapters_disabled
+from safegen.recipes.prompts import Progress, StageContext, reusable_stage
+from safegen.recipes.training import TRL_DPO_NAMES, RecipeRequest, RecipeRun, adapters_disabled, execute
 from safegen.recipes.vce_config import VCEConfig
 
 STAGES = ("pairs", "train", "all")
@@ -116,26 +116,11 @@ def move_ar_model(model: Any, device: torch.device) -> None:
 class VCERecipe:
     """VCE as a recipe: ``setup()``, ``train()``, ``save()``; see :func:`run_vce`."""
 
-    def __init__(
-        self,
-        cfg: VCEConfig,
-        concept: Any,
-        model: str = "mini-ar",
-        out: str | Path | None = None,
-        resume: bool = False,
-        stage: str = "all",
-        device: str = "auto",
-        progress: Progress | None = None,
-    ):
-        if stage not in STAGES:
-            raise unknown("VCE stage", stage, STAGES)
-        self.cfg, self.model_name, self.stage = cfg, model, stage
-        self.device, self.progress = device, progress
-        self.concept, self.mini = resolve_target(concept, model)
-        self.run = RecipeRun("vce", "VCE", cfg, self.concept.name, model, out, resume, progress)
-        self.out = self.run.out
-        self.trains = stage in ("train", "all")
-        self.result: dict[str, Any] = {"out": str(self.out), "concept": self.concept.name, "stages": {}}
+    def __init__(self, cfg: VCEConfig, request: RecipeRequest):
+        self.cfg, self.request = cfg, request
+        self.run = RecipeRun("vce", "VCE", cfg, request, STAGES)
+        self.concept, self.mini, self.out = self.run.target, self.run.mini, self.run.out
+        self.result = self.run.result
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -146,12 +131,12 @@ class VCERecipe:
         if self.cfg.pairs_dir:
             folder = Path(self.cfg.pairs_dir).expanduser()
             reusable_stage(folder, True, "pair set", self.concept.name, "")
-        self.acc = self.run.start(self.device)
+        self.acc = self.run.start(self.request.device)
         self.is_main = self.result["main"] = self.run.is_main
         self._setup_model()
         self.run.collective(self._write_manifest, main_only=True)
         self._setup_pairs()
-        if self.trains:
+        if self.run.trains:
             self.peft, self.params = add_ar_lora(
                 self.model, self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets, self.cfg.seed
             )
@@ -161,10 +146,10 @@ class VCERecipe:
         from safegen.loader import load_model
 
         dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.cfg.mixed_precision]
-        self.model = load_model(self.model_name, device="cpu", dtype=dtype)
+        self.model = load_model(self.request.model, device="cpu", dtype=dtype)
         if self.model.kind != "ar":
             raise SafegenError(
-                f"VCE erases concepts from autoregressive models; {self.model_name} is a diffusion model "
+                f"VCE erases concepts from autoregressive models; {self.request.model} is a diffusion model "
                 "(use --method scdpo)."
             )
         move_ar_model(self.model, self.acc.device)
@@ -192,7 +177,7 @@ class VCERecipe:
                 self.model,
                 acc.process_index,
                 acc.num_processes,
-                self.progress,
+                self.request.progress,
             )
             self.run.collective(lambda: [p.unlink() for p in folder.glob("part-*")], main_only=True)
             self.run.collective(lambda: build_pair_part(ctx, folder))
@@ -278,14 +263,16 @@ class VCERecipe:
         """Write the final LoRA (PEFT format) in ``out``; finish the manifest."""
         from safegen.adapters import save_peft_adapter
 
-        if self.trains and self.is_main:
+        if self.run.trains and self.is_main:
             save_peft_adapter(self.peft, self.out, self._record(self.cfg.steps))
             self.result["adapter"] = str(self.out)
         self.run.collective(lambda: self._write_manifest(done=True), main_only=True)
         return self.result
 
     def _write_manifest(self, done: bool = False) -> None:
-        self.run.write_manifest(self.model, self.result, done, stage=self.stage, family=self.model.family)
+        self.run.write_manifest(
+            self.model, self.result, done, stage=self.request.stage, family=self.model.family
+        )
 
 
 def run_vce(
@@ -311,8 +298,5 @@ def run_vce(
     """
     if merge:
         raise SafegenError("VCE writes a PEFT adapter; load it with --adapter (merging is not available).")
-    recipe = VCERecipe(config or VCEConfig(), concept, model, out, resume, stage, device, progress)
-    recipe.setup()
-    if recipe.trains:
-        recipe.train()
-    return recipe.save()
+    request = RecipeRequest(concept, model, out, resume, False, stage, device, progress)
+    return execute(VCERecipe(config or VCEConfig(), request))

@@ -1,6 +1,6 @@
 """VCE's settings: one dataclass, every option with its stage, range or choices, and a help text.
 
-Settings come in layers, later ones winning (:meth:`safegen.recipes.prompts.OptionSet.load`)::
+Settings come in layers, later ones winning (:func:`safegen.options.load`)::
 
     dataclass defaults  <  --config FILE.yaml  <  --set KEY=VALUE  <  --steps N
 
@@ -8,13 +8,9 @@ Settings come in layers, later ones winning (:meth:`safegen.recipes.prompts.Opti
     beta: 5
     token_drop: 0.1
 
-Values are checked strictly (one-line :class:`~safegen.errors.SafegenError`). The training defaults come
-from ``benchmarks/sweep_vce.py`` on mini-ar (tables in ``benchmarks/results/sweep_vce*.md``): round 1
-(circle) moved lr up from 1e-4 and found the retain NLL on 32 base samples costly there (``retain_weight``
-0 met every target, 1 did not); round 2 (circle and striped, centred on lr 7e-4 without it) kept beta 5,
-token_drop 0.1, 200 steps and rank 8 and chose lr 5e-4, the largest worst-case margin over both concepts;
-round 3 measures the ablations at these defaults. They are the mini world's values: on a real LlamaGen or
-Janus, sweep lr and beta again (``--set``).
+Values are checked strictly (one-line :class:`~safegen.errors.SafegenError`). Where each default comes
+from: ``docs/methods/vce.md``. They are the mini world's values: on a real LlamaGen or Janus, sweep lr and
+beta again (``--set``).
 """
 
 from __future__ import annotations

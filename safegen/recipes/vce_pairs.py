@@ -1,6 +1,6 @@
 """VCE's contrastive pairs: same-seed image tokens of a prompt with the concept and of its safe rewrite.
 
-Following VCE (arXiv 2509.16986; our reading, see REFERENCE.md 1.4), for each prompt p that names the
+Following VCE (arXiv 2509.16986; our reading, ``docs/methods/vce.md``), for each prompt p that names the
 concept and each seed s::
 
     y_u = tokens(model(p, s)),    p' = rewrite(p),    y_s = tokens(model(p', s))
