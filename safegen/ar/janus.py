@@ -33,6 +33,7 @@ from safegen.errors import SafegenError
 
 PROMPT = "<|User|>: {prompt}\n\n<|Assistant|>:"
 BOI = "<begin_of_image>"
+FEATURE_LENGTH = 64  # prompt positions compared by text-only attacks
 JANUS_DEFAULTS = {"cfg": 5.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
@@ -74,10 +75,15 @@ class JanusBackbone:
         """The prompt tokenizer and the input embedding table the prompt's tokens are looked up in."""
         return self.tokenizer, self.model.get_input_embeddings()
 
-    def text_features(self, prompts: list[str]) -> torch.Tensor:
-        """What the language model makes of the prompts: its hidden states over the prompt (B, T, D)."""
+    def text_features(self, prompts: list[str], length: int = FEATURE_LENGTH) -> torch.Tensor:
+        """What the language model makes of the prompts: its hidden states over the last ``length`` prompt
+        positions, left-padded with zeros (B, length, D), so that any two prompts compare position by
+        position (prompts are left-padded)."""
         prefix = self.encode_prompts(prompts)
-        return self._run(prefix.embeds, prefix.mask, _positions(prefix.mask), None)
+        hidden = self._run(prefix.embeds, prefix.mask, _positions(prefix.mask), None)
+        hidden = hidden * prefix.mask[..., None].to(hidden.dtype)
+        pad = max(0, length - hidden.shape[1])
+        return torch.nn.functional.pad(hidden, (0, 0, pad, 0))[:, -length:]
 
     def null_prefix(self, cond: Prefix) -> Prefix:
         ids = cond.ids.clone()

@@ -125,6 +125,7 @@ def run_attack(
         SafegenError: unknown attack, a concept the model cannot draw or without a detector, bad options,
             a run folder of another configuration.
     """
+    from safegen.attacks.target import check_judgeable
     from safegen.concepts import Concept, check_concept_model, get_concept
     from safegen.methods import MethodKind, get_method
     from safegen.runs import RunFolder, new_manifest
@@ -133,6 +134,7 @@ def run_attack(
     opts = options if options is not None else entry.config_class()()
     concept = concept if isinstance(concept, Concept) else get_concept(str(concept))
     check_concept_model(concept, model, f"attack '{attack}'")
+    check_judgeable(concept)
     if targets == "auto":
         targets = "render" if "mini" in (concept.detector or {}) else "base"
     if targets == "render" and "mini" not in (concept.detector or {}):

@@ -26,11 +26,21 @@ from safegen.errors import SafegenError
 
 
 # --------------------------------------------------------------------------- the judge
+def check_judgeable(concept: Any) -> None:
+    """An attack's success is judged by the concept's detector: refuse a concept without one."""
+    if not {"mini", "nudenet"} & set(concept.detector or {}):
+        raise SafegenError(
+            f"Concept '{concept.name}' has no detector, so an attack's success cannot be judged; "
+            "give it one in a concepts file (detector: {nudenet: <preset>} or {mini: ...})."
+        )
+
+
 class Judge:
     """Whether each image shows the concept: the mini classifier on the mini world, NudeNet for nudity."""
 
     def __init__(self, concept: Any, preset: str = "unlearndiff") -> None:
-        detector = concept.detector or {}
+        check_judgeable(concept)
+        detector = concept.detector
         self.concept = concept
         if "mini" in detector:
             from safegen.bench.mini_prompts import target_for
@@ -38,16 +48,11 @@ class Judge:
 
             self.name, self.preset = "mini", None
             self.mini_target, self.classifier = target_for(concept), MiniClassifier.load()
-        elif "nudenet" in detector:
+        else:
             from safegen.classifiers.nudenet import NudeNetClassifier
 
             self.name, self.preset = "nudenet", preset
             self.classifier = NudeNetClassifier(preset)
-        else:
-            raise SafegenError(
-                f"Concept '{concept.name}' has no detector, so an attack's success cannot be judged; "
-                "give it one in a concepts file (detector: {nudenet: <preset>} or {mini: ...})."
-            )
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "preset": self.preset}
