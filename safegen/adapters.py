@@ -64,6 +64,8 @@ def check_adapter(path: str | Path) -> dict[str, Any]:
             f"{PEFT_CONFIG_FILE})."
         )
     check_safetensors(folder / (WEIGHTS_FILE if kind == "sd" else PEFT_WEIGHTS_FILE))
+    if kind == "ar":
+        check_peft_config(folder / PEFT_CONFIG_FILE)
     record_file = folder / RECORD_FILE
     if not record_file.is_file():
         return {}
@@ -74,6 +76,26 @@ def check_adapter(path: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise SafegenError(f"{record_file} must hold a JSON object.")
     return record
+
+
+def check_peft_config(path: Path) -> None:
+    """A PEFT LoRA's ``adapter_config.json``: an object with a LoRA's rank, alpha and target modules."""
+    from safegen.files import read_json
+
+    raw = read_json(path, "adapter config")
+    if not isinstance(raw, dict):
+        raise SafegenError(f"{path} must hold a JSON object (a PEFT LoRA's settings).")
+    if raw.get("peft_type", "LORA") != "LORA":
+        raise SafegenError(f"{path} is a {raw.get('peft_type')!r} adapter; safegen loads LoRA adapters.")
+    rank, alpha, targets = raw.get("r"), raw.get("lora_alpha"), raw.get("target_modules")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise SafegenError(f"{path}: 'r' must be a positive integer, got {str(rank)[:40]!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise SafegenError(f"{path}: 'lora_alpha' must be a number, got {str(alpha)[:40]!r}.")
+    if not (
+        isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+    ):
+        raise SafegenError(f"{path}: 'target_modules' must be a string or a list of strings.")
 
 
 def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str, Any]:
@@ -94,18 +116,40 @@ def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str
             f"{folder} is a LoRA for {KIND_WORDS[kind]}, but {model.source} is {KIND_WORDS[model.kind]}."
         )
     try:
-        if model.kind == "ar":
-            _attach_peft(model, folder, scale)
-        else:
-            model.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
-            model.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
-    except (OSError, ValueError, RuntimeError, KeyError, SafegenError) as exc:
+        with quiet_libraries():
+            if model.kind == "ar":
+                _attach_peft(model, folder, scale)
+            else:
+                model.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
+                if ADAPTER_NAME not in model.pipe.get_list_adapters().get("unet", []):
+                    raise SafegenError("none of its LoRA weights matches a layer of the UNet")
+                model.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafegenError) as exc:
         detach_adapter(model)
         base = record.get("base_model", {}).get("source")
         hint = f" It was trained on {base}." if base else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SafegenError(f"Cannot load adapter {folder} into {model.source}: {first}{hint}") from None
     return record
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence diffusers', transformers' and peft's own messages and warnings (safegen reports one line)."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR + 10)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def detach_adapter(model: Any) -> None:
@@ -277,11 +321,20 @@ def save_checkpoint(
     The checkpoint is written to a hidden folder and renamed when complete, so a crash never leaves a
     half-written one; only the newest ``keep`` are kept (0: all). Each is itself a loadable adapter.
     """
+    from safetensors import SafetensorError
+
     final, tmp = folder / f"step-{step:07d}", folder / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    (save_peft_adapter if _is_peft(unet) else save_adapter)(unet, tmp, record)
-    save_optimizer_state(optimizer.state_dict(), tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+    try:
+        (save_peft_adapter if _is_peft(unet) else save_adapter)(unet, tmp, record)
+        save_optimizer_state(optimizer.state_dict(), tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+    except (OSError, SafetensorError) as exc:  # a full disk: safetensors raises its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SafegenError(
+            f"Cannot write the checkpoint of step {step} in {folder} ({exc}); earlier checkpoints are "
+            "intact: free some space and run the same command with --resume."
+        ) from None
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(folder.glob("step-*"))[:-keep] if keep else []:

@@ -39,16 +39,23 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _check_image(path: Path) -> None:
-    """Read only the header, so a bad file among thousands fails before any is classified."""
+    """Read only the header, so a bad file among thousands fails before any is classified; an image whose
+    header claims more pixels than Pillow's limit (a decompression bomb) is refused, not decoded."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path):
-            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path):
+                pass
     except UnidentifiedImageError:
         raise SafegenError(f"Cannot read image {path}: not an image.") from None
-    except OSError as exc:
-        raise SafegenError(f"Cannot read image {path}: {exc.strerror or exc}.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SafegenError(f"Cannot read image {path}: it claims more pixels than safegen decodes.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SafegenError(f"Cannot read image {path}: {getattr(exc, 'strerror', None) or exc}.") from None
 
 
 def _open_image(path: Path):
@@ -159,6 +166,8 @@ def generate_to_dir(
     dtype = choice(DType, dtype, "dtype")
     from safegen.runs import default_out_dir
 
+    if out is not None and not str(out).strip():
+        raise SafegenError("--out must name a folder (got an empty string).")
     out_dir = Path(out) if out is not None else default_out_dir("generate")
     if out_dir.exists() and not out_dir.is_dir():
         raise SafegenError(f"--out {out_dir} exists and is not a folder.")
@@ -170,14 +179,20 @@ def generate_to_dir(
     from safegen.sampling import GenerationConfig, plan_jobs
 
     config = GenerationConfig(steps=steps, cfg=7.5 if cfg is None else cfg, batch_size=batch_size)
-    seeds = [seed + k for k in range(len(prompts) * n)] if n >= 1 else []
-    plan_jobs(prompts, seeds, n)  # checks prompts, n and seeds before the model is loaded
+    plan_jobs(prompts, None, n)  # checks prompts and n (bounded) before any list of seeds is built
+    seeds = [seed + k for k in range(len(prompts) * n)]
+    plan_jobs(prompts, seeds, n)  # and the seeds, before the model is loaded
     guard_obj = get_guard(guard) if isinstance(guard, str) else guard
     if adapter is not None:
         from safegen.adapters import attach_adapter, check_adapter
 
         check_adapter(adapter)
     loaded = load_model(model, device=device.value, dtype=dtype.value)
+    if loaded.kind == "ar" and getattr(guard_obj, "name", "none") != "none":
+        raise SafegenError(
+            f"Guard '{guard_obj.name}' acts inside a diffusion loop; autoregressive models take no inference "
+            "guard (erase concepts from them with a fine-tuning method such as VCE)."
+        )
     if adapter is not None:
         attach_adapter(loaded, adapter)
     config = dataclasses.replace(config, cfg=model_cfg(loaded, cfg))

@@ -127,17 +127,9 @@ def _builtin() -> tuple[tuple[str, Concept], ...]:
 
 
 def _read_file(path: Path) -> list[Concept]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SafegenError(f"Cannot read concepts file {path}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise SafegenError(f"{path}: not valid YAML{where}.") from None
-    return _parse(raw, str(path))
+    from safegen.files import read_yaml
+
+    return _parse(read_yaml(path, "concepts file"), str(path))
 
 
 def _parse(raw: Any, source: str) -> list[Concept]:

@@ -172,6 +172,24 @@ def _missing_weights(bundled: BundledModel) -> SafegenError:
     )
 
 
+def model_kind(model: str) -> str | None:
+    """``sd`` or ``ar`` for ``--model``, from its name or its folder's files, without loading anything.
+
+    None for a hub id whose kind cannot be told offline (a Janus id is ``ar``).
+
+    Raises:
+        SafegenError: a folder that does not exist, or that no loader knows.
+    """
+    if model in BUNDLED:
+        return BUNDLED[model].kind
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise SafegenError(f"Model folder not found: {path}")
+        return "sd" if model_folder_kind(path) == "sd" else "ar"
+    return "ar" if "janus" in model.lower() else None
+
+
 def model_folder_kind(path: Path) -> str:
     """``sd`` (diffusers folder), ``llamagen`` or ``janus``, from the folder's files; else a clear error."""
     from safegen.ar import detect_ar_folder

@@ -220,6 +220,10 @@ def build(
     """
     values: dict[str, Any] = {}
     if strength is not None:
+        if not isinstance(strength, str):
+            raise SafegenError(
+                f"The strength for {owner[:1].lower()}{owner[1:]} must be a name, got {short(strength)}."
+            )
         if presets is None or strength not in presets:
             raise unknown(f"strength for {owner[:1].lower()}{owner[1:]}", str(strength), presets or {})
         values.update(presets[strength])

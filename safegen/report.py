@@ -51,26 +51,45 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run folder.
+    """Read a run folder, checking the shape of what the page reads.
 
     Raises:
-        SafegenError: not a folder, no manifest, or no results yet (unfinished: run it with --resume).
+        SafegenError: not a folder, no manifest, no results yet (unfinished: run it with --resume), files
+            of the wrong shape, or a sample whose image lies outside the folder.
     """
+    from safegen.runs import read_lines
+
     path = Path(path).expanduser()
     if not (path / MANIFEST).is_file():
         raise SafegenError(f"{path} is not a run folder (no {MANIFEST}).")
     if not (path / RESULTS).is_file():
         raise SafegenError(f"{path} has no {RESULTS} yet; finish it with the same command and --resume.")
-    samples = []
-    if (path / "samples.jsonl").is_file():
-        from safegen.runs import read_lines
-
-        samples = read_lines(path / "samples.jsonl", repair=False)
-    return Run(path.name, path, read_json(path / MANIFEST), read_json(path / RESULTS), samples)
+    manifest, results = read_json(path / MANIFEST), read_json(path / RESULTS)
+    for name, value in ((MANIFEST, manifest), (RESULTS, results)):
+        if not isinstance(value, dict):
+            raise SafegenError(f"{path / name} is not a JSON object; the run folder is damaged.")
+    for key in ("overall", "accuracy", "erasure", "config"):
+        container = results if key != "config" else manifest
+        if container.get(key) is not None and not isinstance(container[key], dict):
+            raise SafegenError(f"{path}: '{key}' is not an object; the run folder is damaged.")
+    samples = read_lines(path / "samples.jsonl", repair=False) if (path / "samples.jsonl").is_file() else []
+    root = path.resolve()
+    for number, sample in enumerate(samples, start=1):
+        where = f"{path / 'samples.jsonl'} line {number}"
+        if not isinstance(sample, dict) or not isinstance(sample.get("path", ""), str):
+            raise SafegenError(f"{where} is not a sample record; the run folder is damaged.")
+        if "path" in sample and not (path / sample["path"]).resolve().is_relative_to(root):
+            raise SafegenError(f"{where} points outside the run folder ({sample['path'][:60]!r}); not read.")
+    return Run(path.name, path, manifest, results, samples)
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path = "report.html", grid: int = 8) -> Path:
-    """Read the run folders and write the HTML page; returns its path."""
+    """Read the run folders and write the HTML page; returns its path.
+
+    Raises:
+        SafegenError: a bad run folder (see :func:`load_run`), or ``out`` is a folder or lies inside one of
+            the run folders (a report never writes over a run's files).
+    """
     if not paths:
         raise SafegenError("Give at least one run folder.")
     runs = [load_run(p) for p in paths]
@@ -81,8 +100,19 @@ def write_report(paths: Sequence[str | Path], out: str | Path = "report.html", g
     out = Path(out).expanduser()
     if out.is_dir():
         raise SafegenError(f"--out {out} is a folder; give an HTML file name.")
+    for r in runs:
+        if out.resolve().is_relative_to(r.path.resolve()):
+            raise SafegenError(
+                f"--out {out} lies inside the run folder {r.path}; write the report elsewhere."
+            )
+    try:
+        page = render(runs, grid)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SafegenError(
+            f"A run's results have an unexpected shape ({type(exc).__name__}: {exc})."
+        ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(runs, grid), encoding="utf-8")
+    out.write_text(page, encoding="utf-8")
     return out
 
 

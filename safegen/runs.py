@@ -44,6 +44,7 @@ from typing import Any
 from safegen.errors import SafegenError
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
 TIMING = "timing.json"
@@ -254,6 +255,7 @@ class RunFolder:
         existing = run.check(manifest, resume)
         run.shard.barrier()
         if run.shard.main:
+            lock_folder(run.path)
             if existing:
                 for file in run.sample_files():
                     read_lines(file, repair=True)
@@ -299,7 +301,7 @@ class RunFolder:
             return True
         if resume:
             raise SafegenError(f"--resume: {path} holds no {what} ({MANIFEST} missing).")
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
             raise SafegenError(f"--out {path} is not empty and holds no run (no {MANIFEST}); choose another.")
         return False
 
@@ -375,8 +377,51 @@ class RunFolder:
             file.unlink()
         return records
 
+    def release(self) -> None:
+        """Give the folder's write lock back (the run is over)."""
+        release_folder(self.path)
+
     def write(self, name: str, data: Any) -> None:
         write_json(self.path / name, data)
+
+
+_LOCKS: dict[str, int] = {}  # run folder -> the open descriptor holding its lock (one per process)
+
+
+def lock_folder(path: Path) -> None:
+    """Take a run folder's write lock for this process (created if needed); a second writer is refused.
+
+    A POSIX record lock on ``<folder>/.lock``: the kernel releases it when the process ends, killed or not,
+    so an interrupted run never blocks its ``--resume``; the same process may take it again.
+
+    Raises:
+        SafegenError: another process holds it.
+    """
+    import fcntl
+
+    key = str(path.resolve()) if path.exists() else str(path.absolute())
+    if key in _LOCKS:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SafegenError(f"Cannot create the run folder {path}: {exc.strerror or exc}.") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SafegenError(
+            f"{path} is being written by another safegen process; wait for it to end or choose another --out."
+        ) from None
+    _LOCKS[str(path.resolve())] = fd
+
+
+def release_folder(path: Path) -> None:
+    """Give a run folder's lock back (at the end of a run; the end of the process does it too)."""
+    fd = _LOCKS.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def _article(word: str) -> str:

@@ -20,6 +20,7 @@ from safegen.errors import SafegenError
 
 OUTPUT_TYPES = ("pil", "np")
 MAX_SEED = 2**63 - 1
+MAX_IMAGES = 1_000_000  # images of one call: a larger number is a typo, not a plan
 
 
 @dataclass
@@ -33,7 +34,7 @@ class GenerationConfig:
         height: image height in pixels; None: the UNet's sample size times the VAE's scale factor.
         width: image width in pixels; None: as height.
         negative_prompt: the text of the unconditional branch ("" is plain CFG).
-        batch_size: images per UNet batch (does not change the pixels).
+        batch_size: images per UNet batch (see :mod:`safegen.generator` for what it may change).
         eta: DDIM eta (0..1), passed to schedulers whose ``step`` takes it.
     """
 
@@ -94,6 +95,10 @@ def plan_jobs(prompts: Sequence[str], seeds: Sequence[int] | None, n: int) -> li
             raise SafegenError(f"Prompt {i} is empty; every prompt needs some text.")
     check_int("n", n, 1, 100_000)
     total = len(prompts) * n
+    if total > MAX_IMAGES:
+        raise SafegenError(
+            f"{len(prompts)} prompts x n={n} is {total} images; one call makes at most {MAX_IMAGES}."
+        )
     seeds = list(range(total)) if seeds is None else list(seeds)
     if len(seeds) != total:
         raise SafegenError(f"Got {len(seeds)} seeds for {total} images ({len(prompts)} prompts x n={n}).")

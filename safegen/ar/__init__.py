@@ -131,14 +131,34 @@ def load_llamagen(path: Path, name: str, device: torch.device, dtype: torch.dtyp
 
 
 def llamagen_spec(path: Path) -> dict[str, Any]:
-    """Resolve a folder's ``llamagen.json`` (or LlamaGen's official file names) into configs and files."""
+    """Resolve a folder's ``llamagen.json`` (or LlamaGen's official file names) into configs and files.
+
+    Raises:
+        SafegenError: the spec is not valid JSON, not of the documented shape, or its values do not make
+            a GPT and a VQ config (one line, naming the file).
+    """
     spec_file = path / SPEC_FILE
+    try:
+        return _spec(path, spec_file)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise SafegenError(
+            f"{spec_file}: the GPT / VQ settings are not valid ({type(exc).__name__}: {exc})."
+        ) from None
+
+
+def _spec(path: Path, spec_file: Path) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     if spec_file.is_file():
         try:
             raw = json.loads(spec_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SafegenError(f"{spec_file} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict) or not all(
+        isinstance(raw.get(k, {}), dict) for k in ("gpt", "vq", "text_encoder")
+    ):
+        raise SafegenError(f"{spec_file} must be an object whose gpt, vq and text_encoder are objects.")
+    if not isinstance(raw.get("sampling", {}), dict):
+        raise SafegenError(f"{spec_file}: sampling must be an object.")
     gpt, vq = dict(raw.get("gpt", {})), dict(raw.get("vq", {}))
     gpt_file = _weights_file(path, gpt.pop("weights", None), "t2i_", "GPT")
     vq_file = _weights_file(path, vq.pop("weights", None), "vq_", "VQ")

@@ -5,8 +5,11 @@ folder is touched), opens the run folder (:mod:`safegen.runs`), then for each ba
 missing: generates them (:func:`safegen.generator.generate`), runs NudeNet (and Q16 when asked) on the
 pixels in memory, writes the PNGs and appends one samples line per image. Batches group images of the
 same guidance scale (the generator takes one per call); every image has its own seed, so the batching
-does not change the pixels. ``timing.json`` splits the session's wall time into model loading,
-generation, classification, writing and the rest.
+keeps its noise. Batches are cut from the run's whole canonical order, so a resumed run regenerates a
+batch it had finished in part instead of forming new batches: its pixels are the uninterrupted run's
+(another ``--batch-size`` may change a pixel value by 1 or 2: :mod:`safegen.generator`).
+``timing.json`` splits the session's wall time into model loading, generation, classification, writing
+and the rest.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ def make_items(rows: Sequence[Any], images_per_prompt: int, settings: Settings) 
             raise SafegenError(f"Row {row.row_id} (line {row.line}): seed {base} is too large.")
         cfg = settings.cfg if settings.cfg is not None else row.guidance
         cfg = DEFAULT_CFG if cfg is None else cfg
+        if not 0.0 <= cfg <= 50.0:  # the generator's range, checked before the run folder is made
+            where = "--cfg" if settings.cfg is not None else f"Row {row.row_id} (line {row.line}): guidance"
+            raise SafegenError(f"{where} must be in 0.0..50.0, got {cfg}.")
         meta = {"row_id": row.row_id, "categories": list(row.categories), "hard": row.hard, **row.meta}
         for k in range(images_per_prompt):
             key = f"{row.row_id}/{k}"
@@ -143,7 +149,17 @@ class Evaluator:
             from safegen.adapters import attach_adapter
 
             attach_adapter(self.model, settings.adapter)
-        self.size = image_size(self.model, GenerationConfig(height=height, width=width))
+        if self.model.kind == "ar":  # autoregressive models make images of their own size, unguarded
+            if settings.guard != "none":
+                raise SafegenError(
+                    f"Guard '{settings.guard}' acts inside a diffusion loop; {settings.model} is an "
+                    "autoregressive model (erase concepts from it with VCE and pass --adapter)."
+                )
+            if settings.size and settings.size != (self.model.image_size,) * 2:
+                raise SafegenError(f"{settings.model} makes {self.model.image_size} px images; drop --size.")
+            self.size = (self.model.image_size, self.model.image_size)
+        else:
+            self.size = image_size(self.model, GenerationConfig(height=height, width=width))
         self.nudenet = NudeNetClassifier(preset)
         self.q16 = None
         if q16 is not None:
@@ -222,7 +238,11 @@ def execute(
     finished = len(mine) - len(todo)
     if progress is not None:
         progress(finished, len(mine))
-    for batch in plan_batches(todo, evaluator.settings.batch_size):
+    for whole in plan_batches(mine, evaluator.settings.batch_size):  # the uninterrupted run's batches
+        missing = [it for it in whole if it.key not in done]
+        if not missing:
+            continue
+        batch = whole
         t0 = time.perf_counter()
         images = evaluator.generate(batch)
         t1 = time.perf_counter()
@@ -230,6 +250,8 @@ def execute(
         t2 = time.perf_counter()
         records = []
         for item, image, verdict in zip(batch, images, verdicts, strict=True):
+            if item.key in done:
+                continue  # made again only to keep the batch whole
             relative = f"{IMAGES}/{item.position:06d}.png"
             run.image(relative, image.image)
             records.append(
@@ -249,7 +271,7 @@ def execute(
         spent["generate"] += t1 - t0
         spent["classify"] += t2 - t1
         spent["write"] += t3 - t2
-        finished += len(batch)
+        finished += len(missing)
         if progress is not None:
             progress(finished, len(mine))
     spent["images"] = len(todo)

@@ -121,6 +121,7 @@ def run_bench_mini(
         run = RunFolder(Path(out).expanduser())
         run.check({"config": config}, resume, what="bench mini run")
     job = _Job(model, device, steps, cfg, prompts, images_per_prompt, seed, progress, len(variants))
+    job.check_fits(guard_obj, adapter)  # before anything is written
     if run is not None:
         run = RunFolder.open(run.path, new_manifest("mini", config), resume=resume)
     results, order = {}, []
@@ -166,6 +167,20 @@ class _Job:
         self.config = GenerationConfig(steps=steps, cfg=model_cfg(self.model, cfg))
         self.progress, self.total, self.done = progress, len(self.expanded) * n_variants, 0
 
+    def check_fits(self, guard: Any, adapter: str | None) -> None:
+        """A guard needs a diffusion model; an adapter must be for this kind of model."""
+        from safegen.adapters import KIND_WORDS, adapter_kind
+
+        if guard is not None and self.model.kind == "ar":
+            raise SafegenError(
+                f"Guard '{guard.name}' acts inside a diffusion loop; {self.model.name} is an autoregressive "
+                "model (erase concepts from it with VCE and pass --adapter)."
+            )
+        kind = adapter_kind(Path(adapter).expanduser()) if adapter else None
+        if kind is not None and kind != self.model.kind:
+            mine, theirs = KIND_WORDS[self.model.kind], KIND_WORDS[kind]
+            raise SafegenError(f"{adapter} is a LoRA for {theirs}, but {self.model.name} is {mine}.")
+
     def variant(self, name: str, guard: Any, adapter: str | None, run: Any, index: int):
         """Reads of every image of one variant (generated, or read back from ``run``), and its keys."""
         from safegen.adapters import use_adapter
@@ -175,10 +190,12 @@ class _Job:
         done = run.samples() if run is not None else {}
         reads: list[list[dict] | None] = [done[k]["detections"] if k in done else None for k in keys]
         self.done = index * len(keys) + sum(r is not None for r in reads)
-        todo = [i for i, r in enumerate(reads) if r is None]
         with use_adapter(self.model, adapter):
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start : start + CHUNK]
+            for start in range(0, len(keys), CHUNK):  # fixed chunks: a resumed run forms the same batches
+                chunk = list(range(start, min(start + CHUNK, len(keys))))
+                missing = [i for i in chunk if reads[i] is None]
+                if not missing:
+                    continue
                 images = generate(
                     self.model,
                     [self.expanded[i].prompt for i in chunk],
@@ -188,11 +205,14 @@ class _Job:
                     progress=self._report(len(chunk)),
                 )
                 found = self.classifier.classify([im.image for im in images])
-                for i, read in zip(chunk, found, strict=True):
+                fresh = [
+                    (i, im, r) for i, im, r in zip(chunk, images, found, strict=True) if reads[i] is None
+                ]
+                for i, _, read in fresh:
                     reads[i] = read
                 if run is not None:
-                    _record(run, name, chunk, images, found, self.expanded)
-                self.done += len(chunk)
+                    _record(run, name, *map(list, zip(*fresh, strict=True)), self.expanded)
+                self.done += len(missing)
         return reads, keys
 
     def _report(self, n: int) -> Callable[[int, int], None] | None:

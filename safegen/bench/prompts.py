@@ -165,7 +165,7 @@ def _seed(text: str, where: str, column: str) -> int | None:
     if not text:
         return None
     value = text[:-2] if text.endswith(".0") else text
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise SafegenError(f"{where}: malformed row, {column} {text!r} is not a non-negative integer.")
     return int(value)
 

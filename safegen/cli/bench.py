@@ -46,6 +46,7 @@ from safegen.cli.common import (
     SetOpt,
     StepsOpt,
     StrengthOpt,
+    folder_path,
     guard_inputs,
     resolve_concept,
 )
@@ -281,7 +282,7 @@ def bench_mini(
     device: DeviceOpt = Device.AUTO,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", file_okay=False, help="Run folder [default: none, in memory]."),
+        typer.Option("--out", "-o", parser=folder_path, help="Run folder [default: none, in memory]."),
     ] = None,
     resume: ResumeOpt = False,
     base_from: Annotated[

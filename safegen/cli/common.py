@@ -15,6 +15,14 @@ import typer
 from safegen.choices import Device, DType, NudeNetPreset
 from safegen.errors import SafegenError
 
+
+def folder_path(value: str) -> Path:
+    """An ``--out`` folder: any path but the empty string (which would mean the working folder)."""
+    if not value.strip():
+        raise typer.BadParameter("must name a folder, not an empty string")
+    return Path(value)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name, local folder or hub id.")]
 GuardOpt = Annotated[
@@ -67,7 +75,7 @@ PresetOpt = Annotated[
 ]
 OutOpt = Annotated[
     Path | None,
-    typer.Option("--out", "-o", file_okay=False, help="Run folder [default: outputs/<verb>-<time>]."),
+    typer.Option("--out", "-o", parser=folder_path, help="Run folder [default: outputs/<verb>-<time>]."),
 ]
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Finish the run in --out (refused if its configuration differs).")

@@ -26,7 +26,15 @@ from typing import Annotated, Any
 import typer
 
 from safegen.choices import Device
-from safegen.cli.common import ConceptOpt, ConceptsFileOpt, DeviceOpt, JsonOpt, SetOpt, resolve_concept
+from safegen.cli.common import (
+    ConceptOpt,
+    ConceptsFileOpt,
+    DeviceOpt,
+    JsonOpt,
+    SetOpt,
+    folder_path,
+    resolve_concept,
+)
 from safegen.cli.ui import StageBars, print_json, print_mapping, print_table
 from safegen.errors import SafegenError
 
@@ -63,7 +71,7 @@ def erase(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", file_okay=False, help="Run folder (default: runs/<method>-<concept>-<time>)."
+            "--out", "-o", parser=folder_path, help="Run folder (default: runs/<method>-<concept>-<time>)."
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,

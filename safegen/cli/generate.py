@@ -29,6 +29,7 @@ from safegen.cli.common import (
     SetOpt,
     StepsOpt,
     StrengthOpt,
+    folder_path,
     guard_inputs,
     resolve_concept,
 )
@@ -49,7 +50,7 @@ def generate(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", file_okay=False, help="Output folder [default: outputs/generate-<time>]."
+            "--out", "-o", parser=folder_path, help="Output folder [default: outputs/generate-<time>]."
         ),
     ] = None,
     device: DeviceOpt = Device.AUTO,

@@ -14,7 +14,6 @@ dataclasses of :mod:`safegen.options` fields.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +111,16 @@ class StageContext:
 
 
 def read_manifest(folder: Path, what: str) -> dict[str, Any]:
+    """A finished stage folder's ``manifest.json`` (a JSON object), or a one-line error."""
+    from safegen.files import read_json
+
     path = folder / "manifest.json"
     if not path.is_file():
         raise SafegenError(f"{folder} holds no finished {what} (no manifest.json).")
-    return json.loads(path.read_text())
+    record = read_json(path, f"{what} manifest")
+    if not isinstance(record, dict):
+        raise SafegenError(f"{path} is not a JSON object: the {what} is damaged.")
+    return record
 
 
 def reusable_stage(folder: Path, given: bool, what: str, concept: str, fingerprint: str) -> dict | None:

@@ -134,7 +134,7 @@ class SCDPORecipe:
 
     def __init__(self, cfg: SCDPOConfig, request: RecipeRequest):
         self.cfg, self.request = cfg, request
-        self.run = RecipeRun("scdpo", "SC-DPO", cfg, request, STAGES)
+        self.run = RecipeRun("scdpo", "SC-DPO", cfg, request, STAGES, "sd")
         self.concept, self.mini, self.out = self.run.target, self.run.mini, self.run.out
         self.result = self.run.result
 

@@ -32,7 +32,9 @@ from safegen.runs import (
     RunFolder,
     default_out_dir,
     git_commit,
+    lock_folder,
     read_json,
+    read_lines,
     versions,
     write_json,
     write_text,
@@ -109,14 +111,27 @@ class RecipeRun:
             ``keep_checkpoints``, ``log_every``).
         request: what to erase from which model, where (``out`` None: ``runs/<method>-<concept>-<time>``).
         stages: the recipe's stages (``request.stage`` must be one).
+        kind: the kind of model the recipe trains (``sd`` or ``ar``), checked before anything is loaded.
 
     Raises:
         SafegenError: an unknown stage, or a concept the model cannot draw.
     """
 
-    def __init__(self, method: str, label: str, cfg: Any, request: RecipeRequest, stages: tuple[str, ...]):
+    def __init__(
+        self, method: str, label: str, cfg: Any, request: RecipeRequest, stages: tuple[str, ...], kind: str
+    ):
+        from safegen.loader import model_kind
+
         if request.stage not in stages:
             raise unknown(f"{label} stage", request.stage, stages)
+        found = model_kind(request.model)
+        if found is not None and found != kind:
+            words = {"sd": "a diffusion model", "ar": "an autoregressive model"}
+            other = {"sd": "scdpo", "ar": "vce"}[found]
+            raise SafegenError(
+                f"{label} erases concepts from {words[kind]}; {request.model} is {words[found]} "
+                f"(use --method {other})."
+            )
         self.target, self.mini = resolve_target(request.concept, request.model)
         self.method, self.label, self.cfg, self.request = method, label, cfg, request
         self.concept, self.model_name = self.target.name, request.model
@@ -146,6 +161,15 @@ class RecipeRun:
                 raise SafegenError(
                     f"--resume: {self.out} erases {saved.get('concept')!r}, not {self.concept!r}."
                 )
+            from safegen.adapters import latest_checkpoint
+
+            last = latest_checkpoint(self.out / "checkpoints")
+            trained = int(json.loads((last / "state.json").read_text())["step"]) if last is not None else 0
+            if self.cfg.steps < trained:
+                raise SafegenError(
+                    f"--resume: the run in {self.out} has trained {trained} steps; --steps {self.cfg.steps} "
+                    f"is fewer (use --steps {trained} or more to go on; checkpoints/ holds earlier steps)."
+                )
 
     def start(self, device: str) -> Any:
         """The Accelerator (one per process under ``accelerate launch``); a missing device is an error."""
@@ -162,7 +186,7 @@ class RecipeRun:
 
     def write_manifest(self, model: Any, result: dict[str, Any], done: bool = False, **extra: Any) -> None:
         """``manifest.json`` (settings, versions, git, the result so far) and a re-runnable config.yaml."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        lock_folder(self.out)  # one writer per run folder (taken again by the same process: a no-op)
         config = dataclasses.asdict(self.cfg)
         record = {
             "method": self.method,
@@ -210,7 +234,7 @@ class RecipeRun:
         if last is not None:
             self.start_step = load_checkpoint(last, adapter, opt)
         log = self.out / "log.jsonl"
-        rows = [json.loads(r) for r in log.read_text().splitlines()] if log.is_file() else []
+        rows = read_lines(log, repair=False) if log.is_file() else []  # a torn last line is dropped
         rows = [r for r in rows if r["step"] <= self.start_step]  # drop rows past the checkpoint
         self.last_metrics = rows[-1] if rows else {}
         # a run the constraint check ended stays ended: --resume does not train past its stop

@@ -118,7 +118,7 @@ class VCERecipe:
 
     def __init__(self, cfg: VCEConfig, request: RecipeRequest):
         self.cfg, self.request = cfg, request
-        self.run = RecipeRun("vce", "VCE", cfg, request, STAGES)
+        self.run = RecipeRun("vce", "VCE", cfg, request, STAGES, "ar")
         self.concept, self.mini, self.out = self.run.target, self.run.mini, self.run.out
         self.result = self.run.result
 
@@ -264,7 +264,8 @@ class VCERecipe:
         from safegen.adapters import save_peft_adapter
 
         if self.run.trains and self.is_main:
-            save_peft_adapter(self.peft, self.out, self._record(self.cfg.steps))
+            steps = self.result["stages"]["train"]["steps"]  # what was trained, not what was asked
+            save_peft_adapter(self.peft, self.out, self._record(steps))
             self.result["adapter"] = str(self.out)
         self.run.collective(lambda: self._write_manifest(done=True), main_only=True)
         return self.result

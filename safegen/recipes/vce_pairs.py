@@ -129,13 +129,15 @@ def read_pairs_file(cfg: Any) -> list[PairJob]:
     """
     if not cfg.pairs_file:
         raise SafegenError("rewriter=file needs --set pairs_file=FILE (JSONL or CSV).")
+    from safegen.files import read_text
+
     path = Path(cfg.pairs_file).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SafegenError(f"Cannot read pairs file {path}: {exc.strerror or exc}") from None
+    text = read_text(path, "pairs file")
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        try:
+            rows = list(csv.DictReader(text.splitlines(), strict=True))
+        except csv.Error as exc:
+            raise SafegenError(f"{path}: malformed CSV ({exc}).") from None
     else:
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -148,26 +150,48 @@ def read_pairs_file(cfg: Any) -> list[PairJob]:
     jobs: list[PairJob] = []
     for n, row in enumerate(rows, 1):
         where = f"{path} row {n}"
-        if not isinstance(row, dict) or not str(row.get("prompt") or "").strip():
-            raise SafegenError(f"{where}: needs a non-empty 'prompt'.")
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise SafegenError(f"{where}: needs a non-empty string 'prompt'.")
         if row.get("unsafe_image") or row.get("safe_image"):
             files = [path.parent / str(row.get(k) or "") for k in ("unsafe_image", "safe_image")]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise SafegenError(f"{where}: image not found: {missing[0]}.")
+            for file in files:
+                check_image_file(file, where)
             jobs.append(PairJob(len(jobs), row["prompt"], -1, None, str(files[0]), str(files[1])))
             continue
-        if not str(row.get("safe_prompt") or "").strip():
+        if not isinstance(row.get("safe_prompt"), str) or not row["safe_prompt"].strip():
             raise SafegenError(f"{where}: needs 'safe_prompt', or 'unsafe_image' and 'safe_image'.")
-        try:
-            seeds = [int(row["seed"])] if str(row.get("seed") or "").strip() else None
-        except ValueError:
-            raise SafegenError(f"{where}: seed must be an integer, got {row['seed']!r}.") from None
+        seeds = [_seed(row["seed"], where)] if str(row.get("seed") or "").strip() else None
         for seed in seeds or [pair_seed(cfg, n, k) for k in range(cfg.seeds_per_prompt)]:
             jobs.append(PairJob(len(jobs), row["prompt"], seed, row["safe_prompt"]))
     if not jobs:
         raise SafegenError(f"{path} holds no pairs.")
     return jobs
+
+
+def _seed(value: Any, where: str) -> int:
+    """A pair file's seed: a non-negative integer below 2**63 (JSON numbers, or digit strings in CSV)."""
+    from safegen.sampling import MAX_SEED
+
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, int) or (text.isascii() and text.isdigit())):
+        raise SafegenError(f"{where}: seed must be a non-negative integer, got {str(value)[:40]!r}.")
+    if int(text) > MAX_SEED:
+        raise SafegenError(f"{where}: seed must be at most {MAX_SEED}, got {text[:40]}.")
+    return int(text)
+
+
+def check_image_file(path: Path, where: str) -> None:
+    """Read an image's header only: a file that is not an image (or a decompression bomb) fails here."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise SafegenError(f"{where}: {path} is not a readable image ({type(exc).__name__}).") from None
 
 
 # --------------------------------------------------------------------------- detectors and captions
