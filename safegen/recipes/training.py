@@ -126,10 +126,11 @@ class RecipeRun:
             raise unknown(f"{label} stage", request.stage, stages)
         found = model_kind(request.model)
         if found is not None and found != kind:
-            words = {"sd": "a diffusion model", "ar": "an autoregressive model"}
+            plural = {"sd": "diffusion models", "ar": "autoregressive models"}
+            single = {"sd": "a diffusion model", "ar": "an autoregressive model"}
             other = {"sd": "scdpo", "ar": "vce"}[found]
             raise SafegenError(
-                f"{label} erases concepts from {words[kind]}; {request.model} is {words[found]} "
+                f"{label} erases concepts from {plural[kind]}; {request.model} is {single[found]} "
                 f"(use --method {other})."
             )
         self.target, self.mini = resolve_target(request.concept, request.model)
