@@ -124,7 +124,7 @@ def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str
                 if ADAPTER_NAME not in model.pipe.get_list_adapters().get("unet", []):
                     raise SafegenError("none of its LoRA weights matches a layer of the UNet")
                 model.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafegenError) as exc:
+    except Exception as exc:  # the file is read here: whatever the libraries raise for it, one line
         detach_adapter(model)
         base = record.get("base_model", {}).get("source")
         hint = f" It was trained on {base}." if base else ""

@@ -144,6 +144,13 @@ def run_attack(
             raise SafegenError(f"{name} must be in 1..{high}, got {value}.")
     items = attack_items(concept, prompts, limit, seed)
     guard_obj = _guard(guard, concept, guard_options)
+    from safegen.loader import model_kind
+
+    if guard_obj is not None and model_kind(model) == "ar":
+        raise SafegenError(
+            f"Guard '{guard}' acts inside a diffusion loop; {model} is an autoregressive model (attack its "
+            "VCE adapter with --adapter instead)."
+        )
     if adapter:
         from safegen.adapters import check_adapter
 

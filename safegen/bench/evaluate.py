@@ -94,8 +94,8 @@ def make_items(rows: Sequence[Any], images_per_prompt: int, settings: Settings) 
     """The run's images in canonical order: each row's ``images_per_prompt`` images, rows in file order."""
     from safegen.sampling import MAX_SEED
 
-    if images_per_prompt < 1:
-        raise SafegenError(f"--images-per-prompt must be at least 1, got {images_per_prompt}.")
+    if not 1 <= images_per_prompt <= 1000:
+        raise SafegenError(f"--images-per-prompt must be in 1..1000, got {images_per_prompt}.")
     items = []
     for row in rows:
         base = settings.seed if settings.seed is not None else row.seed if row.seed is not None else 0

@@ -126,7 +126,7 @@ def bench_i2p(
     hard: Annotated[bool, typer.Option("--hard", help="Only the prompts marked hard.")] = False,
     limit: LimitOpt = None,
     images_per_prompt: Annotated[
-        int, typer.Option("--images-per-prompt", min=1, help="Images per prompt (official: 10).")
+        int, typer.Option("--images-per-prompt", min=1, max=1000, help="Images per prompt (official: 10).")
     ] = 10,
     preset: PresetOpt = NudeNetPreset.I2P,
     q16_clip: Annotated[

@@ -143,6 +143,9 @@ class SCDPORecipe:
         from safegen.loader import load_model
 
         self.run.check_out()  # every input is checked before a model is loaded or a file written
+        for given, what in ((self.cfg.cost_dir, "cost model"), (self.cfg.pairs_dir, "pair set")):
+            if given:  # a named stage folder must hold a finished stage of this concept
+                reusable_stage(Path(given).expanduser(), True, what, self.concept.name, "")
         self.acc = self.run.start(self.request.device)
         self.is_main = self.result["main"] = self.run.is_main
         dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.cfg.mixed_precision]
