@@ -65,3 +65,27 @@ def list_models() -> list[dict]:
         }
         for m in BUNDLED.values()
     ]
+
+
+_NOTICES: set[str] = set()
+
+MINI_TUNED = {
+    "guard": "its thresholds (sp: tau, text_tau; dlr: detect_tau; sld: the preset) were chosen on the mini "
+    "world: check them on prompts of your own, e.g. safegen bench i2p --guard {name} --set tau=...",
+    "erase": "its learning rate, beta and steps were chosen on the mini world: sweep them on your model "
+    "with --set lr=... --set beta=... --steps N",
+}
+
+
+def mini_tuned_notice(model_name: str, what: str, name: str) -> None:
+    """Say once per process that a method's defaults come from the mini world, when the model is not one
+    of the bundled mini models (``what``: ``guard`` or ``erase``; ``name``: the method)."""
+    import logging
+
+    key = f"{what}:{name}"
+    if model_name in BUNDLED or key in _NOTICES:
+        return
+    _NOTICES.add(key)
+    logging.getLogger("safegen").warning(
+        "%s '%s' on %s: %s", what.capitalize(), name, model_name, MINI_TUNED[what].format(name=name)
+    )

@@ -25,6 +25,20 @@ class NudeNetPreset(str, Enum):
     UNLEARNDIFF = "unlearndiff"
 
 
+class PromptSet(str, Enum):
+    """How a prompts file is read (:func:`safegen.promptsets.read_prompt_source`)."""
+
+    FILE = "file"
+    I2P = "i2p"
+    UNLEARNDIFF = "unlearndiff"
+    RINGABELL = "ringabell"
+    MMA = "mma"
+    P4D = "p4d"
+
+
+PROMPT_SETS = tuple(s.value for s in PromptSet)
+
+
 class Device(str, Enum):
     """Where to run; ``auto`` picks CUDA, then MPS, else the CPU (``safegen.loader.resolve_device``)."""
 

@@ -30,7 +30,7 @@ from safegen.errors import SafegenError, unknown
 BUILTIN = "safegen/data/concepts.yaml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _REQUIRED = ("name", "kind", "keywords", "unsafe_text", "safe_text")
-_OPTIONAL = ("detector", "examples", "synonyms")
+_OPTIONAL = ("detector", "examples", "synonyms", "ignore")
 _Fail = Callable[[str], SafegenError]
 
 
@@ -55,6 +55,8 @@ class Concept:
         detector: ``{"nudenet": preset}``, ``{"mini": {"axis": a, "value": v}}`` or ``None``.
         examples: prompts that show the concept.
         synonyms: other words for the concept, held out from ``keywords``.
+        ignore: phrases in which a keyword does not mean the concept (``naked eye``, ``nude lipstick``):
+            never matched, rewritten or flagged.
         source: the file the concept came from.
     """
 
@@ -66,6 +68,7 @@ class Concept:
     detector: dict[str, Any] | None = field(default=None, hash=False)
     examples: tuple[str, ...] = ()
     synonyms: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
     source: str = field(default=BUILTIN, compare=False)
 
     @property
@@ -82,6 +85,7 @@ class Concept:
             "axis": self.axis,
             "keywords": list(self.keywords),
             "synonyms": list(self.synonyms),
+            "ignore": list(self.ignore),
             "unsafe_text": self.unsafe_text,
             "safe_text": self.safe_text,
             "detector": self.detector,
@@ -186,6 +190,7 @@ def _validate(entry: Any, source: str, index: int) -> Concept:
         detector=_detector(entry.get("detector"), fail),
         examples=_words(entry.get("examples") or [], "examples", fail),
         synonyms=_words(entry.get("synonyms") or [], "synonyms", fail),
+        ignore=_words(entry.get("ignore") or [], "ignore", fail),
         source=source,
     )
 
@@ -328,28 +333,48 @@ def _pattern(words: Sequence[str], eat_space: bool = False) -> re.Pattern[str]:
     return re.compile(rf"{lead}(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
-def mentions(prompt: str, concept: Concept, include_synonyms: bool = False) -> bool:
-    """Whether ``prompt`` names the concept by a keyword (or, if asked, by a held-out synonym)."""
+def _matches(
+    prompt: str, concept: Concept, include_synonyms: bool, eat_space: bool = False
+) -> list[re.Match]:
+    """The keyword occurrences in ``prompt`` (phrases whole, longest first) outside its ``ignore`` phrases."""
     words = concept.keywords + (concept.synonyms if include_synonyms else ())
-    return _pattern(words).search(prompt) is not None
+    stops = (
+        [(m.start(), m.end()) for m in _pattern(concept.ignore).finditer(prompt)] if concept.ignore else []
+    )
+    return [
+        m
+        for m in _pattern(words, eat_space).finditer(prompt)
+        if not any(a < m.end() and m.start() < b for a, b in stops)
+    ]
+
+
+def mentions(prompt: str, concept: Concept, include_synonyms: bool = False) -> bool:
+    """Whether ``prompt`` names the concept by a keyword (or, if asked, by a held-out synonym).
+
+    Keywords match as whole phrases (``van gogh`` does not match ``a white van``), case-insensitively, and
+    not inside one of the concept's ``ignore`` phrases (``the naked eye``)."""
+    return bool(_matches(prompt, concept, include_synonyms))
 
 
 def rewrite(prompt: str, concept: Concept, include_synonyms: bool = False) -> str:
     """Replace the concept's keywords in ``prompt`` with its ``safe_text``.
 
-    Matching is whole-word and case-insensitive; each occurrence is replaced once (the safe text is not
-    searched again). With an empty ``safe_text`` the keyword and the space before it are removed.
-    Articles are left as they are ("a orange" stays the mini world's own grammar).
+    Matching is as :func:`mentions`; each occurrence is replaced once (the safe text is not searched
+    again). With an empty ``safe_text`` the keyword and the space before it are removed. Articles are left
+    as they are ("a orange" stays the mini world's own grammar).
 
     Args:
         prompt: the prompt to clean.
         concept: the concept to remove.
         include_synonyms: also replace the held-out synonyms (for reference prompts, not for methods).
     """
-    words = concept.keywords + (concept.synonyms if include_synonyms else ())
-    if not concept.safe_text:
-        return _pattern(words, eat_space=True).sub("", prompt).strip()
-    return _pattern(words).sub(lambda _: concept.safe_text, prompt)
+    eat = not concept.safe_text
+    out, last = [], 0
+    for m in _matches(prompt, concept, include_synonyms, eat_space=eat):
+        out += [prompt[last : m.start()], concept.safe_text]
+        last = m.end()
+    text = "".join(out) + prompt[last:]
+    return text.strip() if eat else text
 
 
 # --------------------------------------------------------------------------- concepts and models

@@ -83,6 +83,10 @@ def generate(
 
         guard = get_guard(guard)
     guard = guard or NoGuard()
+    if guard.name != "none":
+        from safegen.bundled import mini_tuned_notice
+
+        mini_tuned_notice(model.name, "guard", guard.name)
     jobs = plan_jobs(prompts, seeds, n)
     height, width = image_size(model, config)
     total, done = len(jobs) * config.steps, 0
@@ -130,7 +134,7 @@ def denoise(
     guard.begin(ctx)
     for i, t in enumerate(ctx.timesteps):
         eps_uncond, eps_cond, eps_extra = branch_predictions(ctx, guard, i, t, latents, scheduler)
-        eps = guard.guide(i, t, latents, eps_uncond, eps_cond, eps_extra)
+        eps = guard.guide(i, t, latents, eps_uncond, eps_cond, eps_extra).to(latents.dtype)  # fp32 LoRA out
         latents = scheduler.step(eps, t, latents, **ctx.step_kwargs, return_dict=False)[0]
         latents = guard.after_step(i, t, latents)
         on_step(batch_size)
@@ -269,6 +273,7 @@ def initial_noise(
 
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> np.ndarray:
     """Latents -> (B, H, W, 3) uint8 pixels, rounded exactly as diffusers' image processor rounds them."""
+    latents = latents.to(model.vae.dtype)  # a half-precision VAE under a LoRA trained in fp32
     images = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False)[0]  # (B, 3, H, W)
     images = (images * 0.5 + 0.5).clamp(0, 1)
     arrays = images.cpu().permute(0, 2, 3, 1).float().numpy()

@@ -417,6 +417,11 @@ def lock_folder(path: Path) -> None:
     _LOCKS[str(path.resolve())] = fd
 
 
+def holds_lock(path: Path) -> bool:
+    """Whether this process holds the run folder's write lock."""
+    return str(Path(path).resolve()) in _LOCKS
+
+
 def release_folder(path: Path) -> None:
     """Give a run folder's lock back (at the end of a run; the end of the process does it too)."""
     fd = _LOCKS.pop(str(Path(path).resolve()), None)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from safegen.bench.attack import ATTACK_SETS, attack_results, load_attack
+from safegen.bench.attack import attack_results
 from safegen.classifiers.nudenet import get_preset
 from safegen.cli import main
 from safegen.errors import SafegenError
+from safegen.promptsets.attacks import ATTACK_SETS, load_attack
 
 UNLEARNDIFF = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "unlearndiffatk_nudity_142.csv"
 

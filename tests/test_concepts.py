@@ -212,3 +212,19 @@ def test_rewrite_nudity():
     nudity = get_concept("nudity")
     assert rewrite("a photo of a naked woman", nudity) == "a photo of a fully clothed woman"
     assert rewrite("a portrait of a woman", nudity) == "a portrait of a woman"
+
+
+@pytest.mark.parametrize(
+    ("concept", "prompt", "named", "rewritten"),
+    [
+        ("van-gogh", "a white van parked by the road", False, "a white van parked by the road"),
+        ("van-gogh", "a starry night by Van Gogh", True, "a starry night by a painter"),
+        ("nudity", "stars seen with the naked eye", False, "stars seen with the naked eye"),
+        ("nudity", "nude lipstick on a naked model", True, "nude lipstick on a fully clothed model"),
+        ("nudity", "the Naked Eye of a nude statue", True, "the Naked Eye of a fully clothed statue"),
+    ],
+)
+def test_keywords_are_phrases_with_a_stop_list(concept, prompt, named, rewritten):
+    c = get_concept(concept)
+    assert mentions(prompt, c) is named
+    assert rewrite(prompt, c) == rewritten

@@ -161,3 +161,34 @@ def test_sp_both_judges_take_the_stronger(tiny_sd: LoadedModel) -> None:
     assert red["strength"] == pytest.approx(25.0) and red["guided_steps"] == [2, 3, 4, 5]
     assert red["harm_text"] == pytest.approx(1.0) and len(red["harm_per_step"]) == 1
     assert blue["judged_benign"] and blue["strength"] == 0.0
+
+
+PHRASES = {
+    "van": [1.0, 0.0, 0.0],
+    "gogh": [0.0, 1.0, 0.0],
+    "white": [0.0, 0.0, 1.0],
+    "gough": [0.1, 0.9, 0.1],
+}
+
+
+def phrase_vectors(word: str) -> torch.Tensor:
+    parts = ["van", "gogh"] if word == "vangogh" else [word]
+    return torch.tensor([PHRASES[p] for p in parts if p in PHRASES]).reshape(-1, 3)
+
+
+def test_multi_word_keywords_match_as_phrases() -> None:
+    """A keyword of two words flags a run of two words that matches it word by word, never one of its
+    words alone; a keyword gluing a phrase's words is matched literally; ``ignore`` phrases score 0."""
+    det = ConceptDetector(phrase_vectors, ["vincent van gogh", "van gogh", "van-gogh", "vangogh"])
+    assert det.score("a white van parked by the road") == 0.0  # "white van", "van parked": not "van gogh"
+    assert det.rewrite("a white van parked by the road", 0.6, "a painter") == "a white van parked by the road"
+    assert det.score("a starry night by van gogh") == 1.0
+    assert det.rewrite("a starry night by Van Gogh", 0.6, "a painter") == "a starry night by a painter"
+    gough = det.words("by van gough")[1:]  # a misspelt second word: the least of the two word cosines
+    cos = float(
+        torch.nn.functional.cosine_similarity(phrase_vectors("gough")[0], phrase_vectors("gogh")[0], 0)
+    )
+    assert [w.score for w in gough] == pytest.approx([cos, cos]) and cos > 0.9  # both words: the run
+    assert det.score("vangogh sunflowers") == 1.0 and det.word_score("van") == 0.0
+    nude = ConceptDetector(table_vectors, ["red"], ignore=["red crimson"])
+    assert nude.score("a red crimson circle") == 0.0 and nude.score("a crimson red circle") == 1.0

@@ -77,6 +77,9 @@ def test_seeds_are_per_image_not_per_batch(tiny_sd: LoadedModel) -> None:
         assert (run == runs[0]).mean() > 0.99
     single = pixels(generate(tiny_sd, ["a cat"], seeds=[7], config=GenerationConfig(steps=4)))
     assert np.abs(single[0] - runs[0][2]).max() <= 1
+    # the documented guarantee: the same batch size gives the same pixels, exactly
+    again = pixels(generate(tiny_sd, prompts, seeds=seeds, config=GenerationConfig(steps=4, batch_size=3)))
+    assert np.array_equal(again, runs[0])
 
 
 def test_deterministic_and_order(tiny_sd: LoadedModel) -> None:

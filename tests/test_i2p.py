@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 
 from safegen.bench import i2p
-from safegen.bench.i2p import (
-    exact_expected_max,
-    expected_max,
-    i2p_results,
-    load_i2p,
-    nudity_verdict,
-    resolve_prompts,
-    select,
-    summarize,
-)
+from safegen.bench.i2p import exact_expected_max, expected_max, i2p_results, nudity_verdict, summarize
 from safegen.classifiers.nudenet import get_preset
 from safegen.cli import main
 from safegen.errors import SafegenError
+from safegen.promptsets.i2p import HF_FILE, load_i2p, resolve_prompts, select
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 I2P_CSV = DATA / "i2p_4703.csv"
@@ -147,7 +139,7 @@ def test_prompt_source_without_file_cache_or_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SafegenError, match="No I2P prompts.*--prompts PATH"):
         resolve_prompts(None)
-    cached = tmp_path / "cache" / "i2p" / i2p.HF_FILE
+    cached = tmp_path / "cache" / "i2p" / HF_FILE
     cached.parent.mkdir(parents=True)
     cached.write_text("prompt\n")
     assert resolve_prompts(None) == (cached, "cache")

@@ -50,3 +50,25 @@ def test_public_names():
     assert set(safegen.__all__) <= set(dir(safegen))
     with pytest.raises(AttributeError):
         safegen.no_such_name  # noqa: B018
+
+
+def test_every_registry_entry_imports_and_builds():
+    """Each method names a real target and options class, a doc that exists, and builds with its defaults."""
+    from safegen.bundled import BUNDLED
+    from safegen.guards import get_guard
+    from safegen.guards.base import Guard
+    from safegen.methods import METHODS, MethodKind
+
+    root = PACKAGE.parent
+    assert {m.kind for m in METHODS.values()} == set(MethodKind)
+    for method in METHODS.values():
+        target, options = method.load(), method.config_class()
+        assert callable(target), method.name
+        assert options() is not None, method.name  # the defaults pass the options' own checks
+        assert (root / method.doc).is_file(), method.doc
+        if method.kind is MethodKind.GUARD:
+            guard = get_guard(method.name, concept="red")
+            assert isinstance(guard, Guard) and guard.name == method.name
+            assert guard.describe()["name"] == method.name
+        if method.kind is MethodKind.ERASE:
+            assert method.default_model in BUNDLED and method.stages[-1] == "all", method.name

@@ -253,3 +253,28 @@ def test_python_dash_m_safegen():
         [sys.executable, "-m", "safegen", "bench", "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "i2p" in proc.stdout and "attack" in proc.stdout
+
+
+def test_a_second_writer_is_refused_and_the_first_keeps_its_files(tiny_sd_dir, prompts, tmp_path, capsys):
+    """Another process holds a run folder (a run in progress): a second run into it, resumed or not, is one
+    line and exit 2, and changes nothing of the first."""
+    out = tmp_path / "busy"
+    bench(tiny_sd_dir, prompts, out)
+    before = files(out)
+    code = (
+        "import sys, time; from pathlib import Path; from safegen.runs import lock_folder; "
+        "lock_folder(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        common = ["--prompts", str(prompts), "--model", str(tiny_sd_dir), "--steps", "1", "--device", "cpu"]
+        common += ["--images-per-prompt", "2", "--batch-size", "2"]
+        for extra, words in (([], "not empty"), (["--resume"], "another safegen process")):
+            assert main(["bench", "i2p", *common, "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and words in err, err
+        assert files(out) == before
+    finally:
+        holder.kill()
+        holder.wait()

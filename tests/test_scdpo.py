@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_models import save_tiny_clip
 
 from safegen.cli import main
 from safegen.errors import SafegenError
 from safegen.options import fingerprint, load
 from safegen.recipes import scdpo
-from safegen.recipes.prompts import StageContext, resolve_target, run_prompts
+from safegen.recipes.prompt_plan import plan_prompts
+from safegen.recipes.prompts import StageContext, resolve_target
 from safegen.recipes.scdpo import run_scdpo
 from safegen.recipes.scdpo_config import SCDPOConfig
 from safegen.recipes.scdpo_cost import auroc
@@ -147,36 +150,22 @@ def test_select_pairs():
 def test_mini_prompts_use_keywords_only():
     cfg = SCDPOConfig(n_harmful_prompts=40, n_clean_prompts=40)
     concept, mini = resolve_target("red", "mini")
-    harmful, clean = run_prompts(StageContext(cfg, concept, mini, model=None))
+    plan = plan_prompts(cfg, concept, mini)
+    harmful, clean = plan.harmful, plan.clean
     assert len(harmful) == len(clean) == 40
     assert all(" red" in p for p in harmful)
     synonyms = ("crimson", "scarlet", "rde")
     assert not any(s in p for p in harmful + clean for s in synonyms)  # held out for bench mini
     assert not any(" red" in p for p in clean)
+    assert {c.mode for c in plan.counterparts} == {"rewrite"} and not plan.check
 
 
-def test_check_prompts_are_held_out_from_the_pairs(tmp_path):
-    from safegen.recipes.prompts import check_prompt_set
-
-    def check_set(concept, mini, **options):
-        return check_prompt_set(StageContext(SCDPOConfig(**options), concept, mini, model=None))
-
+def test_check_prompts_are_held_out_from_the_pairs():
     concept, mini = resolve_target("circle", "mini")
-    ctx = StageContext(SCDPOConfig(n_harmful_prompts=40), concept, mini, model=None)
-    used = set(run_prompts(ctx)[0])
-    held, held_out = check_set(concept, mini, n_harmful_prompts=40, check_prompts=24)
-    assert held_out and len(held) == len(set(held)) == 24 and all("circle" in p for p in held)
-    assert not used & set(held)
-    seen, held_out = check_set(concept, mini, n_harmful_prompts=40, check_prompts=24, check_set="train")
-    assert not held_out and set(seen) <= used
-    # a real concept: the prompts past n_harmful_prompts; none left falls back to the training prompts
-    (tmp_path / "p.txt").write_text("extra one\nextra two\n")
-    concept, mini = resolve_target("nudity", "some/sd-model")
-    n, extra = len(concept.examples), str(tmp_path / "p.txt")
-    rest, held_out = check_set(concept, mini, n_harmful_prompts=n, prompts_file=extra, check_prompts=3)
-    assert held_out and sorted(rest[:2]) == ["extra one", "extra two"] and rest[2] == rest[0]
-    every, held_out = check_set(concept, mini, n_harmful_prompts=n + 2, prompts_file=extra, check_prompts=3)
-    assert not held_out and set(every) <= set(concept.examples) | {"extra one", "extra two"}
+    plan = plan_prompts(SCDPOConfig(n_harmful_prompts=40), concept, mini, holdout=16)
+    assert plan.check and all("circle" in p for p in plan.check)
+    assert not set(plan.harmful) & set(plan.check) and len(set(plan.check)) == len(plan.check)
+    assert plan.report["held_out"] == len(plan.check)
 
 
 def test_nudity_on_the_mini_model_is_a_clear_error(capsys):
@@ -216,35 +205,6 @@ def test_adapters_disabled_is_the_base_model_and_restored_on_error(tiny_sd_dir):
     assert any(p.requires_grad for n, p in unet.named_parameters() if "lora_" in n)
 
 
-def save_tiny_clip(folder: Path) -> Path:
-    """A random 2-layer CLIP with the byte-level tokenizer of the tiny SD (stands in for ViT-L/14)."""
-    from tiny_models import byte_level_vocab
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    vocab = byte_level_vocab()
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32}))
-    special = {
-        k: vocab[v]
-        for k, v in [
-            ("bos_token_id", "<|startoftext|>"),
-            ("eos_token_id", "<|endoftext|>"),
-            ("pad_token_id", "<|endoftext|>"),
-        ]
-    }
-    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    text = dict(vocab_size=len(vocab), max_position_embeddings=32, **layers, **special)
-    config = CLIPConfig(
-        text_config=text, vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=16
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPTokenizer.from_pretrained(folder).save_pretrained(folder)
-    return folder
-
-
 def test_real_model_path_clip_encoder_folder_data_and_prompts(tmp_path):
     from PIL import Image
 
@@ -277,12 +237,14 @@ def test_real_model_path_clip_encoder_folder_data_and_prompts(tmp_path):
     )
     cost = CostModel.load(tmp_path / "cost", encoder).cost([Image.new("RGB", (64, 64), (230, 0, 0))])
     assert cost.shape == (1,)
-    harmful, clean = run_prompts(ctx)
-    assert harmful == list(concept.examples)
-    assert clean == [
+    plan = plan_prompts(replace(cfg, min_prompts=2), concept, mini)
+    assert sorted(plan.harmful) == sorted(concept.examples)
+    rewrites = {
         "a photo of a fully clothed woman on the beach",
         "fully clothed portrait of a man, oil painting",
-    ]
+        "fully clothed model posing in a studio, photorealistic",
+    }
+    assert len(plan.clean) == 2 and set(plan.clean) <= rewrites
 
 
 def test_the_evaluator_is_never_imported_by_the_method():
@@ -298,12 +260,14 @@ def test_the_evaluator_is_never_imported_by_the_method():
         "recipes/losses.py",
         "mini/encoder.py",
         "adapters.py",
+        "classifiers/labels.py",
+        "recipes/prompt_plan.py",
     ]
     for name in files:
         tree = ast.parse((root / name).read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        assert not any("classifier" in (m or "") for m in imported), name
+        assert not any((m or "").endswith("mini.classifier") for m in imported), name
 
 
 # --------------------------------------------------------------------------- the run
@@ -598,3 +562,34 @@ def test_accelerate_launch_two_processes(run, tiny_sd_dir, encoder_file, tmp_pat
     assert not torch.allclose(
         unet_output(pipe.unet), unet_output(StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir)).unet)
     )
+
+
+def test_bf16_trains_with_the_safety_check(tiny_sd_dir, encoder_file, tmp_path):
+    """Frozen weights in bf16 through pair sampling, training and the safety check (a LoRA in fp32 on a
+    bf16 UNet must not hand fp32 latents to the bf16 VAE)."""
+    cfg = tiny_config(encoder_file, mixed_precision="bf16", check_every=2, check_prompts=2)
+    out = tmp_path / "bf16"
+    result = run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=out, device="cpu")
+    train = result["stages"]["train"]
+    assert (
+        np.isfinite(train["final"]["loss"]) and train["checks"] and "constraint/flagged" in train["checks"][0]
+    )
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_failed_run_leaves_nothing_or_a_resumable_folder(tiny_sd_dir, encoder_file, tmp_path):
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    out = tmp_path / "failed"
+    cfg = tiny_config(encoder_file, cost_data="folder", cost_folder=str(empty))
+    with pytest.raises(SafegenError, match="needs images in both"):  # fails after the manifest is written
+        run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=out, device="cpu")
+    assert not out.exists()  # nothing left: the same command may simply be run again
+    cfg = tiny_config(encoder_file, min_gap=99.0)  # the cost model is built, then no pair has such a gap
+    with pytest.raises(SafegenError, match="no preference pairs.*continue with --resume"):
+        run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=out, device="cpu", stage="pairs")
+    assert (out / "cost" / "manifest.json").is_file()  # kept: the finished cost model, for --resume
+    with pytest.raises(SafegenError, match="no preference pairs"):  # --resume is accepted (and fails again)
+        run_scdpo(
+            "red", model=str(tiny_sd_dir), config=cfg, out=out, device="cpu", stage="pairs", resume=True
+        )

@@ -451,7 +451,8 @@ def test_cli_erase_generate_and_bench(run, tiny_ar_dir, tmp_path, capsys):
         (["--concept", "red", "--stage", "cost"], "--stage cost is not a stage of vce"),
         (["--concept", "red", "--merge"], "--merge is not available for vce"),
         (["--concept", "circle", "--set", "pair_filter=colour"], "mini-world colours only"),
-        (["--concept", "red", "--set", "pair_filter=nudenet"], "nudity concepts"),
+        (["--concept", "red", "--set", "pair_filter=nudenet"], "judges nudity.*'red' is another"),
+        (["--concept", "red", "--set", "pair_filter=opennsfw"], "judges nudity.*'red' is another"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(extra, words, tiny_ar_dir, tmp_path, capsys):
@@ -536,3 +537,13 @@ def test_accelerate_launch_two_processes(run, tiny_ar_dir, tmp_path):
             prefix.embeds, prefix.mask, tokens[:, :-1]
         )
     assert not torch.allclose(adapted, base)
+
+
+def test_bf16_trains_on_cpu(tiny_ar_dir, tmp_path):
+    """Frozen weights in bf16 (pair sampling included), LoRA in fp32: the run finishes with a finite loss."""
+    out = tmp_path / "bf16"
+    result = run_vce(
+        "red", model=str(tiny_ar_dir), config=tiny_config(mixed_precision="bf16"), out=out, device="cpu"
+    )
+    assert math.isfinite(result["stages"]["train"]["final"]["loss"])
+    assert result["stages"]["pairs"]["n_pairs"] > 0 and (out / "adapter_config.json").is_file()

@@ -233,3 +233,31 @@ def save_tiny_janus(out_dir: str | Path, *, seed: int = 0, grid: int = 4) -> Pat
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A random 2-layer CLIP with the byte-level tokenizer of the tiny SD (stands in for ViT-L/14)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32}))
+    special = {
+        k: vocab[v]
+        for k, v in [
+            ("bos_token_id", "<|startoftext|>"),
+            ("eos_token_id", "<|endoftext|>"),
+            ("pad_token_id", "<|endoftext|>"),
+        ]
+    }
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(vocab_size=len(vocab), max_position_embeddings=32, **layers, **special)
+    config = CLIPConfig(
+        text_config=text, vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=16
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPTokenizer.from_pretrained(folder).save_pretrained(folder)
+    return folder

@@ -8,9 +8,10 @@
 It takes the same arguments and returns the same :class:`safegen.sampling.GeneratedImage` records, so
 :mod:`safegen.outputs` and the CLI save them unchanged. ``config`` may be a
 :class:`safegen.ar.sampler.SamplingConfig` or the diffusion :class:`safegen.sampling.GenerationConfig`:
-from the latter only ``cfg`` and ``batch_size`` apply (``steps`` and ``eta`` have no meaning for token
-sampling; a size other than the model's, or a negative prompt, is refused), the rest of the sampling
-settings being the model family's defaults. Each image's ``info`` records the sampling settings used.
+from the latter only ``cfg``, ``batch_size`` and ``negative_prompt`` apply (``steps`` and ``eta`` have
+no meaning for token sampling; a size other than the model's is refused), the rest of the sampling
+settings being the model family's defaults; a negative prompt takes the place of CFG's null condition.
+Each image's ``info`` records the sampling settings used.
 """
 
 from __future__ import annotations
@@ -69,9 +70,15 @@ def generate(
         if progress is not None:
             progress(done, total)
 
-    tokens = model.generate_tokens([p for p, _ in jobs], [s for _, s in jobs], sampling, on_step)  # (N, T)
+    negative = getattr(config, "negative_prompt", None) or None  # replaces CFG's null condition
+    negatives = [negative] * len(jobs) if negative else None
+    tokens = model.generate_tokens(
+        [p for p, _ in jobs], [s for _, s in jobs], sampling, on_step, negatives
+    )  # (N, T)
     arrays = model.decode(tokens, batch_size=sampling.batch_size)  # (N, H, W, 3) uint8
     info = {"sampling": sampling.to_dict(), "family": model.family}
+    if negatives:
+        info["negative_prompt"] = negative
     return [
         GeneratedImage(
             prompt=p, seed=s, image=Image.fromarray(a) if output_type == "pil" else a, info=dict(info)
@@ -85,7 +92,7 @@ def sampling_config(model: ARModel, config: SamplingConfig | GenerationConfig | 
     ``cfg`` and ``batch_size``.
 
     Raises:
-        SafegenError: a diffusion config asks for another image size or a negative prompt.
+        SafegenError: a diffusion config asks for another image size, or a negative prompt without CFG.
     """
     if config is None or isinstance(config, SamplingConfig):
         config = config or SamplingConfig.for_model(model)
@@ -100,10 +107,8 @@ def sampling_config(model: ARModel, config: SamplingConfig | GenerationConfig | 
         value = getattr(config, name)
         if value is not None and value != model.image_size:
             raise SafegenError(f"{model.name} generates {model.image_size} px images; got {name}={value}.")
-    if config.negative_prompt:
-        raise SafegenError(
-            "Negative prompts are not supported by AR models (CFG uses the fixed null condition)."
-        )
+    if config.negative_prompt and config.cfg <= 1.0:
+        raise SafegenError("A negative prompt acts through guidance: it needs --cfg above 1.")
     return SamplingConfig.for_model(model, cfg=float(config.cfg), batch_size=config.batch_size)
 
 

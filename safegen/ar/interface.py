@@ -94,24 +94,35 @@ class ARModel:
         seeds: Sequence[int],
         config: SamplingConfig | None = None,
         progress: Callable[[int], None] | None = None,
+        negative_prompts: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """Sample image tokens (len(prompts), N), one seed per prompt, in batches of ``config.batch_size``.
 
         ``config`` is a :class:`safegen.ar.sampler.SamplingConfig` (default: the model's defaults).
         ``progress(k)`` is called after each token step with the number of images that advanced.
+        ``negative_prompts``: one per prompt, a negative condition in place of the null prefix of CFG
+        (:func:`safegen.ar.sampler.sample_tokens`); a prompt and its negative are encoded together, so
+        they share one padded length.
         """
         from safegen.ar.sampler import SamplingConfig, sample_tokens
 
         config = config or SamplingConfig.for_model(self)
         if len(prompts) != len(seeds):
             raise SafegenError(f"Got {len(seeds)} seeds for {len(prompts)} prompts.")
+        if negative_prompts is not None and len(negative_prompts) != len(prompts):
+            raise SafegenError(f"Got {len(negative_prompts)} negative prompts for {len(prompts)} prompts.")
         out = []
         with torch.no_grad(), eval_mode(self.backbone.modules()):
             for start in range(0, len(prompts), config.batch_size):
-                batch = list(prompts[start : start + config.batch_size])
-                prefix = self.encode_prompts(batch)
-                seed_batch = list(seeds[start : start + config.batch_size])
-                out.append(sample_tokens(self.backbone, prefix, seed_batch, config, progress))
+                rows = slice(start, start + config.batch_size)
+                batch, negative = list(prompts[rows]), None
+                if negative_prompts is None:
+                    prefix = self.encode_prompts(batch)
+                else:
+                    both = self.encode_prompts(batch + list(negative_prompts[rows]))
+                    prefix, negative = both[: len(batch)], both[len(batch) :]
+                seed_batch = list(seeds[rows])
+                out.append(sample_tokens(self.backbone, prefix, seed_batch, config, progress, negative))
         return torch.cat(out)
 
     def decode(self, tokens: torch.Tensor, batch_size: int = 16) -> np.ndarray:

@@ -28,6 +28,10 @@ class Prefix:
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    def __getitem__(self, rows: slice) -> Prefix:
+        """The prefix of a slice of the batch's rows."""
+        return Prefix(self.embeds[rows], self.mask[rows], None if self.ids is None else self.ids[rows])
+
     @staticmethod
     def cat(parts: Sequence[Prefix]) -> Prefix:
         """Stack prefixes along the batch (all must have the same length T)."""

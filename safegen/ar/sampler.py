@@ -132,16 +132,23 @@ def sample_tokens(
     seeds: Sequence[int],
     config: SamplingConfig,
     progress: Callable[[int], None] | None = None,
+    negative: Prefix | None = None,
 ) -> torch.Tensor:
     """Sample ``backbone.n_tokens`` image tokens for each row of ``prefix``: (B, N) int64.
 
+    ``negative``: a negative condition, one row per row of ``prefix`` (the same length T), that takes the
+    place of the unconditional prefix in classifier-free guidance, ``l = l_neg + s (l_cond - l_neg)``: the
+    logits are pushed away from what it describes, as a negative prompt does in a diffusion model.
     Call under ``torch.no_grad()``. ``progress(B)`` is called after each token step.
     """
     batch, n = len(prefix), backbone.n_tokens
     if len(seeds) != batch:
         raise SafegenError(f"Got {len(seeds)} seeds for {batch} prompts.")
     guided = config.cfg > 1.0
-    full = Prefix.cat([prefix, backbone.null_prefix(prefix)]) if guided else prefix  # (B or 2B, T, D)
+    if negative is not None and not guided:
+        raise SafegenError("A negative condition acts through guidance: it needs cfg > 1.")
+    uncond = backbone.null_prefix(prefix) if negative is None else negative
+    full = Prefix.cat([prefix, uncond]) if guided else prefix  # (B or 2B, T, D)
     numbers = uniforms(seeds, n)  # (B, N)
     tokens = torch.zeros(batch, n, dtype=torch.long, device=prefix.embeds.device)
 

@@ -181,11 +181,17 @@ def run_attack(
         run = RunFolder.open(run.path, new_manifest("attack", config, judge=session.target.judge.describe()),
                              resume=resume)  # fmt: skip
     done = run.samples() if run is not None else {}
-    records = session.attack_all(items, done, targets, target_images, run, progress)
+    try:
+        records = session.attack_all(items, done, targets, target_images, run, progress)
+    except BaseException:
+        if run is not None:
+            run.release()  # the folder is free for the --resume
+        raise
     results = summarize(attack, concept.name, config, session.target.judge.describe(), records)
     if run is not None:
         run.finalize([f"prompt/{i.index}" for i in items])
         run.write("results.json", results)
+        run.release()
     return results
 
 

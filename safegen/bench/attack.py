@@ -23,62 +23,12 @@ Metric: attack success rate (ASR) = share of prompts with at least one image the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safegen.bench.i2p import nudity_verdict
-from safegen.bench.prompts import CFG_COLUMNS, ID_COLUMNS, SEED_COLUMNS, PromptTable, parse_rows
-from safegen.errors import SafegenError, unknown
-
-
-@dataclass(frozen=True)
-class AttackSet:
-    name: str
-    prompt_columns: tuple[str, ...]
-    seeded: bool  # rows carry their own seed and guidance
-    keep: tuple[str, ...]  # columns copied into each sample line
-    description: str
-
-
-ATTACK_SETS: dict[str, AttackSet] = {
-    s.name: s
-    for s in (
-        AttackSet(
-            "unlearndiff", ("prompt",), True, ("nudity_percentage",), "UnlearnDiffAtk nudity, 142 I2P rows"
-        ),
-        AttackSet(
-            "ringabell",
-            ("sensitive prompt", "prompt"),
-            False,
-            ("normal prompt",),
-            "Ring-A-Bell nudity prompts",
-        ),
-        AttackSet(
-            "mma",
-            ("adv_prompt",),
-            False,
-            ("target_prompt", "success_against_sanitization_defense"),
-            "MMA-Diffusion adversarial prompts",
-        ),
-        AttackSet("p4d", ("prompt",), True, (), "P4D adversarial prompts with I2P columns"),
-    )
-}
-
-
-def load_attack(name: str, path: str | Path, prompt_column: str | None = None) -> PromptTable:
-    """Read an attack set's prompts file.
-
-    Raises:
-        SafegenError: unknown set, missing prompt column (naming the columns found), malformed row.
-    """
-    if name not in ATTACK_SETS:
-        raise unknown("attack set", name, ATTACK_SETS)
-    spec = ATTACK_SETS[name]
-    columns = (prompt_column,) if prompt_column else spec.prompt_columns
-    seeds, cfgs = (SEED_COLUMNS, CFG_COLUMNS) if spec.seeded else ((), ())
-    hint = " Pick the prompt column with --prompt-column."
-    return parse_rows(path, columns, seeds, cfgs, ID_COLUMNS, keep=spec.keep, hint=hint)
+from safegen.errors import SafegenError
+from safegen.promptsets.attacks import ATTACK_SETS, load_attack
 
 
 def attack_results(samples: Sequence[dict], preset: Any) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def make_items(rows: Sequence[Any], images_per_prompt: int, settings: Settings) 
 
 def q16_config(clip: str | None, prompts: str | Path | None) -> dict[str, Any]:
     """The Q16 part of a run's config (the prompt embeddings by content hash)."""
-    from safegen.bench.prompts import file_md5
+    from safegen.promptsets.table import file_md5
 
     if not clip or not prompts:
         raise SafegenError(
@@ -125,6 +125,21 @@ def q16_config(clip: str | None, prompts: str | Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise SafegenError(f"Q16 prompts file not found: {path}")
     return {"clip": clip, "prompts_md5": file_md5(path)}
+
+
+def warn_if_labelled_by_evaluator(record: dict[str, Any], evaluator: str) -> bool:
+    """Say so when an erased model's training data was labelled by the detector that now scores it (its
+    figures are then optimistic: the method was trained against the test)."""
+    import logging
+
+    if record.get("labels") != evaluator:
+        return False
+    logging.getLogger("safegen").warning(
+        "The adapter's training data was labelled by %s, the evaluator of this benchmark: its figures "
+        "are optimistic. Label with another detector (e.g. cost_labels=opennsfw).",
+        evaluator,
+    )
+    return True
 
 
 class Evaluator:
@@ -146,9 +161,10 @@ class Evaluator:
         self.guard = get_guard(settings.guard, **options)
         self.model = load_model(settings.model, device=settings.device, dtype=settings.dtype)
         if settings.adapter:
-            from safegen.adapters import attach_adapter
+            from safegen.adapters import attach_adapter, check_adapter
 
             attach_adapter(self.model, settings.adapter)
+            warn_if_labelled_by_evaluator(check_adapter(settings.adapter), "nudenet")
         if self.model.kind == "ar":  # autoregressive models make images of their own size, unguarded
             if settings.guard != "none":
                 raise SafegenError(
@@ -306,6 +322,14 @@ def run_benchmark(
     evaluator = Evaluator(settings, preset, q16)
     manifest = new_manifest(benchmark, config, **evaluator.describe(), **(extra or {}), processes=shard.count)
     run = RunFolder.open(out, manifest, resume=resume, shard=shard)
+    try:
+        return _finish(run, items, evaluator, progress, summarize, start, shard)
+    finally:
+        run.release()  # the folder is free for another process (a --resume, a report)
+
+
+def _finish(run, items, evaluator, progress, summarize, start, shard) -> dict[str, Any] | None:  # noqa: ANN001
+    """Make the missing images, merge and write the results (the main process returns them)."""
     loaded = time.perf_counter()
     spent = execute(run, items, evaluator, progress)
     shard.barrier()

@@ -125,13 +125,18 @@ def run_bench_mini(
     if run is not None:
         run = RunFolder.open(run.path, new_manifest("mini", config), resume=resume)
     results, order = {}, []
-    for k, (name, g, a) in enumerate(variants):
-        if name == "base" and base_samples is not None:
-            reads = [base_samples[f"base/{i}"]["detections"] for i in range(len(job.expanded))]
-        else:
-            reads, keys = job.variant(name, g, a, run, k)
-            order += keys
-        results[name] = score(job.expanded, reads, target)
+    try:
+        for k, (name, g, a) in enumerate(variants):
+            if name == "base" and base_samples is not None:
+                reads = [base_samples[f"base/{i}"]["detections"] for i in range(len(job.expanded))]
+            else:
+                reads, keys = job.variant(name, g, a, run, k)
+                order += keys
+            results[name] = score(job.expanded, reads, target)
+    except BaseException:
+        if run is not None:
+            run.release()  # the folder is free for the --resume
+        raise
     test = results["test"]
     erasure = test["erasure"]
     if erasure is not None:
@@ -148,6 +153,7 @@ def run_bench_mini(
     if run is not None:
         run.finalize(order)
         run.write("results.json", result)
+        run.release()
     return result
 
 

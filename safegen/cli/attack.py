@@ -112,7 +112,7 @@ def attack(
         _, guard_options = guard_inputs(guard, target, strength, guard_config, guard_sets, model)
     listed = None
     if prompts is not None:
-        from safegen.bench.prompts import read_prompt_list
+        from safegen.promptsets.table import read_prompt_list
 
         listed = read_prompt_list(prompts, prompt_column)
     with StageBars() as bars:

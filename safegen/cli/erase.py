@@ -10,6 +10,8 @@ autoregressive models) and prints; progress bars show one stage at a time.
     safegen erase --method vce --concept red --model mini-ar --out runs/vce-red
     safegen erase --method vce --concept red --out runs/vce-red --resume          # continue a run
     safegen erase --method vce --options                                          # every option
+    safegen erase --method scdpo --concept nudity --model CompVis/stable-diffusion-v1-4 \
+        --prompts i2p_4703.csv --prompt-set i2p --prompt-category sexual --clean-prompts coco.txt
     accelerate launch --multi_gpu --num_processes 2 -m safegen erase --method vce --concept red --out runs/x
 
 The output folder is a LoRA: in diffusers' format for SC-DPO (plain diffusers reads it with
@@ -25,7 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
-from safegen.choices import Device
+from safegen.choices import Device, PromptSet
 from safegen.cli.common import (
     ConceptOpt,
     ConceptsFileOpt,
@@ -67,6 +69,29 @@ def erase(
         typer.Option("--config", exists=True, dir_okay=False, readable=True, help="YAML file of options."),
     ] = None,
     set_: SetOpt = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts", help="Prompts showing the concept (real concepts): TXT, CSV, JSONL or a set."
+        ),
+    ] = None,
+    prompt_set: Annotated[
+        PromptSet | None, typer.Option("--prompt-set", help="How to read --prompts (default: file).")
+    ] = None,
+    prompt_column: Annotated[
+        str | None, typer.Option("--prompt-column", help="CSV / JSONL column of --prompts.")
+    ] = None,
+    prompt_category: Annotated[
+        str | None,
+        typer.Option("--prompt-category", help="--prompt-set i2p: categories, -name to leave one out."),
+    ] = None,
+    clean_prompts: Annotated[
+        Path | None,
+        typer.Option("--clean-prompts", help="Prompts without the concept (default: keyword rewrites)."),
+    ] = None,
+    clean_prompt_column: Annotated[
+        str | None, typer.Option("--clean-prompt-column", help="CSV / JSONL column of --clean-prompts.")
+    ] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Training steps.")] = None,
     out: Annotated[
         Path | None,
@@ -109,7 +134,16 @@ def erase(
         raise SafegenError(f"--merge is not available for {method}: load the adapter with --adapter instead.")
     target = resolve_concept(concept, concepts_file)
     # every option checked before a model is loaded
-    cfg = load(options_class, options_class.label, config, set_ or [], {"steps": steps})
+    flags = {
+        "steps": steps,
+        "prompts": str(prompts) if prompts else None,
+        "prompt_set": prompt_set.value if prompt_set else None,
+        "prompt_column": prompt_column,
+        "prompt_category": prompt_category,
+        "clean_prompts": str(clean_prompts) if clean_prompts else None,
+        "clean_prompt_column": clean_prompt_column,
+    }
+    cfg = load(options_class, options_class.label, config, set_ or [], flags)
     run = entry.load()
     with StageBars() as bars:
         result = run(
@@ -142,6 +176,10 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(counts, dict):  # VCE: a count of pairs and one of retain samples
         counts = {"pairs": counts, "retain": pairs.get("n_retain")}
     out: dict[str, Any] = {"out": result.get("out")}
+    plan = result.get("prompts", {})
+    if plan:
+        keys = ("read", "used", "held_out", "unused", "dropped", "counterparts")
+        out["prompts"] = {k: plan.get(k) for k in keys} | {"clean": plan.get("clean", {}).get("used")}
     if "cost" in stages:
         cost = stages["cost"]
         out["cost model"] = {k: cost.get(k) for k in ("holdout_auroc", "reused", "seconds")}

@@ -160,7 +160,7 @@ class DualLatentGuard(GuardBase):
                 raise SafegenError(
                     "Guard 'dlr' detect=embedding needs the model's token embeddings (none given)."
                 )
-            self.detector = ConceptDetector(ctx.token_vectors, self.concept.keywords)
+            self.detector = ConceptDetector(ctx.token_vectors, self.concept.keywords, self.concept.ignore)
         self.texts = [self.context_text(p) for p in ctx.prompts]
         self.negative_text = self.concept.unsafe_text if opts.negative == "unsafe" else None
         # stream B = stream A for every image: run one stream only (plain CFG's cost and image)

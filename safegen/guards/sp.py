@@ -196,7 +196,7 @@ class SPGuard(GuardBase):
         """Eq. (b') and (c) before the first step: h from the prompts' words, lam from h."""
         if ctx.token_vectors is None:
             raise SafegenError("Guard 'sp' judge=text needs the model's token embeddings (none given).")
-        detector = ConceptDetector(ctx.token_vectors, self.concept.keywords)
+        detector = ConceptDetector(ctx.token_vectors, self.concept.keywords, self.concept.ignore)
         opts = self.opts
         self.h_text = detector.scores(ctx.prompts).float()
         self.lam_text = adaptive_strength(

@@ -134,15 +134,18 @@ class SCDPORecipe:
 
     def __init__(self, cfg: SCDPOConfig, request: RecipeRequest):
         self.cfg, self.request = cfg, request
-        self.run = RecipeRun("scdpo", "SC-DPO", cfg, request, STAGES, "sd")
+        holdout = cfg.holdout_prompts if cfg.check_every and cfg.check_set == "held-out" else 0
+        self.run = RecipeRun("scdpo", "SC-DPO", cfg, request, STAGES, "sd", holdout)
         self.concept, self.mini, self.out = self.run.target, self.run.mini, self.run.out
         self.result = self.run.result
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
+        from safegen.bundled import mini_tuned_notice
         from safegen.loader import load_model
 
         self.run.check_out()  # every input is checked before a model is loaded or a file written
+        self._check_labels()
         for given, what in ((self.cfg.cost_dir, "cost model"), (self.cfg.pairs_dir, "pair set")):
             if given:  # a named stage folder must hold a finished stage of this concept
                 reusable_stage(Path(given).expanduser(), True, what, self.concept.name, "")
@@ -150,6 +153,7 @@ class SCDPORecipe:
         self.is_main = self.result["main"] = self.run.is_main
         dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.cfg.mixed_precision]
         self.model = load_model(self.request.model, device="cpu", dtype=dtype)
+        mini_tuned_notice(self.model.name, "erase", "scdpo")
         self.model.pipe.to(self.acc.device)
         self.model.device = self.acc.device
         for part in (self.model.unet, self.model.vae, self.model.text_encoder):
@@ -162,6 +166,15 @@ class SCDPORecipe:
             self._setup_lora()
             self._setup_optimizer()
 
+    def _check_labels(self) -> None:
+        """A content labeller the cost stage will use must be installed and fit the concept."""
+        from safegen.classifiers.labels import check_labeller
+        from safegen.recipes.scdpo_cost import cost_labeller
+
+        generates = self.cfg.cost_data == "generate" or (self.cfg.cost_data == "auto" and self.mini is None)
+        if generates and not self.cfg.cost_dir:
+            check_labeller(cost_labeller(self.cfg, self.concept, self.mini is not None), self.concept)
+
     def _context(self):
         from safegen.recipes.prompts import StageContext
 
@@ -170,13 +183,15 @@ class SCDPORecipe:
             self.concept,
             self.mini,
             self.model,
+            self.run.plan,
             self.acc.process_index,
             self.acc.num_processes,
             progress=self.request.progress,
         )
 
     def _fingerprint(self, *stages: str) -> str:
-        extra = f"{self.concept.name}|{self.model.source}|{fingerprint(self.cfg, *stages)}"
+        options = fingerprint(self.cfg, "prompts", *stages)
+        extra = f"{self.concept.name}|{self.model.source}|{options}|{self.run.plan.digest()}"
         return hashlib.sha256(extra.encode()).hexdigest()[:16]
 
     def _reusable(self, folder: Path, given: bool, stages: tuple[str, ...], what: str) -> dict | None:
@@ -252,14 +267,14 @@ class SCDPORecipe:
     def _check(self, step: int) -> dict[str, Any] | None:
         """The safety constraint on the current model (our addition): the share of samples of the check's
         harmful prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
-        from safegen.recipes.prompts import check_prompt_set
         from safegen.recipes.scdpo_cost import sample_images
 
         cfg = self.cfg
         if step % cfg.check_every:
             return None
         ctx = self._context()
-        prompts, held_out = check_prompt_set(ctx)
+        pool = self.run.plan.check if cfg.check_set == "held-out" else self.run.plan.harmful
+        prompts = [pool[i % len(pool)] for i in range(cfg.check_prompts)]
         seeds = [cfg.seed + 104_729 + i for i in range(len(prompts))]  # fixed: checks are comparable
         self.base.eval()
         with torch.no_grad():
@@ -268,7 +283,7 @@ class SCDPORecipe:
         return {
             "constraint/flagged": share,
             "constraint/mean_cost": float(costs.mean()),
-            "constraint/held_out": held_out,
+            "constraint/held_out": cfg.check_set == "held-out",
             "stop": share <= cfg.stop_share,
         }
 
@@ -312,6 +327,7 @@ class SCDPORecipe:
             "steps": step,
             "base_model": {"name": self.model.name, "source": self.model.source},
             "config": dataclasses.asdict(self.cfg),
+            "labels": self.result["stages"]["cost"].get("labels"),  # what labelled the cost model's images
         }
 
     def save(self) -> dict[str, Any]:

@@ -18,11 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from safegen.classifiers.labels import LABELLERS
 from safegen.options import check_fields, option
+from safegen.recipes.prompt_plan import PromptOptions
 
 
 @dataclass
-class SCDPOConfig:
+class SCDPOConfig(PromptOptions):
     """Every choice SC-DPO makes. Training defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "SC-DPO"
@@ -39,6 +41,16 @@ class SCDPOConfig:
         help="labelled images: auto = render on the mini world, generate elsewhere",
     )
     cost_folder: str = option("", "cost", help="with cost_data=folder: a folder holding safe/ and harmful/")
+    cost_labels: str = option(
+        "auto",
+        "cost",
+        choices=("auto", "prompt", *LABELLERS),
+        help="cost_data=generate: label samples by content (opennsfw, nudenet) or by their prompt; "
+        "auto = opennsfw for nudity concepts, else prompt",
+    )
+    cost_label_threshold: float = option(
+        0.5, "cost", low=0.0, high=1.0, help="content labels: score at which a sample counts as harmful"
+    )
     cost_images: int = option(2000, "cost", low=8, high=1_000_000, help="labelled images, half harmful")
     cost_holdout: float = option(0.2, "cost", low=0.05, high=0.5, help="share held out for the AUROC")
     cost_steps: int = option(300, "cost", low=1, high=100_000, help="full-batch steps of the head")
@@ -53,7 +65,7 @@ class SCDPOConfig:
     n_clean_prompts: int = option(128, "pairs", low=0, high=1_000_000, help="prompts without it")
     samples_per_prompt: int = option(4, "pairs", low=1, high=64, help="K base-model samples per prompt")
     rewrite_samples: int = option(
-        4, "pairs", low=0, high=64, help="extra candidates of a harmful prompt, sampled from its safe rewrite"
+        4, "pairs", low=0, high=64, help="extra candidates of a harmful prompt, from its safe counterpart"
     )
     cost_lambda: float = option(
         1.0, "pairs", low=0.0, high=1000.0, help="lambda in s = reward - lambda x cost"
@@ -68,8 +80,6 @@ class SCDPOConfig:
     gen_steps: int = option(20, "pairs", low=1, high=1000, help="denoising steps of the samples")
     gen_cfg: float = option(7.5, "pairs", low=0.0, high=50.0, help="guidance scale of the samples")
     gen_batch_size: int = option(16, "pairs", low=1, high=4096, help="images per UNet batch")
-    prompts_file: str = option("", "pairs", help="real concepts: more harmful prompts, one a line")
-    clean_prompts_file: str = option("", "pairs", help="real concepts: clean prompts (default: rewrites)")
     # stage 3: Diffusion-DPO with DFM on a LoRA
     steps: int = option(700, "train", low=1, high=10_000_000, help="optimiser steps")
     batch_size: int = option(8, "train", low=1, high=4096, help="pairs per process per micro-step")
@@ -108,6 +118,9 @@ class SCDPOConfig:
         50, "train", low=0, high=10_000_000, help="every N steps, score samples with the cost model (0: off)"
     )
     check_prompts: int = option(32, "train", low=1, high=100_000, help="harmful prompts sampled per check")
+    holdout_prompts: int = option(
+        16, "prompts", low=1, high=100_000, help="real concepts: prompts held out of training for the check"
+    )
     check_set: str = option(
         "held-out",
         "train",

@@ -27,7 +27,7 @@ from torch import nn
 
 from safegen.errors import SafegenError
 from safegen.recipes.losses import cost_anchor_loss, prototype_infonce
-from safegen.recipes.prompts import StageContext, read_manifest, run_prompts
+from safegen.recipes.prompts import StageContext, read_manifest
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -219,7 +219,7 @@ def build_cost_model(ctx: StageContext, encoder: Any, folder: Path, fingerprint:
         "concept": ctx.concept.name,
         "encoder": encoder.name,
         "head": head.sizes,
-        "data": source,
+        **source,
         "n_images": len(y),
         "n_holdout": int(hold.sum()),
         "holdout_auroc": auroc(held, y[hold_idx].numpy()),
@@ -235,23 +235,51 @@ def build_cost_model(ctx: StageContext, encoder: Any, folder: Path, fingerprint:
     return record
 
 
-def cost_images(ctx: StageContext) -> tuple[list[Any], np.ndarray, str]:
-    """Labelled images for stage 1: renders (mini), base-model samples, or a folder of harmful/ and safe/."""
-    cfg = ctx.cfg
+def cost_labeller(cfg: Any, concept: Any, mini: bool) -> str:
+    """What labels the generated cost images: ``prompt`` or a content labeller (``cost_labels``)."""
+    if cfg.cost_labels != "auto":
+        return cfg.cost_labels
+    return "opennsfw" if not mini and "nudenet" in (concept.detector or {}) else "prompt"
+
+
+def cost_images(ctx: StageContext) -> tuple[list[Any], np.ndarray, dict[str, str]]:
+    """Labelled images for stage 1: renders (mini), base-model samples, or a folder of harmful/ and safe/.
+
+    Samples (``cost_data=generate``): half from the harmful prompts, half from the clean prompts (or,
+    without clean prompts, the harmful prompts' safe counterparts). Labelled by content with a labeller
+    (:mod:`safegen.classifiers.labels`) or, with ``cost_labels=prompt``, by the half they come from.
+    """
+    from safegen.classifiers.labels import content_scores
+
+    cfg, plan = ctx.cfg, ctx.plan
     kind = cfg.cost_data if cfg.cost_data != "auto" else ("render" if ctx.mini else "generate")
     if kind == "render":
         if ctx.mini is None:
             raise SafegenError("cost_data=render needs a mini-world concept; use generate or folder.")
         images, labels = render_cost_set(*ctx.mini, n=cfg.cost_images, seed=cfg.seed + 21)
-        return images, labels, "render"
+        return images, labels, {"data": "render", "labels": "render"}
     if kind == "folder":
-        return (*read_cost_folder(Path(cfg.cost_folder).expanduser()), f"folder {cfg.cost_folder}")
-    harmful, clean = run_prompts(ctx, seed_offset=7)
+        folder = {"data": f"folder {cfg.cost_folder}", "labels": "folder"}
+        return (*read_cost_folder(Path(cfg.cost_folder).expanduser()), folder)
     half = max(1, cfg.cost_images // 2)
-    prompts = [harmful[i % len(harmful)] for i in range(half)] + [clean[i % len(clean)] for i in range(half)]
-    seeds = [cfg.seed * 1_000_003 + 500_000 + i for i in range(len(prompts))]
-    images = sample_images(ctx, prompts, seeds, "cost model")
-    return images, np.array([1] * half + [0] * half), "generate"
+    safe = [(p, None) for p in plan.clean] or [(c.text, c.negative) for c in plan.counterparts]
+    jobs = [(plan.harmful[i % len(plan.harmful)], None) for i in range(half)]
+    jobs += [safe[i % len(safe)] for i in range(half)]
+    seeds = [cfg.seed * 1_000_003 + 500_000 + i for i in range(len(jobs))]
+    images = sample_images(ctx, [p for p, _ in jobs], seeds, "cost model", [n for _, n in jobs])
+    labeller = cost_labeller(cfg, ctx.concept, ctx.mini is not None)
+    if labeller == "prompt":
+        return images, np.array([1] * half + [0] * half), {"data": "generate", "labels": "prompt"}
+    labels = (content_scores(labeller, images, ctx.concept) >= cfg.cost_label_threshold).astype(int)
+    n_harmful, least = int(labels.sum()), max(2, len(labels) // 50)
+    if min(n_harmful, len(labels) - n_harmful) < least:
+        raise SafegenError(
+            f"The {labeller} labeller found {n_harmful} harmful images among {len(labels)} samples (at "
+            f"cost_label_threshold={cfg.cost_label_threshold:g}); a cost model needs at least {least} of "
+            "each: the model rarely draws the concept from these prompts. Use cost_data=folder with "
+            "labelled images, or cost_labels=prompt."
+        )
+    return images, labels, {"data": "generate", "labels": labeller}
 
 
 def render_cost_set(axis: str, value: str, n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -286,12 +314,42 @@ def read_cost_folder(folder: Path) -> tuple[list[Any], np.ndarray]:
 
 
 # --------------------------------------------------------------------------- samples
-def sample_images(ctx: StageContext, prompts: list[str], seeds: list[int], stage: str | None) -> list[Any]:
-    """Base-model samples (PIL), one per (prompt, seed); progress reported under ``stage`` unless None."""
+def sample_images(
+    ctx: StageContext,
+    prompts: list[str],
+    seeds: list[int],
+    stage: str | None,
+    negatives: list[str | None] | None = None,
+) -> list[Any]:
+    """Base-model samples (PIL), one per (prompt, seed), each with its negative prompt (None: none);
+    progress reported under ``stage`` unless None."""
     from safegen.generator import generate
     from safegen.sampling import GenerationConfig
 
-    config = GenerationConfig(steps=ctx.cfg.gen_steps, cfg=ctx.cfg.gen_cfg, batch_size=ctx.cfg.gen_batch_size)
-    report = (lambda done, total: ctx.report(stage, done, total)) if stage else None
-    out = generate(ctx.model, prompts, seeds=seeds, config=config, progress=report)
-    return [g.image for g in out]
+    negatives = negatives or [None] * len(prompts)
+    out: list[Any] = [None] * len(prompts)
+    groups = {n: [i for i, m in enumerate(negatives) if m == n] for n in dict.fromkeys(negatives)}
+    done = 0
+    for negative, rows in groups.items():
+        config = GenerationConfig(
+            steps=ctx.cfg.gen_steps,
+            cfg=ctx.cfg.gen_cfg,
+            batch_size=ctx.cfg.gen_batch_size,
+            negative_prompt=negative or "",
+        )
+
+        def report(k: int, total: int, d: int = done, n: int = len(rows)) -> None:
+            if stage:
+                ctx.report(stage, d + k * n // max(1, total), len(prompts))
+
+        found = generate(
+            ctx.model,
+            [prompts[i] for i in rows],
+            seeds=[seeds[i] for i in rows],
+            config=config,
+            progress=report,
+        )
+        for i, g in zip(rows, found, strict=True):
+            out[i] = g.image
+        done += len(rows)
+    return out

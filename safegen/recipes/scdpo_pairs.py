@@ -4,8 +4,9 @@ K samples per harmful and per clean prompt from the base model, scored ``s = rew
 winner = best s, loser = worst s. Our reading of the paper's reward ("human preference") is **prompt
 fidelity**: the cosine between the image and the prompt's text in the cost model's frozen encoder (CLIP
 score on real models, the mini encoder's image-text agreement on the mini world). When no sample of a
-harmful prompt is safe, the winner comes from extra samples of the prompt's safe rewrite
-(:func:`safegen.concepts.rewrite`), still trained under the harmful prompt. ``docs/methods/scdpo.md``.
+harmful prompt is safe, the winner comes from extra samples of the prompt's safe counterpart (its
+keyword rewrite, or the same prompt and seed with the concept as a negative prompt:
+:mod:`safegen.recipes.prompt_plan`), still trained under the harmful prompt. ``docs/methods/scdpo.md``.
 
 Folder written (reusable by a later run through ``pairs_dir=``)::
 
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 
 from safegen.errors import SafegenError
-from safegen.recipes.prompts import StageContext, read_manifest, run_prompts
+from safegen.recipes.prompts import StageContext, read_manifest
 from safegen.recipes.scdpo_cost import CostModel, sample_images
 
 
@@ -57,7 +58,7 @@ def select_pairs(
 
 def build_pair_part(ctx: StageContext, cost_model: CostModel, folder: Path) -> None:
     """Stage 2 on this process: its share of the prompts (every N-th), written to ``part-<rank>.jsonl``."""
-    harmful, clean = run_prompts(ctx)
+    harmful, clean = ctx.plan.harmful, ctx.plan.clean
     prompts = [(p, True) for p in harmful] + [(p, False) for p in clean]
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -73,7 +74,7 @@ def merge_pair_parts(
     ctx: StageContext, cost_model: CostModel, folder: Path, fingerprint: str, start: float
 ) -> dict[str, Any]:
     """Stage 2 on the main process: merge the parts into ``pairs.jsonl`` and write the manifest."""
-    harmful, clean = run_prompts(ctx)
+    harmful, clean = ctx.plan.harmful, ctx.plan.clean
     parts = sorted(folder.glob("part-*.jsonl"))
     merged = [json.loads(line) for p in parts for line in p.read_text().splitlines()]
     merged.sort(key=lambda r: (r["prompt_index"], r["winner"], r["loser"]))
@@ -95,7 +96,8 @@ def merge_pair_parts(
         },
         "mean_cost": {"winner": mean("winner_cost"), "loser": mean("loser_cost")},
         "mean_reward": {"winner": mean("winner_reward"), "loser": mean("loser_reward")},
-        "winner_from_rewrite": float(np.mean([r["winner_prompt"] != r["prompt"] for r in merged])),
+        "winner_from_counterpart": float(np.mean([r["winner_counterpart"] for r in merged])),
+        "counterparts": ctx.plan.report["counterparts"],
         "processes": ctx.world_size,
         "seconds": round(time.time() - start, 2),
     }
@@ -107,16 +109,16 @@ def _pairs_for(
     ctx: StageContext, cost_model: CostModel, folder: Path, batch: list[tuple[int, str, bool]]
 ) -> list[dict[str, Any]]:
     """Sample, score and pair the candidates of a few prompts; save the images that end up in a pair."""
-    from safegen.concepts import rewrite
-
     cfg, jobs = ctx.cfg, []
     for i, prompt, harmful in batch:
-        safe = rewrite(prompt, ctx.concept)
-        extra = cfg.rewrite_samples if harmful and safe != prompt else 0
+        safe = ctx.plan.counterparts[i] if harmful else None
+        extra = cfg.rewrite_samples if safe is not None else 0
         for k in range(cfg.samples_per_prompt + extra):
-            source = prompt if k < cfg.samples_per_prompt else safe
-            jobs.append((i, prompt, harmful, source, cfg.seed * 1_000_003 + i * 1_000 + k, safe))
-    images = sample_images(ctx, [j[3] for j in jobs], [j[4] for j in jobs], None)  # progress: per chunk
+            source, negative = (prompt, None) if k < cfg.samples_per_prompt else (safe.text, safe.negative)
+            seed = cfg.seed * 1_000_003 + i * 1_000 + k
+            jobs.append((i, prompt, harmful, source, seed, safe.text if safe else prompt, negative))
+    sources, seeds = [j[3] for j in jobs], [j[4] for j in jobs]
+    images = sample_images(ctx, sources, seeds, None, [j[6] for j in jobs])  # progress: per chunk
     emb = cost_model.encoder.embed_images(images)  # (J, D)
     costs = cost_model.cost_of_embeddings(emb).numpy()
     reward_texts = [j[5] if cfg.reward_text == "rewrite" else j[1] for j in jobs]
@@ -139,6 +141,10 @@ def _pairs_for(
                 row[side] = f"images/{i:05d}-{j - idx[0]:02d}.png"
                 images[j].save(folder / row[side])
                 row |= {f"{side}_prompt": jobs[j][3], f"{side}_seed": jobs[j][4]}
+                row |= {
+                    f"{side}_negative": jobs[j][6],
+                    f"{side}_counterpart": j - idx[0] >= cfg.samples_per_prompt,
+                }
                 row |= {f"{side}_score": float(scores[j]), f"{side}_reward": float(rewards[j])}
                 row[f"{side}_cost"] = float(costs[j])
             rows.append(row)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from safegen.errors import SafegenError, unknown
+from safegen.recipes.prompt_plan import plan_prompts
 from safegen.recipes.prompts import Progress, resolve_target
 from safegen.runs import (
     MANIFEST,
@@ -35,11 +37,13 @@ from safegen.runs import (
     lock_folder,
     read_json,
     read_lines,
+    release_folder,
     versions,
     write_json,
     write_text,
 )
 
+log = logging.getLogger("safegen")
 NOISY_KEYS = frozenset({"steps", "save_every", "keep_checkpoints", "log_every"})  # may change on --resume
 
 # the metrics TRL's DPO trainer logs, in its names; each recipe adds its own after them
@@ -112,13 +116,22 @@ class RecipeRun:
         request: what to erase from which model, where (``out`` None: ``runs/<method>-<concept>-<time>``).
         stages: the recipe's stages (``request.stage`` must be one).
         kind: the kind of model the recipe trains (``sd`` or ``ar``), checked before anything is loaded.
+        holdout: prompts to hold out of training for a safety check (:func:`plan_prompts`).
 
     Raises:
-        SafegenError: an unknown stage, or a concept the model cannot draw.
+        SafegenError: an unknown stage, a concept the model cannot draw, prompts that cannot make a run
+            (:mod:`safegen.recipes.prompt_plan`): all before a model is loaded or a file written.
     """
 
     def __init__(
-        self, method: str, label: str, cfg: Any, request: RecipeRequest, stages: tuple[str, ...], kind: str
+        self,
+        method: str,
+        label: str,
+        cfg: Any,
+        request: RecipeRequest,
+        stages: tuple[str, ...],
+        kind: str,
+        holdout: int = 0,
     ):
         from safegen.loader import model_kind
 
@@ -134,13 +147,21 @@ class RecipeRun:
                 f"(use --method {other})."
             )
         self.target, self.mini = resolve_target(request.concept, request.model)
+        self.plan = plan_prompts(cfg, self.target, self.mini, holdout)
+        for note in self.plan.report["notes"]:
+            log.warning("%s: %s.", label, note)
         self.method, self.label, self.cfg, self.request = method, label, cfg, request
         self.concept, self.model_name = self.target.name, request.model
         self.resume, self.progress, self.out_given = request.resume, request.progress, request.out is not None
         name = f"{method}-{self.concept}"
         self.out = Path(request.out) if request.out else default_out_dir(name, root="runs")
         self.trains = request.stage in ("train", "all")
-        self.result: dict[str, Any] = {"out": str(self.out), "concept": self.concept, "stages": {}}
+        self.result: dict[str, Any] = {
+            "out": str(self.out),
+            "concept": self.concept,
+            "prompts": self.plan.report,
+            "stages": {},
+        }
         self.acc: Any = None
         self.is_main = True
         self.start_step, self.last_metrics, self.resumed_stopped = 0, {}, False
@@ -346,8 +367,52 @@ class RecipeRun:
 
 
 def execute(recipe: Any) -> dict[str, Any]:
-    """The five-line main of a recipe: ``setup()``, ``train()`` when the stage asks for it, ``save()``."""
-    recipe.setup()
-    if recipe.run.trains:
-        recipe.train()
-    return recipe.save()
+    """The main of a recipe: ``setup()``, ``train()`` when the stage asks for it, ``save()``.
+
+    A run that fails leaves nothing behind when nothing of it is worth keeping (no finished stage, no
+    checkpoint): the files it wrote are removed, and the folder too if the run made it. Otherwise the folder
+    stays for ``--resume``, and the error says so.
+    """
+    run = recipe.run
+    existed = run.out.exists()
+    fresh = not run.resume and not (existed and any(run.out.iterdir()))
+    try:
+        recipe.setup()
+        if run.trains:
+            recipe.train()
+        result = recipe.save()
+        release_folder(run.out)  # the folder is free for another process (a --resume, a bench)
+        return result
+    except BaseException as exc:
+        if not fresh or not run.is_main:
+            raise
+        if not has_progress(run.out):
+            discard(run.out, keep_folder=existed)  # only what this process wrote: it holds the lock
+            raise
+        if isinstance(exc, SafegenError):
+            kept = f"Finished stages are kept in {run.out}: continue with --resume."
+            raise SafegenError(f"{exc} {kept}") from None
+        raise
+
+
+def has_progress(out: Path) -> bool:
+    """Whether a run folder holds something worth resuming: a finished stage or a checkpoint."""
+    stages = [p for p in out.glob("*/manifest.json")] if out.is_dir() else []
+    checkpoints = list((out / "checkpoints").glob("*/state.json")) if (out / "checkpoints").is_dir() else []
+    return bool(stages or checkpoints)
+
+
+def discard(out: Path, keep_folder: bool) -> None:
+    """Remove what a failed run wrote in ``out`` (the folder itself unless it was there before)."""
+    import shutil
+
+    from safegen.runs import holds_lock
+
+    if not out.is_dir() or ((out / ".lock").exists() and not holds_lock(out)):
+        return  # another process's run (it holds the lock), or nothing written
+    release_folder(out)
+    if keep_folder:
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(out, ignore_errors=True)

@@ -143,10 +143,12 @@ class VCERecipe:
             self._setup_optimizer()
 
     def _setup_model(self) -> None:
+        from safegen.bundled import mini_tuned_notice
         from safegen.loader import load_model
 
         dtype = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.cfg.mixed_precision]
         self.model = load_model(self.request.model, device="cpu", dtype=dtype)
+        mini_tuned_notice(self.model.name, "erase", "vce")
         if self.model.kind != "ar":
             raise SafegenError(
                 f"VCE erases concepts from autoregressive models; {self.request.model} is a diffusion model "
@@ -157,7 +159,8 @@ class VCERecipe:
             part.requires_grad_(False)
 
     def _fingerprint(self) -> str:
-        extra = f"{self.concept.name}|{self.model.source}|{fingerprint(self.cfg, 'pairs')}"
+        options = fingerprint(self.cfg, "prompts", "pairs")
+        extra = f"{self.concept.name}|{self.model.source}|{options}|{self.run.plan.digest()}"
         return hashlib.sha256(extra.encode()).hexdigest()[:16]
 
     def _setup_pairs(self) -> None:
@@ -175,6 +178,7 @@ class VCERecipe:
                 self.concept,
                 self.mini,
                 self.model,
+                self.run.plan,
                 acc.process_index,
                 acc.num_processes,
                 self.request.progress,
@@ -257,6 +261,7 @@ class VCERecipe:
             "steps": step,
             "base_model": {"name": model.name, "source": model.source, "family": model.family},
             "config": dataclasses.asdict(self.cfg),
+            "labels": self.cfg.pair_filter,  # the detector that chose the pairs (none: the prompts)
         }
 
     def save(self) -> dict[str, Any]:

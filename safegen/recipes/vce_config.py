@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from safegen.options import check_fields, option
+from safegen.recipes.prompt_plan import PromptOptions
 
 REWRITERS = ("rule", "caption", "file")
-FILTERS = ("none", "colour", "nudenet")
+FILTERS = ("none", "colour", "opennsfw", "nudenet")
 
 
 @dataclass
-class VCEConfig:
+class VCEConfig(PromptOptions):
     """Every choice VCE makes (stages ``pairs`` and ``train``). Defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "VCE"
@@ -52,10 +53,13 @@ class VCEConfig:
         "none", "pairs", choices=FILTERS, help="keep pairs a detector (not the evaluator) agrees with"
     )
     filter_threshold: float = option(
-        0.02, "pairs", low=0.0, high=1.0, help="pair_filter=colour: pixel share that shows the colour"
+        -1.0,
+        "pairs",
+        low=-1.0,
+        high=1.0,
+        help="score at which the filter sees the concept (colour: pixel share; opennsfw: NSFW probability); "
+        "-1: the filter's default (colour 0.02, opennsfw 0.5)",
     )
-    prompts_file: str = option("", "pairs", help="real concepts: more prompts with the concept, one a line")
-    clean_prompts_file: str = option("", "pairs", help="real concepts: retain prompts (default: rewrites)")
     gen_cfg: float = option(-1.0, "pairs", low=-1.0, high=50.0, help="CFG of the samples (-1: model default)")
     gen_batch_size: int = option(16, "pairs", low=1, high=4096, help="images per sampling batch")
     save_pair_images: bool = option(False, "pairs", help="also write each pair as a PNG (pairs/images/)")

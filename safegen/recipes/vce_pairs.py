@@ -1,15 +1,17 @@
-"""VCE's contrastive pairs: same-seed image tokens of a prompt with the concept and of its safe rewrite.
+"""VCE's contrastive pairs: same-seed image tokens of a prompt with the concept and of its safe counterpart.
 
-Following VCE (arXiv 2509.16986; our reading, ``docs/methods/vce.md``), for each prompt p that names the
+Following VCE (arXiv 2509.16986; our reading, ``docs/methods/vce.md``), for each prompt p showing the
 concept and each seed s::
 
-    y_u = tokens(model(p, s)),    p' = rewrite(p),    y_s = tokens(model(p', s))
+    y_u = tokens(model(p, s)),    y_s = tokens(model(p', s | negative n))
 
-with the **same seed**, so that only the concept differs between the two images. The safe prompt p'
-comes from one of three rewriters (option ``rewriter``):
+with the **same seed**, so that only the concept differs between the two images. The safe side comes from
+one of three rewriters (option ``rewriter``):
 
-- ``rule`` (default, offline): the concept registry's :func:`safegen.concepts.rewrite` (mini world:
-  ``a red circle`` -> ``a green circle``; nudity: ``naked`` -> ``fully clothed``);
+- ``rule`` (default, offline): the run's counterparts (:mod:`safegen.recipes.prompt_plan`): the concept
+  registry's keyword rewrite p' (mini world: ``a red circle`` -> ``a green circle``; nudity: ``naked`` ->
+  ``fully clothed``) for a prompt that names the concept, else the same prompt p' = p with the concept's
+  text n as a negative condition in place of CFG's null prefix (most real prompts name nothing);
 - ``caption``: BLIP captions of the unsafe images through clip-interrogator (the optional extra
   ``safegen[caption]``), with the concept then removed by the same registry rewrite: our offline
   stand-in for the paper's multimodal-LLM rewrite of captions;
@@ -19,8 +21,9 @@ comes from one of three rewriters (option ``rewriter``):
 
 Optional filter (``pair_filter``): a pair is kept only when a detector sees the concept in the unsafe image
 and not in the safe one. The detector is never ``bench mini``'s evaluator (:mod:`safegen.mini.classifier`):
-``colour`` is a pixel heuristic for mini-world colours, ``nudenet`` is NudeNet (preset i2p) for nudity on
-real models (I2P scores with NudeNet too, one reason the filter is off by default).
+``colour`` is a pixel heuristic for mini-world colours, ``opennsfw`` is open_nsfw
+(:mod:`safegen.classifiers.labels`) and ``nudenet`` NudeNet (preset i2p) for nudity on real models (I2P
+scores with NudeNet: prefer ``opennsfw`` there).
 
 Retain samples: base-model tokens of prompts without the concept, for the retain term of training.
 
@@ -50,7 +53,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from safegen.errors import SafegenError
-from safegen.recipes.prompts import StageContext, read_manifest, run_prompts
+from safegen.recipes.prompts import StageContext, read_manifest
 
 COLOUR_RADIUS = 60.0  # RGB distance within which a pixel counts as the concept's colour
 
@@ -65,6 +68,7 @@ class PairJob:
     safe_prompt: str | None = None  # None: from the caption of the unsafe image (rewriter=caption)
     unsafe_image: str | None = None  # pairs_file rows with images: both paths, no sampling
     safe_image: str | None = None
+    negative: str | None = None  # the safe side's negative condition (a counterpart without a keyword)
 
 
 # --------------------------------------------------------------------------- planning
@@ -84,10 +88,10 @@ def check_pair_inputs(cfg: Any, concept: Any, mini: tuple[str, str] | None) -> N
             f"pair_filter=colour works on mini-world colours only ('{concept.name}' is not one); "
             "use pair_filter=none or nudenet."
         )
-    if cfg.pair_filter == "nudenet" and "nudenet" not in (concept.detector or {}):
-        raise SafegenError(
-            f"pair_filter=nudenet is for nudity concepts; '{concept.name}' has no NudeNet detector."
-        )
+    if cfg.pair_filter in ("opennsfw", "nudenet"):
+        from safegen.classifiers.labels import check_labeller
+
+        check_labeller(cfg.pair_filter, concept, option="pair_filter", instead="none")
 
 
 def pair_seed(cfg: Any, prompt_index: int, k: int) -> int:
@@ -96,28 +100,20 @@ def pair_seed(cfg: Any, prompt_index: int, k: int) -> int:
 
 def plan_pairs(ctx: StageContext) -> list[PairJob]:
     """Every candidate pair of the run, in a fixed order (each process takes every N-th)."""
-    from safegen.concepts import rewrite
-
     cfg = ctx.cfg
     if cfg.rewriter == "file":
         return read_pairs_file(cfg)
-    harmful, _ = run_prompts(ctx)
     jobs: list[PairJob] = []
-    for i, prompt in enumerate(harmful):
-        safe = rewrite(prompt, ctx.concept) if cfg.rewriter == "rule" else None
-        if safe == prompt:
-            continue  # the prompt does not name the concept by a keyword: nothing to contrast
+    for i, (prompt, safe) in enumerate(zip(ctx.plan.harmful, ctx.plan.counterparts, strict=True)):
+        text, negative = (safe.text, safe.negative) if cfg.rewriter == "rule" else (None, None)
         for k in range(cfg.seeds_per_prompt):
-            jobs.append(PairJob(len(jobs), prompt, pair_seed(cfg, i, k), safe))
-    if not jobs:
-        raise SafegenError(f"No prompt names '{ctx.concept.name}' by a keyword; no pair can be built.")
+            jobs.append(PairJob(len(jobs), prompt, pair_seed(cfg, i, k), text, negative=negative))
     return jobs
 
 
 def plan_retain(ctx: StageContext) -> list[tuple[str, int]]:
     """(prompt, seed) of every retain sample: prompts without the concept, ``retain_seeds`` each."""
-    _, clean = run_prompts(ctx)
-    cfg = ctx.cfg
+    clean, cfg = ctx.plan.clean, ctx.cfg
     return [(p, pair_seed(cfg, 500 + i, k)) for i, p in enumerate(clean) for k in range(cfg.retain_seeds)]
 
 
@@ -207,9 +203,17 @@ def make_filter(ctx: StageContext) -> Callable[[np.ndarray], tuple[np.ndarray, n
             share = (np.linalg.norm(images.astype(np.float32) - rgb, axis=-1) < COLOUR_RADIUS).mean(
                 axis=(1, 2)
             )
-            return share, share >= cfg.filter_threshold
+            return share, share >= (cfg.filter_threshold if cfg.filter_threshold >= 0 else 0.02)
 
         return colour
+    if cfg.pair_filter == "opennsfw":
+        from safegen.classifiers.labels import content_scores
+
+        def nsfw(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            scores = content_scores("opennsfw", list(images), ctx.concept)
+            return scores, scores >= (cfg.filter_threshold if cfg.filter_threshold >= 0 else 0.5)
+
+        return nsfw
     if cfg.pair_filter == "nudenet":
         from safegen.classifiers.nudenet import NudeNetClassifier
 
@@ -303,7 +307,7 @@ def _pair_tokens(
         if captioner is not None:
             for job, caption in zip(chunk, captioner(model.decode(u)), strict=True):
                 job.safe_prompt = rewrite(caption, ctx.concept)
-        s = model.generate_tokens([j.safe_prompt for j in chunk], seeds, sampling).cpu()  # same seeds
+        s = safe_tokens(model, chunk, sampling)  # same seeds
     rows = [{**asdict(j), "kept": True} for j in chunk]
     if detector is not None or cfg.save_pair_images:
         images_u, images_s = model.decode(u), model.decode(s)  # (B, H, W, 3) uint8 each
@@ -319,6 +323,18 @@ def _pair_tokens(
                     folder / "images" / f"{job.index:06d}.png"
                 )
     return u, s, rows
+
+
+def safe_tokens(model: Any, chunk: list[PairJob], sampling: Any) -> torch.Tensor:
+    """The safe side's tokens (B, T) at each job's seed: its safe prompt, under its negative condition
+    when it has one (jobs with and without one are sampled apart and put back in order)."""
+    out = torch.zeros(len(chunk), model.n_tokens, dtype=torch.long)
+    for negative in dict.fromkeys(j.negative for j in chunk):
+        rows = [i for i, j in enumerate(chunk) if j.negative == negative]
+        prompts, seeds = [chunk[i].safe_prompt for i in rows], [chunk[i].seed for i in rows]
+        negatives = [negative] * len(rows) if negative is not None else None
+        out[rows] = model.generate_tokens(prompts, seeds, sampling, negative_prompts=negatives).cpu()
+    return out
 
 
 def merge_pair_parts(ctx: StageContext, folder: Path, fingerprint: str, start: float) -> dict[str, Any]:
@@ -357,7 +373,9 @@ def merge_pair_parts(ctx: StageContext, folder: Path, fingerprint: str, start: f
         "n_candidates": len(rows),
         "n_pairs": kept,
         "n_retain": len(retain_rows),
-        "identical_pairs": int((tensors["unsafe"] == tensors["safe"]).all(dim=1).sum()),
+        "identical_pairs": int((tensors["unsafe"] == tensors["safe"]).all(dim=1).sum()),  # same tokens
+        "unchanged_safe_side": sum(r["safe_prompt"] == r["prompt"] and not r.get("negative") for r in rows),
+        "negative_condition_pairs": sum(bool(r.get("negative")) for r in rows),
         "processes": ctx.world_size,
         "seconds": round(time.time() - start, 2),
     }

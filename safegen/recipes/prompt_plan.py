@@ -1,0 +1,256 @@
+"""The prompts an erasure run trains on, decided and accounted for before any model is loaded.
+
+A run's prompts come from the mini world's captions (a mini concept) or from what the user names
+(``--prompts``, ``--clean-prompts``: TXT, CSV, JSONL, I2P with a category filter, an attack set); without
+``--prompts`` a real concept's registry examples are used. :func:`plan_prompts` reads them once and
+returns a :class:`PromptPlan`:
+
+- ``harmful``: the training prompts that show the concept; ``check``: prompts of the same source held out
+  for the safety check, never trained on; ``clean``: prompts without the concept (retain / clean pairs);
+- ``counterparts``: for each harmful prompt, how its safe side is made. ``rewrite``: the registry's keyword
+  rewrite (a different text); ``negative``: the same text and seed, with the concept's ``unsafe_text`` as a
+  negative condition at sampling time (a negative prompt in a diffusion model, the CFG null condition in
+  an AR model). ``counterpart=auto`` rewrites prompts that name the concept and uses the negative
+  condition for the others (most real prompts: of I2P's 931 sexual prompts, 4 name nudity by a keyword);
+- ``report``: how many prompts were read, used, held out and dropped, and why, for the run's manifest.
+
+Refused with a one-line error: fewer usable prompts than ``min_prompts``, clean prompts that are all
+harmful ones, a check set that would overlap training. Fewer prompts than asked for is said in the report's
+``notes`` (and printed by ``safegen erase``), never silent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from safegen.choices import PROMPT_SETS
+from safegen.errors import SafegenError
+from safegen.options import option
+
+COUNTERPARTS = ("auto", "rewrite", "negative")
+
+
+@dataclass
+class PromptOptions:
+    """Where an erasure run's prompts come from (shared by SC-DPO and VCE; stage ``prompts``)."""
+
+    prompts: str = option(
+        "", "prompts", help="prompts showing the concept: a file, or an I2P / attack-set file (real concepts)"
+    )
+    prompt_set: str = option("file", "prompts", choices=PROMPT_SETS, help="how to read --prompts")
+    prompt_column: str = option("", "prompts", help="CSV / JSONL column of --prompts (default: prompt)")
+    prompt_category: str = option(
+        "", "prompts", help="prompt_set=i2p: categories to keep, -name to leave out (e.g. sexual)"
+    )
+    clean_prompts: str = option("", "prompts", help="prompts without the concept (default: keyword rewrites)")
+    clean_prompt_set: str = option("file", "prompts", choices=PROMPT_SETS, help="how to read clean_prompts")
+    clean_prompt_column: str = option("", "prompts", help="CSV / JSONL column of clean_prompts")
+    clean_prompt_category: str = option("", "prompts", help="clean_prompt_set=i2p: categories (e.g. -sexual)")
+    min_prompts: int = option(
+        32, "prompts", low=1, high=1_000_000, help="refuse a run with fewer usable prompts (each set)"
+    )
+    counterpart: str = option(
+        "auto",
+        "prompts",
+        choices=COUNTERPARTS,
+        help="safe side of a pair: rewrite (keywords), negative (same prompt, concept as negative "
+        "condition), auto (rewrite when a keyword is named, else negative)",
+    )
+
+
+@dataclass(frozen=True)
+class Counterpart:
+    """The safe side of a harmful prompt: a text to sample, and a negative condition (or None)."""
+
+    mode: str  # "rewrite" | "negative"
+    text: str
+    negative: str | None = None
+
+
+@dataclass
+class PromptPlan:
+    harmful: list[str]
+    clean: list[str]
+    check: list[str]
+    counterparts: list[Counterpart]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """A hash of every prompt and counterpart (part of a stage's fingerprint: same files, same data)."""
+        body = [
+            self.harmful,
+            self.clean,
+            self.check,
+            [(c.mode, c.text, c.negative) for c in self.counterparts],
+        ]
+        return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
+
+
+def counterpart_of(prompt: str, concept: Any, mode: str) -> Counterpart | None:
+    """How the safe side of ``prompt`` is made under ``mode`` (None: ``rewrite`` and no keyword)."""
+    from safegen.concepts import mentions, rewrite
+
+    if mode != "negative" and mentions(prompt, concept):
+        return Counterpart("rewrite", rewrite(prompt, concept))
+    if mode == "rewrite":
+        return None
+    return Counterpart("negative", prompt, concept.unsafe_text)
+
+
+def _read(cfg: Any, prefix: str, flag: str) -> tuple[list[str] | None, dict[str, Any]]:
+    """The prompts of the ``<prefix>prompts`` source (None when not given) and where they came from."""
+    from safegen.promptsets import read_prompt_source
+
+    path = getattr(cfg, f"{prefix}prompts")
+    column = getattr(cfg, f"{prefix}prompt_column") or None
+    kind, category = getattr(cfg, f"{prefix}prompt_set"), getattr(cfg, f"{prefix}prompt_category")
+    if not path and kind == "file":
+        if column or category:
+            raise SafegenError(f"{prefix}prompt_column / {prefix}prompt_category need {flag} FILE.")
+        return None, {}
+    return read_prompt_source(path or None, kind, column, category)
+
+
+def _dedupe(prompts: list[str], dropped: dict[str, int]) -> list[str]:
+    out = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
+    if len(out) < len(prompts):
+        dropped["duplicate or empty"] = dropped.get("duplicate or empty", 0) + len(prompts) - len(out)
+    return out
+
+
+def plan_prompts(cfg: Any, concept: Any, mini: tuple[str, str] | None, holdout: int = 0) -> PromptPlan:
+    """The run's prompts (see the module docstring).
+
+    Args:
+        cfg: the recipe's options (:class:`PromptOptions` fields, ``seed``, ``n_harmful_prompts``,
+            ``n_clean_prompts``).
+        concept: the Concept. mini: its (axis, value) on the mini world, else None.
+        holdout: harmful prompts to hold out for the safety check (0: none).
+
+    Raises:
+        SafegenError: see the module docstring; also an unreadable file or unknown column.
+    """
+    if mini is not None:
+        return _mini_plan(cfg, concept, mini, holdout)
+    rng = np.random.default_rng(cfg.seed + 31)
+    given, source = _read(cfg, "", "--prompts")
+    read = list(given) if given is not None else list(concept.examples)
+    source = source or {"set": "registry examples", "concept": concept.name}
+    dropped: dict[str, int] = {}
+    pool = _dedupe(read, dropped)
+    pairs = [(p, counterpart_of(p, concept, cfg.counterpart)) for p in pool]
+    if any(c is None for _, c in pairs):
+        dropped["no keyword to rewrite (counterpart=rewrite)"] = sum(c is None for _, c in pairs)
+    pairs = [(p, c) for p, c in pairs if c is not None]
+    pairs = [pairs[i] for i in rng.permutation(len(pairs))]
+    where = "--prompts" if given is not None else f"the registry's examples of '{concept.name}'"
+    if len(pairs) - holdout < cfg.min_prompts:
+        held_text = f"; {holdout} are held out for the safety check" if holdout else ""
+        raise SafegenError(
+            f"Only {len(pairs)} usable prompts from {where} (read {len(read)}, dropped "
+            f"{sum(dropped.values())}){held_text}; min_prompts is {cfg.min_prompts}: give more with "
+            "--prompts, or lower --set min_prompts" + (" / holdout_prompts." if holdout else ".")
+        )
+    held, pairs = pairs[:holdout], pairs[holdout:]
+    used = pairs[: cfg.n_harmful_prompts]
+    harmful = [p for p, _ in used]
+    clean, clean_report = _clean(cfg, concept, harmful, [p for p, _ in held], pool)
+    notes = []
+    if len(used) < cfg.n_harmful_prompts:
+        notes.append(f"{len(used)} harmful prompts, fewer than n_harmful_prompts={cfg.n_harmful_prompts}")
+    if len(clean) < cfg.n_clean_prompts:
+        notes.append(f"{len(clean)} clean prompts, fewer than n_clean_prompts={cfg.n_clean_prompts}")
+    modes = [c.mode for _, c in used]
+    report = {
+        "source": source,
+        "read": len(read),
+        "used": len(used),
+        "held_out": len(held),
+        "dropped": dropped,
+        "unused": len(pairs) - len(used),
+        "counterparts": {m: modes.count(m) for m in ("rewrite", "negative")},
+        "clean": clean_report,
+        "notes": notes,
+    }
+    return PromptPlan(harmful, clean, [p for p, _ in held], [c for _, c in used], report)
+
+
+def _clean(
+    cfg: Any, concept: Any, harmful: list[str], held: list[str], pool: list[str]
+) -> tuple[list[str], dict[str, Any]]:
+    """The clean prompts: ``--clean-prompts`` less any harmful or concept-naming one, else the keyword
+    rewrites of the harmful prompts that name the concept."""
+    from safegen.concepts import mentions, rewrite
+
+    if cfg.n_clean_prompts == 0:
+        return [], {"read": 0, "used": 0, "dropped": {}}
+    given, source = _read(cfg, "clean_", "--clean-prompts")
+    dropped: dict[str, int] = {}
+    if given is not None:
+        read = list(given)
+        clean = _dedupe(read, dropped)
+        harmful_set = set(pool)
+        overlap = [p for p in clean if p in harmful_set]
+        if overlap and len(overlap) == len(clean):
+            raise SafegenError("The clean prompts are the harmful prompts; give prompts without the concept.")
+        naming = [p for p in clean if p not in harmful_set and mentions(p, concept)]
+        for reason, bad in (("also a harmful prompt", overlap), (f"names '{concept.name}'", naming)):
+            if bad:
+                dropped[reason] = len(bad)
+        clean = [p for p in clean if p not in harmful_set and not mentions(p, concept)]
+        where = "--clean-prompts"
+    else:
+        read, source = harmful, {"set": "keyword rewrites of the harmful prompts"}
+        rewrites = [rewrite(p, concept) for p in harmful if mentions(p, concept)]
+        clean = _dedupe(rewrites, dropped)
+        if len(rewrites) < len(harmful):
+            dropped["no keyword to rewrite"] = len(harmful) - len(rewrites)
+        where = (
+            f"keyword rewrites ({len(rewrites)} of {len(harmful)} harmful prompts name '{concept.name}'); "
+            "give prompts without the concept with --clean-prompts FILE"
+        )
+    clean = clean[: cfg.n_clean_prompts]
+    if len(clean) < min(cfg.min_prompts, cfg.n_clean_prompts):
+        raise SafegenError(
+            f"Only {len(clean)} usable clean prompts from {where}; min_prompts is {cfg.min_prompts} "
+            "(or --set n_clean_prompts=0 to train without them)."
+        )
+    return clean, {"source": source, "read": len(read), "used": len(clean), "dropped": dropped}
+
+
+def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> PromptPlan:
+    """Mini world: canonical captions naming the concept by its keyword (synonyms stay held out for
+    ``bench mini``), clean captions with any other value; the check set (when ``holdout``) is every
+    caption of the concept never sampled."""
+    from safegen.recipes.prompts import mini_prompt_pools
+
+    if cfg.prompts or cfg.clean_prompts:
+        raise SafegenError(
+            f"'{concept.name}' is a mini-world concept: its prompts are the world's captions; --prompts and "
+            "--clean-prompts are for concepts of real models."
+        )
+    rng = np.random.default_rng(cfg.seed + 31)
+    harmful_pool, clean_pool = mini_prompt_pools(mini)
+    pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))]  # noqa: E731
+    harmful, clean = pick(harmful_pool, cfg.n_harmful_prompts), pick(clean_pool, cfg.n_clean_prompts)
+    rest = [p for p in harmful_pool if p not in set(harmful)]
+    check = [rest[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(rest))] if holdout else []
+    counterparts = [counterpart_of(p, concept, cfg.counterpart) or Counterpart("rewrite", p) for p in harmful]
+    modes = [c.mode for c in counterparts]
+    report = {
+        "source": {"set": "mini world captions", "concept": concept.name},
+        "read": len(harmful_pool),
+        "used": len(harmful),
+        "held_out": len(check),
+        "dropped": {},
+        "unused": len(rest) - len(check),
+        "counterparts": {m: modes.count(m) for m in ("rewrite", "negative")},
+        "clean": {"read": len(clean_pool), "used": len(clean), "dropped": {}},
+        "notes": [],
+    }
+    return PromptPlan(harmful, clean, check, counterparts, report)

@@ -1,0 +1,212 @@
+"""An erasure run's prompts on real data: I2P and user files, safe counterparts without keywords, the
+held-out check set, refusals before any model is loaded, and the negative condition of AR sampling."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from safegen.cli import main
+from safegen.concepts import get_concept, mentions
+from safegen.errors import SafegenError
+from safegen.recipes.prompt_plan import plan_prompts
+from safegen.recipes.scdpo_config import SCDPOConfig
+from safegen.recipes.vce_config import VCEConfig
+
+I2P = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "i2p_4703.csv"
+
+
+def i2p_config(cls=SCDPOConfig, **extra):
+    return cls(prompts=str(I2P), prompt_set="i2p", prompt_category="sexual", **extra)
+
+
+def test_i2p_prompts_get_negative_counterparts_and_a_disjoint_check_set():
+    nudity = get_concept("nudity")
+    cfg = i2p_config(n_harmful_prompts=64, n_clean_prompts=0)
+    plan = plan_prompts(cfg, nudity, None, holdout=16)
+    report = plan.report
+    assert report["read"] == 931 and report["used"] == 64 and report["held_out"] == 16
+    assert report["unused"] == 931 - sum(report["dropped"].values()) - 64 - 16
+    assert len(plan.harmful) == len(plan.counterparts) == 64 and not set(plan.harmful) & set(plan.check)
+    for prompt, safe in zip(plan.harmful, plan.counterparts, strict=True):
+        if mentions(prompt, nudity):  # a keyword: rewritten; otherwise the same prompt, concept negated
+            assert safe.mode == "rewrite" and safe.text != prompt and safe.negative is None
+        else:
+            assert safe.mode == "negative" and safe.text == prompt and safe.negative == nudity.unsafe_text
+    assert report["counterparts"]["negative"] >= 60  # I2P's sexual prompts rarely name nudity
+    again = plan_prompts(cfg, nudity, None, holdout=16)
+    assert again.digest() == plan.digest() and plan_prompts(replace(cfg, seed=1), nudity, None).digest() != (
+        plan.digest()
+    )
+
+
+def test_clean_prompts_from_a_set_drop_harmful_and_naming_ones(tmp_path):
+    nudity = get_concept("nudity")
+    clean = tmp_path / "clean.jsonl"
+    rows = [{"text": f"a quiet harbour at dawn, view {i}"} for i in range(40)]
+    rows += [{"text": "a naked man on a horse"}, {"text": "a quiet harbour at dawn, view 0"}]
+    clean.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = i2p_config(
+        n_harmful_prompts=48, n_clean_prompts=64, clean_prompts=str(clean), clean_prompt_column="text"
+    )
+    plan = plan_prompts(cfg, nudity, None)
+    assert len(plan.clean) == 40 and not set(plan.clean) & set(plan.harmful)
+    assert plan.report["clean"]["dropped"] == {"duplicate or empty": 1, "names 'nudity'": 1}
+    assert any("40 clean prompts, fewer than n_clean_prompts=64" in n for n in plan.report["notes"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_clean_prompts": 0}, "Only 3 usable prompts from the registry's examples"),  # no --prompts
+        (
+            {
+                "prompts": str(I2P),
+                "prompt_set": "i2p",
+                "prompt_category": "sexual",
+                "n_harmful_prompts": 64,
+                "counterpart": "rewrite",
+                "n_clean_prompts": 0,
+            },
+            r"Only \d usable prompts from --prompts",
+        ),
+        (
+            {"prompts": str(I2P), "prompt_set": "i2p", "prompt_category": "sexual"},
+            r"Only \d usable clean prompts from keyword rewrites",
+        ),
+        (
+            {
+                "prompts": str(I2P),
+                "prompt_set": "i2p",
+                "prompt_category": "sexual",
+                "clean_prompts": str(I2P),
+                "clean_prompt_set": "i2p",
+                "clean_prompt_category": "sexual",
+            },
+            "clean prompts are the harmful",
+        ),
+        ({"prompts": str(I2P), "prompt_column": "nope"}, "no 'nope' column"),
+        (
+            {"prompts": str(I2P), "prompt_set": "i2p", "prompt_category": "sexy"},
+            "Unknown I2P category 'sexy'",
+        ),
+        ({"prompt_category": "sexual"}, "need --prompts FILE"),
+    ],
+)
+def test_prompt_sets_that_cannot_make_a_run_are_refused(options, message):
+    with pytest.raises(SafegenError, match=message):
+        plan_prompts(SCDPOConfig(**options), get_concept("nudity"), None, holdout=16)
+
+
+def test_a_mini_concept_takes_no_prompt_files():
+    from safegen.recipes.prompts import resolve_target
+
+    concept, mini = resolve_target("red", "mini")
+    with pytest.raises(SafegenError, match="mini-world concept"):
+        plan_prompts(VCEConfig(prompts=str(I2P)), concept, mini)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--concept", "nudity"], "Only 3 usable prompts"),
+        (
+            [
+                "--concept",
+                "nudity",
+                "--prompts",
+                str(I2P),
+                "--prompt-set",
+                "i2p",
+                "--prompt-category",
+                "sexual",
+                "--clean-prompts",
+                str(I2P),
+                "--set",
+                "clean_prompt_set=i2p",
+                "--set",
+                "clean_prompt_category=sexual",
+            ],
+            "clean prompts are the harmful",
+        ),
+        (["--concept", "nudity", "--prompts", str(I2P), "--prompt-column", "nope"], "no 'nope' column"),
+        (
+            [
+                "--concept",
+                "nudity",
+                "--prompts",
+                str(I2P),
+                "--prompt-set",
+                "i2p",
+                "--prompt-category",
+                "sexual",
+                "--set",
+                "holdout_prompts=2000",
+            ],
+            "2000 are held out for the safety check",
+        ),
+        (["--concept", "snoopy", "--concepts-file", "BAD"], "kind must be one of"),
+    ],
+)
+def test_cli_refuses_bad_prompt_sets_before_loading(extra, words, tiny_sd_dir, tmp_path, capsys):
+    bad = tmp_path / "concepts.yaml"
+    bad.write_text(
+        "concepts:\n  - {name: snoopy, kind: cartoon, keywords: [snoopy], unsafe_text: x, safe_text: y}\n"
+    )
+    out = tmp_path / "never"
+    extra = [str(bad) if e == "BAD" else e for e in extra]
+    args = ["erase", "--method", "scdpo", "--model", str(tiny_sd_dir), "--out", str(out), "--device", "cpu"]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(words, err), err
+    assert not out.exists()
+
+
+def test_negative_condition_replaces_the_null_prefix(tiny_ar_dir):
+    """With the prompt itself as the negative condition, l_neg + s (l_c - l_neg) = l_c: the tokens are the
+    unguided ones; a different negative changes them; generate() carries it through."""
+    from safegen.ar.sampler import SamplingConfig
+    from safegen.loader import load_model
+
+    model = load_model(str(tiny_ar_dir), device="cpu")
+    prompts, seeds = ["a red circle", "a blue star"], [3, 4]
+    guided = SamplingConfig.for_model(model, cfg=4.0, batch_size=2)
+    plain = replace(guided, cfg=1.0)
+    self_negative = model.generate_tokens(prompts, seeds, guided, negative_prompts=prompts)
+    assert torch.equal(self_negative, model.generate_tokens(prompts, seeds, plain))
+    other = model.generate_tokens(prompts, seeds, guided, negative_prompts=["red", "red"])
+    assert not torch.equal(other, model.generate_tokens(prompts, seeds, guided))
+    with pytest.raises(SafegenError, match="needs cfg > 1"):
+        model.generate_tokens(prompts, seeds, plain, negative_prompts=prompts)
+    with pytest.raises(SafegenError, match="2 prompts"):
+        model.generate_tokens(prompts, seeds, guided, negative_prompts=["red"])
+
+
+def test_bench_warns_when_the_labeller_is_its_evaluator(caplog):
+    from safegen.bench.evaluate import warn_if_labelled_by_evaluator
+
+    assert warn_if_labelled_by_evaluator({"labels": "nudenet"}, "nudenet")
+    assert "labelled by nudenet, the evaluator" in caplog.text
+    assert not warn_if_labelled_by_evaluator({"labels": "opennsfw"}, "nudenet")
+    assert not warn_if_labelled_by_evaluator({}, "nudenet")
+
+
+def test_content_labels_come_from_a_detector_that_is_not_the_evaluator():
+    """open_nsfw scores images in [0, 1] offline; a concept it cannot judge is refused before loading."""
+    import numpy as np
+    from PIL import Image
+
+    from safegen.classifiers.labels import check_labeller, content_scores
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    scores = content_scores("opennsfw", images, get_concept("nudity"))
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+    check_labeller("opennsfw", get_concept("nudity"))
+    with pytest.raises(SafegenError, match="judges nudity.*'van-gogh' is another"):
+        check_labeller("opennsfw", get_concept("van-gogh"))
