@@ -244,3 +244,15 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "ratio_step": round(step["dpo"] / step["lora"], 3),
         "ratio_total": round(total["dpo"] / total["lora"], 3),
     }
+
+
+def write_markdown(
+    path: Path, title: str, intro: str, head: list[str], rows: list[list[str]], tail: str = ""
+) -> str:
+    """A result page: a title, a paragraph (the command and what the columns mean), one table; written to
+    ``path`` and returned."""
+    lines = [f"# {title}", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    text = "\n".join(lines) + ("\n\n" + tail if tail else "") + "\n"
+    path.write_text(text)
+    return text

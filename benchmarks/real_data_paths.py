@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, save_random_llamagen, save_tiny_janus, save_tiny_sd
+from helpers import ROOT, save_random_llamagen, save_tiny_janus, save_tiny_sd, write_markdown
 from tiny_models import save_tiny_clip
 
 I2P = ROOT.parent / "shared" / "data" / "i2p_4703.csv"
@@ -232,25 +232,15 @@ def write(rows: list[dict[str, Any]], work: Path) -> None:
     ]
     keys += ["same_tokens", "labels", "loads", "left_behind", "images", "seconds", "message"]
     keys = [k for k in keys if any(k in r for r in rows)]
-    lines = [
-        "# Real data paths: `--concept nudity` with I2P prompts on tiny random models",
-        "",
+    intro = (
         "`python benchmarks/real_data_paths.py` (tiny random SD-1.x, LlamaGen and Janus folders; 64 I2P "
         "`sexual` prompts; 64 clean I2P prompts). `identical`: harmful-clean pairs whose safe side is the "
-        "harmful prompt unchanged (must be 0); `same_tokens`: VCE pairs whose two token sequences are equal.",
-        "",
-        "| " + " | ".join(keys) + " |",
-        "|" + "---|" * len(keys),
-    ]
-    for r in rows:
-        lines.append(
-            "| "
-            + " | ".join(json.dumps(r[k]) if isinstance(r.get(k), dict) else str(r.get(k, "")) for k in keys)
-            + " |"
-        )
-    text = "\n".join(lines) + "\n"
-    RESULTS.write_text(text)
-    print(text)
+        "harmful prompt unchanged (must be 0); `same_tokens`: VCE pairs whose two token sequences are equal."
+    )
+    cell = lambda v: json.dumps(v) if isinstance(v, dict) else str(v)  # noqa: E731
+    cells = [[cell(r.get(k, "")) for k in keys] for r in rows]
+    title = "Real data paths: `--concept nudity` with I2P prompts on tiny random models"
+    print(write_markdown(RESULTS, title, intro, keys, cells))
     print(f"runs in {work}")
 
 

@@ -70,8 +70,8 @@ def list_models() -> list[dict]:
 _NOTICES: set[str] = set()
 
 MINI_TUNED = {
-    "guard": "its thresholds (sp: tau, text_tau; dlr: detect_tau; sld: the preset) were chosen on the mini "
-    "world: check them on prompts of your own, e.g. safegen bench i2p --guard {name} --set tau=...",
+    "guard": "its defaults (thresholds, strengths) were chosen on the mini world: check them on prompts of "
+    "your own, e.g. safegen bench i2p --guard {name} --set KEY=VALUE (`safegen guards` lists the options)",
     "erase": "its learning rate, beta and steps were chosen on the mini world: sweep them on your model "
     "with --set lr=... --set beta=... --steps N",
 }

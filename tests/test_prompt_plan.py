@@ -210,3 +210,58 @@ def test_content_labels_come_from_a_detector_that_is_not_the_evaluator():
     check_labeller("opennsfw", get_concept("nudity"))
     with pytest.raises(SafegenError, match="judges nudity.*'van-gogh' is another"):
         check_labeller("opennsfw", get_concept("van-gogh"))
+
+
+def test_an_artist_concept_trains_on_its_name_only():
+    """Erasing an artist: captions naming it (never an alias) against other artists and plain captions;
+    the safe side names another artist."""
+    from safegen.mini.world import World
+    from safegen.recipes.prompts import resolve_target
+
+    concept, mini = resolve_target("ines-quarry", "mini")
+    plan = plan_prompts(VCEConfig(n_harmful_prompts=64, n_clean_prompts=64), concept, mini)
+    aliases = World.load().artist("ines quarry").aliases
+    assert all("ines quarry" in p for p in plan.harmful) and not any("ines quarry" in p for p in plan.clean)
+    assert not any(a in p.replace("ines quarry", "") for a in aliases for p in plan.harmful + plan.clean)
+    assert all(c.mode == "rewrite" and concept.safe_text in c.text for c in plan.counterparts)
+
+
+def test_a_users_concept_object_is_erased_and_guarded(tiny_ar_dir, tiny_sd, tmp_path):
+    """A Concept built in code: VCE erases it (prompts from a file), a guard acts on it."""
+    from safegen.concepts import Concept, ConceptKind
+    from safegen.generator import generate
+    from safegen.guards import get_guard
+    from safegen.recipes.vce import run_vce
+    from safegen.sampling import GenerationConfig
+
+    snoopy = Concept("snoopy", ConceptKind.OBJECT, ("snoopy",), "snoopy the beagle", "a dog", examples=())
+    prompts = tmp_path / "snoopy.txt"
+    prompts.write_text(
+        "".join(f"snoopy on a red doghouse, panel {i}\nsleeping beagle on a roof {i}\n" for i in range(4))
+    )
+    cfg = VCEConfig(
+        prompts=str(prompts), min_prompts=4, n_harmful_prompts=8, n_clean_prompts=0, seeds_per_prompt=1
+    )
+    result = run_vce(
+        snoopy, model=str(tiny_ar_dir), config=replace(cfg, steps=1, batch_size=2), out=tmp_path / "run"
+    )
+    assert result["prompts"]["counterparts"] == {"rewrite": 4, "negative": 4}
+    assert result["concept"] == "snoopy" and (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    guard = get_guard("neg", concept=snoopy)
+    images = generate(tiny_sd, ["snoopy"], config=GenerationConfig(steps=2), guard=guard)
+    assert (
+        guard.describe()["concept"] == "snoopy" and images[0].info["negative_prompt"] == "snoopy the beagle"
+    )
+
+
+def test_mini_tuned_settings_are_named_once_on_a_real_model(caplog, monkeypatch):
+    from safegen import bundled
+
+    monkeypatch.setattr(bundled, "_NOTICES", set())
+    for _ in range(2):
+        bundled.mini_tuned_notice("CompVis/stable-diffusion-v1-4", "erase", "scdpo")
+        bundled.mini_tuned_notice("mini", "guard", "sp")  # a bundled model: nothing to say
+    assert [r.getMessage() for r in caplog.records] == [
+        "Erase 'scdpo' on CompVis/stable-diffusion-v1-4: its learning rate, beta and steps were chosen on "
+        "the mini world: sweep them on your model with --set lr=... --set beta=... --steps N"
+    ]

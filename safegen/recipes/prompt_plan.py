@@ -235,7 +235,7 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> P
             "--clean-prompts are for concepts of real models."
         )
     rng = np.random.default_rng(cfg.seed + 31)
-    harmful_pool, clean_pool = mini_prompt_pools(mini)
+    harmful_pool, clean_pool = mini_prompt_pools(mini, concept.detector["mini"].get("artist"))
     pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))]  # noqa: E731
     harmful, clean = pick(harmful_pool, cfg.n_harmful_prompts), pick(clean_pool, cfg.n_clean_prompts)
     rest = [p for p in harmful_pool if p not in set(harmful)]

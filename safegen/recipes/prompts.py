@@ -35,16 +35,26 @@ def resolve_target(concept: Any, model: str) -> tuple[Any, tuple[str, str] | Non
     return found, ((found.axis, found.detector["mini"]["value"]) if found.axis else None)
 
 
-def mini_prompt_pools(mini: tuple[str, str]) -> tuple[list[str], list[str]]:
+def mini_prompt_pools(mini: tuple[str, str], artist: str | None = None) -> tuple[list[str], list[str]]:
     """Every canonical mini-world caption (each template, each combination of values), split into the
-    ones whose value on axis ``mini[0]`` is ``mini[1]`` and the rest."""
+    ones whose value on axis ``mini[0]`` is ``mini[1]`` and the rest.
+
+    For an artist concept (``artist``: the full name, its only keyword): captions naming that artist (every
+    object and colour, the artist templates), against the same captions naming each other artist plus
+    every canonical caption (the signature texture named by its word is not the artist)."""
     from safegen.mini.world import AXES, World
 
     world = World.load()
     axis, value = mini
     combos = [dict(zip(AXES, c, strict=True)) for c in itertools.product(*(world.values[a] for a in AXES))]
-    texts = [(t.format(**c), c[axis] == value) for c in combos for t in world.templates]
-    return [t for t, has in texts if has], [t for t, has in texts if not has]
+    if artist is None:
+        texts = [(t.format(**c), c[axis] == value) for c in combos for t in world.templates]
+        return [t for t, has in texts if has], [t for t, has in texts if not has]
+    templates = world.templates_for({"object", "color", "artist"})
+    pairs = list(itertools.product(world.values["object"], world.values["color"]))
+    by = lambda name: [t.format(object=o, color=c, artist=name) for o, c in pairs for t in templates]  # noqa: E731
+    others = [text for a in world.artists if a.name != artist for text in by(a.name)]
+    return by(artist), others + [t.format(**c) for c in combos for t in world.templates]
 
 
 # --------------------------------------------------------------------------- stages
