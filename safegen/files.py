@@ -96,3 +96,19 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise SafegenError(f"{path} is not valid JSON (line {exc.lineno}): the {what} is damaged.") from None
+
+
+def save_tensors(
+    tensors: dict[str, Any], path: Path, what: str, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors`` ``save_file``, with a full disk (an OSError, or safetensors' own error) as one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except (OSError, SafetensorError) as exc:
+        Path(path).unlink(missing_ok=True)
+        raise SafegenError(
+            f"Cannot write the {what} {path} ({exc}): free some space and run it again."
+        ) from None

@@ -63,3 +63,26 @@ def test_bench_mini_refuses_concepts_outside_the_world(concept, capsys):
     assert main(["bench", "mini", "--concept", concept]) == 2
     err = capsys.readouterr().err
     assert "mini world has no concept" in err and "--model" in err and "Traceback" not in err
+
+
+def test_the_evaluator_reads_every_caption_kind():
+    """The evaluator reads images only: on renders drawn the way each new caption kind draws them (an
+    artist's signature texture, an axis left out and drawn from the skewed priors, two objects) it reads
+    every value as it reads the plain renders."""
+    from safegen.mini.classifier import MiniClassifier
+    from safegen.mini.data import render_set
+
+    data = render_set(900, seed=424_242, workers=1, planned=True)
+    pred = MiniClassifier.load().predict_indices(data.images.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    present = data.attrs[:, :, 0] >= 0  # (N, 2) objects that exist
+    kinds = {
+        "artist": (data.plans[:, :, 0] >= 0) & present,
+        "axis left out": (data.plans[:, :, 1] >= 0) & present,
+        "every axis named": (data.plans[:, :, 0] < 0) & (data.plans[:, :, 1] < 0) & present,
+        "two objects": present & (data.count == 2)[:, None],
+    }
+    assert float((pred["count"] == data.count).float().mean()) >= 0.99
+    for kind, mask in kinds.items():
+        assert int(mask.sum()) >= 50, kind
+        right = (pred["attrs"] == data.attrs).all(-1)[mask]  # (n,) every axis of the object right
+        assert float(right.float().mean()) >= 0.97, (kind, float(right.float().mean()))

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from safegen.errors import SafegenError
+from safegen.files import save_tensors
 from safegen.recipes.losses import cost_anchor_loss, prototype_infonce
 from safegen.recipes.prompts import StageContext, read_manifest
 
@@ -159,9 +160,8 @@ class CostModel:
     def save(self, folder: Path, record: dict[str, Any]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
-        save_file(
-            state, str(folder / "cost_head.safetensors"), metadata={"sizes": json.dumps(self.head.sizes)}
-        )
+        sizes = {"sizes": json.dumps(self.head.sizes)}
+        save_tensors(state, folder / "cost_head.safetensors", "cost model", metadata=sizes)
         (folder / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
 
     @classmethod

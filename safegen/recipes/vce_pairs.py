@@ -50,9 +50,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from safegen.errors import SafegenError
+from safegen.files import save_tensors
 from safegen.recipes.prompts import StageContext, read_manifest
 
 COLOUR_RADIUS = 60.0  # RGB distance within which a pixel counts as the concept's colour
@@ -276,7 +277,8 @@ def build_pair_part(ctx: StageContext, folder: Path) -> None:
         "pair_index": torch.tensor([j.index for j in jobs], dtype=torch.long),
         "retain_index": torch.arange(len(retain), dtype=torch.long) * ctx.world_size + ctx.rank,
     }
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"part-{ctx.rank}.safetensors"))
+    part = {k: v.contiguous() for k, v in tensors.items()}
+    save_tensors(part, folder / f"part-{ctx.rank}.safetensors", "pair tokens")
     lines = [json.dumps(r) for r in rows] + [
         json.dumps({"retain": True, "prompt": p, "seed": s}) for p, s in retain
     ]
@@ -350,7 +352,9 @@ def merge_pair_parts(ctx: StageContext, folder: Path, fingerprint: str, start: f
     retain_rows = [r for r in lines if r.get("retain")]
     retain_rows = [retain_rows[i] for i in r_order.tolist()] if retain_rows else []
     tensors = {"unsafe": cat("unsafe")[order], "safe": cat("safe")[order], "retain": cat("retain")[r_order]}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "tokens.safetensors"))
+    save_tensors(
+        {k: v.contiguous() for k, v in tensors.items()}, folder / "tokens.safetensors", "pair tokens"
+    )
     (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "retain.jsonl").write_text(
         "".join(json.dumps({"prompt": r["prompt"], "seed": r["seed"]}) + "\n" for r in retain_rows)
