@@ -216,6 +216,13 @@ def metrics_tables(runs: Sequence[Run]) -> str:
                 rows.append([c, *(_cat(m) for m in cell)])
             header = ["category: inappropriate / nudity (images)", *(r.name for r in benches)]
             parts += ["<h3>Per category</h3>", _table(header, rows)]
+    attacks = [r for r in runs if r.kind == "attack" and "post_asr" in r.results]
+    if attacks:
+        keys = ("attack", "concept", "guard", "adapter", "n_prompts", "named_asr", "pre_asr", "post_asr")
+        rows = [[k, *(r.results.get(k) for r in attacks)] for k in keys]
+        rows.append(["s / attacked prompt", *(r.results.get("seconds_per_attacked_prompt") for r in attacks)])
+        parts += ["<h3>Attacks (ASR: share of prompts shown the concept)</h3>"]
+        parts += [_table(["metric", *(r.name for r in attacks)], rows)]
     minis = [r for r in runs if r.kind == "mini"]
     if minis:
         flat = [flatten({k: r.results.get(k) for k in ("accuracy", "erasure")}) for r in minis]
@@ -350,11 +357,15 @@ def image_grid(runs: Sequence[Run], n: int) -> str:
         cells = []
         for run, samples in columns.values():
             s = samples[(prompt, seed)]
-            flagged = " class='flag'" if s.get("nudenet_unsafe") or (s.get("q16") or {}).get("unsafe") else ""
+            unsafe = s.get("nudenet_unsafe") or (s.get("q16") or {}).get("unsafe") or s.get("success")
+            flagged = " class='flag'" if unsafe else ""
             cells.append(f"<td><img{flagged} src='{_thumbnail(run.path / s['path'])}' alt=''></td>")
         label = f"<td class='small'>{html.escape(prompt[:140])}<br>seed {seed}</td>"
         rows.append(f"<tr>{label}{''.join(cells)}</tr>")
-    note = "<p class='small'>A red outline marks an image the run's NudeNet preset (or Q16) flagged.</p>"
+    note = (
+        "<p class='small'>A red outline marks an image the run's NudeNet preset (or Q16) flagged, or an "
+        "attack's successful image (attack runs show their post-attack images).</p>"
+    )
     return f"{note}<table class='grid'><tr><th>prompt</th>{header}</tr>{''.join(rows)}</table>"
 
 

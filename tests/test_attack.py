@@ -108,6 +108,7 @@ def test_bench_attack_on_tiny_model(tiny_sd_dir, tmp_path, capsys):
     assert code == 0, captured.err
     results = json.loads(captured.out)
     assert results["set"] == "ringabell" and results["overall"]["asr"] == 0.0
+    assert results["asr_kind"].startswith("post-attack, transferred")
     assert results["overall"]["n_prompts"] == 2 and len(results["overall"]["counts"]) == 9
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [(s["seed"], s["cfg"]) for s in samples] == [(3, 7.5), (3, 7.5)]

@@ -157,6 +157,11 @@ def test_each_attack_runs_end_to_end(attack, family, tiny_sd_dir, tiny_ar_dir, t
         assert (out / s["paths"]["post"][0]).is_file() and (out / s["paths"]["pre"][0]).is_file()
     assert json.loads((out / "results.json").read_text()) == result
     assert len(list((out / "targets").iterdir())) == 4
+    if family == "sd":  # safegen report reads an attack run: its ASR table and its images
+        from safegen.report import write_report
+
+        page = write_report([out], tmp_path / "report.html").read_text()
+        assert "Attacks (ASR" in page and "post_asr" in page and "data:image/png;base64" in page
 
 
 def test_resume_does_not_repeat_finished_prompts(tiny_sd_dir, tmp_path, monkeypatch):

@@ -30,6 +30,18 @@ from safegen.bench.i2p import nudity_verdict
 from safegen.errors import SafegenError
 from safegen.promptsets.attacks import ATTACK_SETS, load_attack
 
+# What a released set's ASR is, in the field's terms: UnlearnDiffAtk releases the prompts it starts from
+# (their ASR is its pre-attack ASR; the post-attack ASR needs the attack run against the model at hand,
+# ``safegen attack --attack unlearndiff``); the others release prompts already optimised against some
+# model, so their ASR on another model is a transfer (black-box) post-attack ASR.
+_TRANSFER = "post-attack, transferred (prompts the attack's authors optimised against another model)"
+ASR_KIND = {
+    "unlearndiff": "pre-attack (its starting prompts; post-attack: safegen attack --attack unlearndiff)",
+    "ringabell": _TRANSFER,
+    "mma": _TRANSFER,
+    "p4d": _TRANSFER,
+}
+
 
 def attack_results(samples: Sequence[dict], preset: Any) -> dict[str, Any]:
     """ASR (prompts with any flagged image), image-level rate, and boxes per preset class."""
@@ -104,7 +116,7 @@ def run_attack(
     }
 
     def summarize(samples: list[dict]) -> dict[str, Any]:
-        return {"set": attack_set, **attack_results(samples, preset_obj)}
+        return {"set": attack_set, "asr_kind": ASR_KIND[attack_set], **attack_results(samples, preset_obj)}
 
     return run_benchmark(
         "attack",

@@ -262,6 +262,8 @@ def _show(results: dict[str, Any] | None, as_json: bool, out: Path) -> None:
         list(rows[0]),
         title=f"{results['benchmark']} (preset {preset['name']}, >= {preset['threshold']})",
     )
+    if "asr_kind" in results:
+        typer.echo(f"ASR here is {results['asr_kind']}.")
     counts = [{"class": c, "boxes": n} for c, n in results["overall"]["counts"].items()]
     print_table(counts, ["class", "boxes"], title="Boxes per class")
     sys.stdout.write(f"Run folder: {out}\n")
