@@ -494,12 +494,6 @@ def test_cli_erase_then_generate_with_the_adapter(run, tiny_sd_dir, encoder_file
     assert record["adapter"] == str(out)
 
 
-CLASSIFIER = Path(__file__).parents[1] / "safegen" / "assets" / "mini-classifier.safetensors"
-
-
-@pytest.mark.skipif(
-    not CLASSIFIER.is_file(), reason="bench mini's classifier weights are not in this checkout"
-)
 def test_bench_mini_with_the_adapter(run, tiny_sd_dir):
     from safegen.bench.mini import run_bench_mini
 

@@ -147,8 +147,11 @@ def sample_tokens(
     guided = config.cfg > 1.0
     if negative is not None and not guided:
         raise SafegenError("A negative condition acts through guidance: it needs cfg > 1.")
-    uncond = backbone.null_prefix(prefix) if negative is None else negative
-    full = Prefix.cat([prefix, uncond]) if guided else prefix  # (B or 2B, T, D)
+    if guided:
+        uncond = backbone.null_prefix(prefix) if negative is None else negative
+        full = Prefix.cat([prefix, uncond])  # (2B, T, D)
+    else:
+        full = prefix  # (B, T, D)
     numbers = uniforms(seeds, n)  # (B, N)
     tokens = torch.zeros(batch, n, dtype=torch.long, device=prefix.embeds.device)
 

@@ -196,10 +196,16 @@ class RecipeRun:
     def start(self, device: str) -> Any:
         """The Accelerator (one per process under ``accelerate launch``); a missing device is an error."""
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, is_initialized
 
         from safegen.loader import resolve_device
 
         cpu = resolve_device(device).type == "cpu"
+        if is_initialized():
+            state = AcceleratorState()
+            if state.mixed_precision != self.cfg.mixed_precision or (cpu and state.device.type != "cpu"):
+                # a second run in this process with another precision or device: accelerate keeps one state
+                AcceleratorState._reset_state()
         self.acc = Accelerator(
             cpu=cpu, mixed_precision=self.cfg.mixed_precision, gradient_accumulation_steps=self.cfg.grad_accum
         )
