@@ -116,7 +116,7 @@ def write_table(rows: list[dict[str, Any]], ipp: int) -> None:
     cells = []
     for r in sorted(rows, key=lambda r: (r["concept"], METHODS.index(r["method"]))):
         row_cells = [r["concept"], r["method"], r["model"]]
-        row_cells += [f"{r[k]:.3f}" for k in ("ua", "synonym_ua", "implicit_ua")]
+        row_cells += ["n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("ua", "synonym_ua", "implicit_ua")]
         row_cells += [f"{r['unprompted_base']:.3f} -> {r['unprompted']:.3f}"]
         row_cells += [f"{r[k]:.3f}" for k in ("ira_ratio", "cra_ratio")] + [f"{r['seconds']:.0f}"]
         cells.append(row_cells)
