@@ -19,12 +19,14 @@ from safegen.recipes.scdpo_config import SCDPOConfig
 from safegen.recipes.vce_config import VCEConfig
 
 I2P = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "i2p_4703.csv"
+needs_i2p = pytest.mark.skipif(not I2P.is_file(), reason="../shared/data/i2p_4703.csv not present")
 
 
 def i2p_config(cls=SCDPOConfig, **extra):
     return cls(prompts=str(I2P), prompt_set="i2p", prompt_category="sexual", **extra)
 
 
+@needs_i2p
 def test_i2p_prompts_get_negative_counterparts_and_a_disjoint_check_set():
     nudity = get_concept("nudity")
     cfg = i2p_config(n_harmful_prompts=64, n_clean_prompts=0)
@@ -45,6 +47,7 @@ def test_i2p_prompts_get_negative_counterparts_and_a_disjoint_check_set():
     )
 
 
+@needs_i2p
 def test_clean_prompts_from_a_set_drop_harmful_and_naming_ones(tmp_path):
     nudity = get_concept("nudity")
     clean = tmp_path / "clean.jsonl"
@@ -60,6 +63,7 @@ def test_clean_prompts_from_a_set_drop_harmful_and_naming_ones(tmp_path):
     assert any("40 clean prompts, fewer than n_clean_prompts=64" in n for n in plan.report["notes"])
 
 
+@needs_i2p
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -111,6 +115,7 @@ def test_a_mini_concept_takes_no_prompt_files():
         plan_prompts(VCEConfig(prompts=str(I2P)), concept, mini)
 
 
+@needs_i2p
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
