@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 
 def hub_offline() -> bool:
@@ -37,3 +40,18 @@ def quiet_progress_bars() -> Iterator[None]:
         for module, enabled in states:
             if enabled:
                 module.enable_progress_bar()
+
+
+def from_pretrained(cls: Any, where: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` with one-line errors; hub ids only from the local cache when offline."""
+    from safegen.errors import SafegenError
+
+    local = Path(where).is_dir()
+    if not local and not re.fullmatch(r"[\w.-]+/[\w.-]+", where):
+        raise SafegenError(f"'{where}' is neither a folder nor a hub id.")
+    try:
+        with quiet_progress_bars():
+            return cls.from_pretrained(where, local_files_only=local or hub_offline(), **kwargs)
+    except Exception as e:  # transformers raises many types for a bad folder; all become one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SafegenError(f"Could not load {where}: {first}") from None

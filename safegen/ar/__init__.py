@@ -33,6 +33,7 @@ from safegen.ar.protocols import ImageTokenizer, Prefix
 from safegen.ar.sampler import SamplingConfig
 from safegen.ar.vq import VQConfig, VQModel
 from safegen.errors import SafegenError
+from safegen.hub import from_pretrained
 
 __all__ = [
     "ARModel",
@@ -314,8 +315,8 @@ def load_text_encoder(spec: dict, folder: Path, device: torch.device, dtype: tor
         raise SafegenError(f"Unknown text encoder kind '{spec['kind']}' (t5 or clip).")
     model_at = _resolve(spec["path"], folder)
     tokenizer_at = _resolve(spec.get("tokenizer", spec["path"]), folder)
-    encoder = _from_pretrained(classes[spec["kind"]], model_at, dtype=dtype)
-    tokenizer = _from_pretrained(AutoTokenizer, tokenizer_at)
+    encoder = from_pretrained(classes[spec["kind"]], model_at, dtype=dtype)
+    tokenizer = from_pretrained(AutoTokenizer, tokenizer_at)
     if len(tokenizer) <= 2:
         raise SafegenError(f"The tokenizer at {tokenizer_at} is empty (missing vocabulary files).")
     tokenizer.model_max_length = int(spec["max_length"])
@@ -325,21 +326,6 @@ def load_text_encoder(spec: dict, folder: Path, device: torch.device, dtype: tor
 def _resolve(where: str, folder: Path) -> str:
     local = folder / where
     return str(local) if local.is_dir() else where
-
-
-def _from_pretrained(cls: Any, where: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` with one-line errors; hub ids only from the local cache when offline."""
-    from safegen.hub import hub_offline, quiet_progress_bars
-
-    local = Path(where).is_dir()
-    if not local and not re.fullmatch(r"[\w.-]+/[\w.-]+", where):
-        raise SafegenError(f"'{where}' is neither a folder nor a hub id.")
-    try:
-        with quiet_progress_bars():
-            return cls.from_pretrained(where, local_files_only=local or hub_offline(), **kwargs)
-    except Exception as e:  # transformers raises many types for a bad folder; all become one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SafegenError(f"Could not load {where}: {first}") from None
 
 
 def save_llamagen(

@@ -164,10 +164,10 @@ def load_janus(source: str, name: str, device: torch.device, dtype: torch.dtype)
     """
     from transformers import AutoTokenizer, JanusForConditionalGeneration
 
-    from safegen.ar import _from_pretrained
+    from safegen.hub import from_pretrained
 
-    model = _from_pretrained(JanusForConditionalGeneration, source, dtype=dtype)
-    tokenizer = _from_pretrained(AutoTokenizer, source)
+    model = from_pretrained(JanusForConditionalGeneration, source, dtype=dtype)
+    tokenizer = from_pretrained(AutoTokenizer, source)
     gen = model.generation_config
     boi = (getattr(gen, "generation_kwargs", None) or {}).get("boi_token_id")
     if boi is None:
