@@ -388,6 +388,9 @@ def execute(recipe: Any) -> dict[str, Any]:
             recipe.train()
         result = recipe.save()
         release_folder(run.out)  # the folder is free for another process (a --resume, a bench)
+        acc = getattr(run, "acc", None)
+        if acc is not None and acc.num_processes > 1:
+            acc.end_training()  # close the process group before exit (an open one can abort a rank)
         return result
     except BaseException as exc:
         if not fresh or not run.is_main:
