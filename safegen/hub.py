@@ -55,3 +55,17 @@ def from_pretrained(cls: Any, where: str, **kwargs: Any) -> Any:
     except Exception as e:  # transformers raises many types for a bad folder; all become one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SafegenError(f"Could not load {where}: {first}") from None
+
+
+def text_encoder_loads_in_float32(config: Path) -> None:
+    """Weights stored in half precision for size, loaded in float32 by default.
+
+    transformers reads a text encoder in its config's ``dtype`` while diffusers loads the UNet and VAE in
+    float32, so a plain ``StableDiffusionPipeline.from_pretrained(folder)`` of a half-precision folder would
+    mix the two and fail ("mat1 and mat2 must have the same dtype"); the config's dtype decides.
+    """
+    import json
+
+    data = json.loads(config.read_text())
+    data["dtype"] = "float32"
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

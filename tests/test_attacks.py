@@ -123,8 +123,20 @@ def test_guarded_objective_goes_through_the_guard(sd):
     with torch.no_grad():
         embeds = torch.cat([encode_text(sd, [""]), encode_text(sd, ["a circle"]), encode_text(sd, ["red"])])
         eps_u, eps_c, eps_n = sd.unet(torch.cat([x_t] * 3), t, encoder_hidden_states=embeds).sample.chunk(3)
-    eps = negative_guidance(eps_u, eps_c, eps_n, 1.0, 5.0)  # the neg guard's combination, by hand
+    guided = negative_guidance(eps_u, eps_c, eps_n, 1.0, 5.0)  # the neg guard's combination, by hand
+    eps = eps_u + (guided - eps_u) / 5.0  # re-expressed at guidance scale 1
     assert loss.item() == pytest.approx(float(((eps - noise) ** 2).mean()), rel=1e-4)
+
+
+def test_a_guard_that_changes_nothing_is_attacked_like_the_bare_model(sd):
+    """Plain CFG through the guard path gives the conditional branch's denoising error exactly."""
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    texts = ["a red circle", "a square"]
+    bare = sd_target(sd).denoising_loss(texts, texts, latents, 400, torch.Generator().manual_seed(5), False)
+    guarded = sd_target(sd, get_guard("none")).denoising_loss(
+        texts, texts, latents, 400, torch.Generator().manual_seed(5), True
+    )
+    assert guarded.item() == pytest.approx(bare.item(), rel=1e-4)
 
 
 def test_nll_objective_is_the_teacher_forced_nll(tiny_ar_dir):

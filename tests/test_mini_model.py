@@ -26,8 +26,9 @@ def test_bundled_weights_fit_the_budget():
 
 
 def test_plain_diffusers_loads_it_unchanged():
-    pipe = StableDiffusionPipeline.from_pretrained(BUNDLED["mini"].path, torch_dtype=torch.float32)
-    assert pipe.unet.dtype == torch.float32
+    """With default arguments, exactly as a diffusers user would: no dtype passed."""
+    pipe = StableDiffusionPipeline.from_pretrained(BUNDLED["mini"].path)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
     assert len(pipe.tokenizer) > 512
     assert pipe.vae.config.scaling_factor != 0.18215  # our own VAE's scale
     out = pipe("a red solid circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0))

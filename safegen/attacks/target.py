@@ -213,8 +213,9 @@ class AttackTarget:
                 eps_u, eps_c, eps_x = branch_predictions(ctx, self.guard, j, steps[0], x_t, scheduler)
                 self.guard.guide(j, steps[0], x_t, eps_u, eps_c, eps_x)
         eps_u, eps_c, eps_x = branch_predictions(ctx, self.guard, index, steps[0], x_t, scheduler)
-        eps = self.guard.effective_eps(index, steps[0], x_t, eps_u, eps_c, eps_x)
+        guided = self.guard.effective_eps(index, steps[0], x_t, eps_u, eps_c, eps_x)
         self.guard.end()
+        eps = unit_scale(guided, eps_u, ctx.cfg if ctx.do_cfg else 1.0)
         return torch.mean((eps.float() - noise.float()) ** 2)
 
     def nll_loss(self, texts: list[str], tokens: torch.Tensor) -> torch.Tensor:
@@ -238,6 +239,21 @@ class AttackTarget:
         with torch.no_grad():
             latents = model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor
         return latents
+
+
+def unit_scale(guided: torch.Tensor, eps_uncond: torch.Tensor | None, cfg: float) -> torch.Tensor:
+    """The guarded prediction re-expressed at guidance scale 1: ``eps_u + (eps_hat - eps_u) / w``.
+
+    Our reading of "the denoising error of the guarded model": ``eps_hat`` itself is not a denoiser's
+    estimate (CFG multiplies the conditional direction by ``w``), so ``||eps_hat - eps||^2`` is smallest when
+    the conditional branch equals the unconditional one, and descending it teaches the attack to say
+    nothing. Dividing the guided direction by ``w`` gives exactly ``eps_c`` under plain CFG (a no-op guard is
+    attacked like the bare model) and ``eps_c`` minus the guard's correction over ``w`` under a guard, whose
+    every term the gradient still goes through.
+    """
+    if eps_uncond is None or cfg == 1.0:
+        return guided
+    return eps_uncond + (guided - eps_uncond) / cfg
 
 
 # --------------------------------------------------------------------------- concept pairs

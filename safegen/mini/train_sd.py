@@ -34,6 +34,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from safegen.hub import text_encoder_loads_in_float32
 from safegen.mini.data import RenderedSet, cached_set, ema_update, log_row, to_pixels
 from safegen.mini.tokenizer import MAX_LENGTH, build_tokenizer_files
 from safegen.mini.warmstart import carry_text_encoder
@@ -249,6 +250,7 @@ def export(out: Path, ema: bool = True) -> Path:
         requires_safety_checker=False,
     )
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    text_encoder_loads_in_float32(out / "text_encoder" / "config.json")
     return out
 
 
