@@ -169,6 +169,12 @@ def test_each_attack_runs_end_to_end(attack, family, tiny_sd_dir, tiny_ar_dir, t
         assert (out / s["paths"]["post"][0]).is_file() and (out / s["paths"]["pre"][0]).is_file()
     assert json.loads((out / "results.json").read_text()) == result
     assert len(list((out / "targets").iterdir())) == 4
+    attacked = [s["seconds"] for s in samples if not s["pre_success"]]
+    if attack == "inversion":  # learning the word is part of what an attacked prompt costs
+        assert result["setup_seconds"] > 0
+    if attacked:
+        spread = (sum(attacked) + result["setup_seconds"]) / len(attacked)
+        assert result["seconds_per_attacked_prompt"] == pytest.approx(spread)
     if family == "sd":  # safegen report reads an attack run: its ASR table and its images
         from safegen.report import write_report
 

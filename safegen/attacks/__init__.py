@@ -187,7 +187,9 @@ def run_attack(
         if run is not None:
             run.release()  # the folder is free for the --resume
         raise
-    results = summarize(attack, concept.name, config, session.target.judge.describe(), records)
+    results = summarize(
+        attack, concept.name, config, session.target.judge.describe(), records, session.setup_seconds
+    )
     if run is not None:
         run.finalize([f"prompt/{i.index}" for i in items])
         run.write("results.json", results)
@@ -195,8 +197,14 @@ def run_attack(
     return results
 
 
-def summarize(attack: str, concept: str, config: dict, judge: dict, records: list[dict]) -> dict[str, Any]:
-    """Pre- and post-attack ASR, the plain baseline's ASR, and the time per attacked prompt."""
+def summarize(
+    attack: str, concept: str, config: dict, judge: dict, records: list[dict], setup_seconds: float = 0.0
+) -> dict[str, Any]:
+    """Pre- and post-attack ASR, the plain baseline's ASR, and the time per attacked prompt.
+
+    ``setup_seconds``: work shared by every prompt (concept inversion's learned word), spread over the
+    attacked prompts in ``seconds_per_attacked_prompt`` and reported on its own.
+    """
     n = len(records)
     mean = lambda key: float(np.mean([bool(r[key]) for r in records])) if n else float("nan")  # noqa: E731
     attacked = [r["seconds"] for r in records if not r["pre_success"]]
@@ -211,7 +219,8 @@ def summarize(attack: str, concept: str, config: dict, judge: dict, records: lis
         "pre_asr": mean("pre_success"),
         "post_asr": mean("success"),
         "named_asr": mean("named_success"),
-        "seconds_per_attacked_prompt": float(np.mean(attacked)) if attacked else 0.0,
+        "seconds_per_attacked_prompt": (sum(attacked) + setup_seconds) / len(attacked) if attacked else 0.0,
+        "setup_seconds": setup_seconds,
         "directions": {"pre_asr": "lower is better", "post_asr": "lower is better"},
     }
 
@@ -243,6 +252,7 @@ class _Session:
         loaded = load_model(model, device=device)
         config = GenerationConfig(steps=steps, cfg=model_cfg(loaded, cfg))
         self.entry, self.opts, self.adapter = entry, opts, adapter
+        self.setup_seconds = 0.0  # shared work: concept inversion's word
         self.target = AttackTarget(loaded, concept, guard, config, judge, images)
 
     def attack_all(self, items, done, targets, n_targets, run, progress) -> list[dict]:
@@ -299,6 +309,7 @@ class _Session:
         slots, vector, record = learn_word(
             self.target, [i.prompt for i in todo], [goals[i.index] for i in todo], self.opts, folder, report
         )
+        self.setup_seconds = float(record["seconds"])
         return slots, vector
 
     def _one(self, item: AttackItem, goal: torch.Tensor, word, run, progress) -> dict:

@@ -64,7 +64,8 @@ def learn_word(
     file = folder / "word.safetensors" if folder is not None else None
     if file is not None and file.is_file():
         saved = load_file(str(file))
-        return slots, saved["vector"], {"steps": int(saved["steps"]), "reused": True}
+        seconds = float(saved["seconds"]) if "seconds" in saved else 0.0
+        return slots, saved["vector"], {"steps": int(saved["steps"]), "reused": True, "seconds": seconds}
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(opts.seed)
     weight = table.weight.detach()
@@ -101,7 +102,8 @@ def learn_word(
     }
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"vector": learned, "steps": torch.tensor(opts.steps)}, str(file))
+        seconds = torch.tensor(record["seconds"], dtype=torch.float64)
+        save_file({"vector": learned, "steps": torch.tensor(opts.steps), "seconds": seconds}, str(file))
     return slots, learned, record
 
 
