@@ -91,6 +91,22 @@ def test_slots_fill_the_embedding_rows(sd):
     assert torch.allclose(ours, expected, atol=1e-6) and torch.equal(saved, table.weight)
 
 
+def test_a_guard_text_with_fewer_slots_takes_the_vectors_in_order(sd):
+    """A guard may derive a text from the attacked prompt (a rewrite) that keeps only some slots."""
+    target = sd_target(sd)
+    tokenizer, table = target.vocabulary()
+    slots = Slots(tokenizer, table, 2, ["a circle"])
+    vectors = torch.randn(2, table.weight.shape[1], generator=torch.Generator().manual_seed(4))
+    full, one = slots.prompt("a circle"), f"{slots.text} a circle"
+    with torch.no_grad(), slots.filled(vectors):
+        embedded = table(tokenizer([full, one], padding="max_length", max_length=16, truncation=True,
+                                   return_tensors="pt").input_ids)  # fmt: skip
+    ids = tokenizer([one], return_tensors="pt").input_ids[0]
+    position = int((ids == slots.id).nonzero()[0])
+    assert torch.allclose(embedded[1, position], vectors[0])
+    assert torch.allclose(embedded[0, position + 1], vectors[1])  # the full prompt: both, in order
+
+
 def test_denoising_objective_by_hand(sd):
     target = sd_target(sd)
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))

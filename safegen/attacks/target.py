@@ -103,13 +103,13 @@ class Slots:
             if ids is None or not torch.is_tensor(ids):
                 return output
             mask = ids == self.id  # (B, L)
-            found = mask.sum(-1)
             if not bool(mask.any()):
                 return output
-            if bool((found != self.k).any()):
-                raise RuntimeError(f"expected {self.k} slots per row, found {found.tolist()}")
-            fill = vectors.to(output.dtype).repeat(ids.shape[0], 1)  # (B * k, D)
-            return output.masked_scatter(mask[..., None], fill)
+            # a row holds k slots; a text a guard derived from the prompt (a rewrite) may hold fewer or
+            # more: its slots take the vectors in order, cycling
+            found = mask.sum(-1).tolist()
+            rows = [vectors[torch.arange(n, device=vectors.device) % self.k] for n in found if n]
+            return output.masked_scatter(mask[..., None], torch.cat(rows).to(output.dtype))
 
         handle = self.embedding.register_forward_hook(swap)
         try:

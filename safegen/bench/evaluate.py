@@ -176,7 +176,7 @@ class Evaluator:
             self.size = (self.model.image_size, self.model.image_size)
         else:
             self.size = image_size(self.model, GenerationConfig(height=height, width=width))
-        self.nudenet = NudeNetClassifier(preset)
+        self.nudenet = NudeNetClassifier(preset) if preset is not None else None  # None: images only
         self.q16 = None
         if q16 is not None:
             from safegen.bench.q16 import Q16
@@ -217,6 +217,8 @@ class Evaluator:
 
     def classify(self, pixels: Sequence[Any]) -> list[dict[str, Any]]:
         """Per image: every NudeNet detection (scores rounded), the preset's verdict, and Q16's."""
+        if self.nudenet is None:
+            return [{} for _ in pixels]
         found = self.nudenet.detect(list(pixels))
         q16 = self.q16(list(pixels)) if self.q16 is not None else [None] * len(found)
         out = []

@@ -1,4 +1,4 @@
-"""CLI verbs of the reproducible benchmarks: ``bench mini``, ``bench i2p``, ``bench attack`` and ``report``.
+"""CLI verbs of the reproducible benchmarks: ``bench mini``, ``i2p``, ``attack``, ``quality`` and ``report``.
 
 As elsewhere, each verb only declares options (the shared ones from :mod:`safegen.cli.common`), forwards
 to a library function (:mod:`safegen.bench.mini`, :mod:`safegen.bench.i2p`, :mod:`safegen.bench.attack`,
@@ -11,6 +11,7 @@ Every bench verb takes the guard options of ``generate`` (``--guard``, ``--conce
     safegen bench i2p ... --out runs/base --resume          # finish an interrupted run
     accelerate launch --multi_gpu --num_processes 2 -m safegen bench i2p ...   # two processes, one folder
     safegen bench attack --attack unlearndiff --prompts ../shared/data/unlearndiffatk_nudity_142.csv
+    safegen bench quality --captions captions.txt --guard sp --concept nudity --features clip:clip-vit-b32
     safegen report runs/base runs/guarded --out report.html
 
 With several GPUs, ``accelerate launch --num_processes N`` starts N processes. On CPU-only machines
@@ -314,9 +315,82 @@ def bench_mini(
     print_mapping(result, title="bench mini")
 
 
+def bench_quality(
+    captions: Annotated[
+        str,
+        typer.Option(
+            "--captions",
+            help="Captions: TXT (one a line), CSV or JSONL (COCO-style), or bundled smoke / mini.",
+        ),
+    ],
+    caption_column: Annotated[
+        str | None, typer.Option("--caption-column", help="CSV / JSONL column [default: caption, text, ...].")
+    ] = None,
+    reference: Annotated[
+        str,
+        typer.Option(
+            "--reference", help="'base' (the unmodified model's images) or a folder of real images."
+        ),
+    ] = "base",
+    features: Annotated[
+        str, typer.Option("--features", help="FID features: mini, clip:<folder> or inception:<weights file>.")
+    ] = "mini",
+    clip: Annotated[
+        str | None, typer.Option("--clip", help="Local CLIP folder for the CLIP score [default: none].")
+    ] = None,
+    changed_threshold: Annotated[
+        float,
+        typer.Option("--changed-threshold", min=0.0, max=1.0, help="Mean pixel difference that counts."),
+    ] = 0.02,
+    limit: LimitOpt = None,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", min=1, max=1000)] = 1,
+    model: ModelOpt = "mini",
+    guard: GuardOpt = "none",
+    concept: ConceptOpt = "nudity",
+    concepts_file: ConceptsFileOpt = None,
+    strength: StrengthOpt = None,
+    set_: SetOpt = None,
+    guard_config: GuardConfigOpt = None,
+    adapter: AdapterOpt = None,
+    steps: StepsOpt = 50,
+    size: SizeOpt = None,
+    seed: SeedOpt = 0,
+    cfg: CfgOpt = None,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = Device.AUTO,
+    dtype: DTypeOpt = DType.AUTO,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """What a method costs: FID against a reference, CLIP score, and how often benign images changed."""
+    from safegen.bench.quality import run_bench_quality
+
+    out = _out(out, resume, "quality")
+    settings = _settings(
+        (strength, guard_config, set_, concepts_file),
+        model=model, guard=guard, concept=concept, adapter=adapter, steps=steps, size=size, seed=seed,
+        cfg=cfg, batch_size=batch_size, device=device, dtype=dtype,
+    )  # fmt: skip
+    with progress_bar("Quality") as progress:
+        results = run_bench_quality(
+            captions, reference=reference, features=features, clip=clip, settings=settings,
+            images_per_prompt=images_per_prompt, changed_threshold=changed_threshold,
+            caption_column=caption_column, limit=limit, out=out, resume=resume, progress=progress,
+        )  # fmt: skip
+    if results is None:
+        return
+    if json:
+        print_json(results)
+        return
+    print_mapping(results, title="bench quality")
+    sys.stdout.write(f"Run folder: {out}\n")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add ``bench mini``, ``bench i2p``, ``bench attack`` and ``report`` to the CLI."""
     bench_app.command("mini")(bench_mini)
     bench_app.command("i2p")(bench_i2p)
     bench_app.command("attack")(bench_attack)
+    bench_app.command("quality")(bench_quality)
     app.command("report")(report)
