@@ -120,15 +120,19 @@ def render(runs: Sequence[Run], grid: int = 8) -> str:
     """The whole page as a string."""
     body = [
         f"<h1>safegen report: {len(runs)} run{'s' if len(runs) > 1 else ''}</h1>",
-        "<h2>Settings</h2>",
-        settings_table(runs),
         "<h2>Metrics</h2>",
         metrics_tables(runs),
-        "<h2>Plots</h2>",
-        plots(runs),
     ]
     if grid:
         body += ["<h2>Images: same prompt and seed across runs</h2>", image_grid(runs, grid)]
+    body += [
+        "<h2>Plots</h2>",
+        plots(runs),
+        "<details><summary><h2 style='display:inline'>Settings</h2> (rows that differ between runs are "
+        "highlighted)</summary>",
+        settings_table(runs),
+        "</details>",
+    ]
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>safegen report</title>"
         f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n"
@@ -229,6 +233,15 @@ def metrics_tables(runs: Sequence[Run]) -> str:
         keys = list(dict.fromkeys(k for f in flat for k in f))
         rows = [[k, *(f.get(k) for f in flat)] for k in keys]
         parts += ["<h3>Mini world</h3>", _table(["metric", *(r.name for r in minis)], rows)]
+    quality = [r for r in runs if r.kind == "quality" and "fid" in r.results]
+    if quality:
+        flat = [
+            flatten({k: r.results.get(k) for k in ("n_images", "fid", "clip", "changed")}) for r in quality
+        ]
+        keys = [k for k in dict.fromkeys(k for f in flat for k in f) if not k.endswith(("sha256", "scale"))]
+        rows = [[k, *(f.get(k) for f in flat)] for k in keys]
+        parts += ["<h3>Quality (FID, CLIP score, changed images)</h3>"]
+        parts += [_table(["metric", *(r.name for r in quality)], rows)]
     return "".join(parts) or f"<p>No metrics in {', '.join(map(html.escape, names))}.</p>"
 
 

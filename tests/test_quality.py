@@ -82,6 +82,10 @@ def test_bench_quality_end_to_end_and_resume(tiny_sd_dir, tiny_clip_dir, tmp_pat
     assert 0 <= results["clip"]["clip_cosine"] <= 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["features"] == f"clip:{tiny_clip_dir}"
+    from safegen.report import write_report
+
+    page = write_report([out], tmp_path / "report.html").read_text()
+    assert "Quality (FID" in page and "fid.fid" in page and "changed.changed_share" in page
     references = sorted((out / "reference").glob("*.png"))
     assert len(references) == 4
     stamps = [p.stat().st_mtime_ns for p in references]

@@ -95,6 +95,9 @@ def test_report_is_self_contained(tmp_path):
     assert re.search(r"<tr class=diff><td>config\.guard\.name</td><td>none</td><td>sp-guard</td>", page2)
     # metrics side by side: nudity rate 2/3 vs 1/3
     assert "66.67 %" in page2 and "33.33 %" in page2
+    # the page opens with the metrics and the images; the settings follow, folded
+    assert page2.index("<h2>Metrics") < page2.index("<h2>Images") < page2.index("<details>")
+    assert page2.index("<details>") < page2.index("config.guard.name") < page2.index("</details>")
 
 
 def test_report_errors(tmp_path, capsys):
