@@ -235,9 +235,8 @@ def metrics_tables(runs: Sequence[Run]) -> str:
         parts += ["<h3>Mini world</h3>", _table(["metric", *(r.name for r in minis)], rows)]
     quality = [r for r in runs if r.kind == "quality" and "fid" in r.results]
     if quality:
-        flat = [
-            flatten({k: r.results.get(k) for k in ("n_images", "fid", "clip", "changed")}) for r in quality
-        ]
+        parts_of = ("n_images", "accuracy", "fid", "clip", "changed")
+        flat = [flatten({k: r.results.get(k) for k in parts_of}) for r in quality]
         keys = [k for k in dict.fromkeys(k for f in flat for k in f) if not k.endswith(("sha256", "scale"))]
         rows = [[k, *(f.get(k) for f in flat)] for k in keys]
         parts += ["<h3>Quality (FID, CLIP score, changed images)</h3>"]

@@ -125,9 +125,23 @@ def test_bad_inputs_are_one_line_and_write_nothing(tiny_sd_dir, tmp_path, capsys
 
 
 def test_bundled_caption_sets():
-    from safegen.bench.quality import caption_set
+    from safegen.bench.quality import MINI_TEMPLATES, caption_set
+    from safegen.mini.world import World
 
-    smoke, source = caption_set("smoke")
-    assert len(smoke) >= 30 and source["set"] == "smoke"
-    mini, _ = caption_set("mini")
-    assert len(mini) == len(set(mini)) >= 100
+    smoke, source, expects = caption_set("smoke")
+    assert len(smoke) >= 30 and source["set"] == "smoke" and expects is None
+    mini, _, expects = caption_set("mini")
+    assert len(mini) == len(set(mini)) == len(expects) == 6 * 6 * 5
+    assert not set(MINI_TEMPLATES) & set(World.load().all_templates)  # phrasings training never saw
+    assert all(e["color"] in text and e["object"] in text for text, e in zip(mini, expects, strict=True))
+
+
+def test_mini_caption_set_reports_accuracy_on_the_bundled_model(tmp_path, capsys):
+    args = ["bench", "quality", "--captions", "mini", "--limit", "6", "--model", "mini", "--steps", "20",
+            "--device", "cpu", "--out", str(tmp_path / "run"), "--json"]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert set(results["accuracy"]) == {"object", "color", "texture"}
+    assert min(results["accuracy"].values()) >= 0.5  # the bundled model draws held-out phrasings
+    assert results["fid"]["fid"] == pytest.approx(0.0, abs=1e-3)  # no guard: the base model's own images
+    assert results["changed"]["changed_share"] == 0.0

@@ -229,25 +229,54 @@ def run_images(out: Path, records: list[dict]) -> tuple[list[np.ndarray], list[s
     return images, [r["prompt"] for r in records], [r["key"] for r in records]
 
 
-def caption_set(captions: str | Path, column: str | None = None) -> tuple[list[str], dict[str, Any]]:
-    """A caption file, or a bundled set: ``smoke`` (everyday scenes, for smoke runs on real models) or
-    ``mini`` (every object, colour and texture of the mini world, canonical words, templates cycled)."""
+# Phrasings the mini models never saw in training (not among the world's caption templates; every word
+# known to their tokenizers): the mini caption set measures drawing on captions disjoint from training.
+MINI_TEMPLATES = (
+    "a drawing of a {texture} {color} {object}",
+    "{color} {texture} {object} on a plain background",
+    "a {object} in {texture} style, {color}",
+)
+
+
+def caption_set(
+    captions: str | Path, column: str | None = None
+) -> tuple[list[str], dict[str, Any], list[dict[str, str]] | None]:
+    """Captions, where they came from and, for the mini set, the values each caption names.
+
+    ``captions``: a file (TXT, CSV, JSONL), ``smoke`` (bundled everyday scenes, for smoke runs on real
+    models) or ``mini`` (every object x colour x texture of the mini world in :data:`MINI_TEMPLATES`).
+    """
     from importlib import resources
 
     from safegen.promptsets.table import file_md5, read_prompt_list
 
     if str(captions) == "mini":
-        from safegen.bench.mini_prompts import grid_prompts
+        from itertools import product
+
         from safegen.mini.world import World
 
-        texts = [p.prompt for p in grid_prompts(World.load())]
+        world = World.load()
+        combos = list(product(world.values["object"], world.values["color"], world.values["texture"]))
+        expects = [{"object": o, "color": c, "texture": t} for o, c, t in combos]
+        texts = [MINI_TEMPLATES[i % len(MINI_TEMPLATES)].format(**e) for i, e in enumerate(expects)]
         digest = hashlib.md5("\n".join(texts).encode(), usedforsecurity=False).hexdigest()
-        return texts, {"set": "mini", "md5": digest}
+        return texts, {"set": "mini", "md5": digest}, expects
     path = Path(str(resources.files("safegen").joinpath("data", "captions_smoke.txt")))
     path = path if str(captions) == "smoke" else Path(captions).expanduser()
     texts = read_prompt_list(path, column)
     return texts, {"set": str(captions) if str(captions) == "smoke" else "file", "path": str(path),
-                   "md5": file_md5(path)}  # fmt: skip
+                   "md5": file_md5(path)}, None  # fmt: skip
+
+
+def mini_accuracy(images: list[np.ndarray], expects: list[dict[str, str]]) -> dict[str, float]:
+    """Per axis, the share of images whose (first) object the mini classifier reads as captioned."""
+    from safegen.mini.classifier import MiniClassifier
+
+    reads = MiniClassifier.load().classify(images)
+    return {
+        axis: float(np.mean([bool(r) and r[0][axis] == e[axis] for r, e in zip(reads, expects, strict=True)]))
+        for axis in ("object", "color", "texture")
+    }
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -276,7 +305,7 @@ def run_bench_quality(
     from safegen.runs import default_out_dir
 
     settings = settings or Settings()
-    texts, source = caption_set(captions, caption_column)
+    texts, source, expects = caption_set(captions, caption_column)
     texts = texts[:limit]
     if not texts:
         raise SafegenError(f"{captions} holds no captions.")
@@ -313,6 +342,8 @@ def run_bench_quality(
             results["clip"] = clip_score(images, prompts, clip)
         if reference == "base":
             results["changed"] = changed(images, ref_images, changed_threshold)
+        if expects is not None:  # the mini caption set: do the images still show what was asked?
+            results["accuracy"] = mini_accuracy(images, [expects[int(r["row_id"])] for r in records])
         results["directions"] = {"fid": "lower is better", "clip_score": "higher is better"}
         return results
 
