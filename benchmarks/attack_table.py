@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, write_markdown
+from helpers import ROOT, add_row, result_rows, write_markdown
 from mini_first_measurement import erase
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,17 +82,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "mini-first-measurement")
     args = parser.parse_args()
     rows_file = RESULTS / "attack_table.jsonl"
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
+    rows = result_rows(rows_file)
     done = {(r["concept"], r["attack"], r["target"]) for r in rows}
     for concept in args.concepts.split(","):
         for attack in args.attacks.split(","):
             for target in args.targets.split(","):
                 if (concept, attack, target) in done:
                     continue
-                rows.append(attack_row(attack, concept, target, args.limit, args.work))
-                with rows_file.open("a") as f:
-                    f.write(json.dumps(rows[-1]) + "\n")
-                print(json.dumps(rows[-1]), flush=True)
+                add_row(rows_file, rows, attack_row(attack, concept, target, args.limit, args.work))
     write_table(rows, args.limit)
 
 

@@ -256,3 +256,18 @@ def write_markdown(
     text = "\n".join(lines) + ("\n\n" + tail if tail else "") + "\n"
     path.write_text(text)
     return text
+
+
+def result_rows(file: Path) -> list[dict[str, Any]]:
+    """The rows a resumable table script has written so far (one JSON object a line)."""
+    return (
+        [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
+    )
+
+
+def add_row(file: Path, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Keep ``row``: append it to ``rows`` and as a line to ``file``, and print it."""
+    rows.append(row)
+    with file.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)

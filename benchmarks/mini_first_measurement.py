@@ -16,12 +16,11 @@ ratios to the base model, and seconds (erasure + benchmark). Rows are appended t
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, write_markdown
+from helpers import ROOT, add_row, result_rows, write_markdown
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONCEPTS = ("red", "circle", "striped", "ines-quarry")
@@ -75,7 +74,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "mini-first-measurement")
     args = parser.parse_args()
     rows_file = RESULTS / "mini_first_measurement.jsonl"
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
+    rows = result_rows(rows_file)
     done = {(r["concept"], r["method"]) for r in rows}
     ipp, work = args.images_per_prompt, args.work
     for concept in args.concepts.split(","):
@@ -95,10 +94,7 @@ def main() -> None:
                 result = bench(
                     model, concept, work / f"{method}-{concept}", ipp, adapter=adapter, base_from=base
                 )
-            rows.append(row(concept, method, model, result, time.time() - start))
-            with rows_file.open("a") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
-            print(json.dumps(rows[-1]), flush=True)
+            add_row(rows_file, rows, row(concept, method, model, result, time.time() - start))
     write_table(rows, ipp)
 
 
