@@ -145,3 +145,21 @@ def test_mini_caption_set_reports_accuracy_on_the_bundled_model(tmp_path, capsys
     assert min(results["accuracy"].values()) >= 0.5  # the bundled model draws held-out phrasings
     assert results["fid"]["fid"] == pytest.approx(0.0, abs=1e-3)  # no guard: the base model's own images
     assert results["changed"]["changed_share"] == 0.0
+
+
+def test_inception_weights_are_read_as_plain_tensors_before_anything_unpickles_them(tmp_path):
+    """torch-fidelity reads the file with weights_only=False: a file holding more than tensors is refused."""
+    from safegen.bench.quality import fid_metric
+    from safegen.errors import SafegenError
+
+    pickled = tmp_path / "pt_inception.pth"
+    torch.save({"weight": torch.zeros(2), "extra": Path("/etc/passwd")}, pickled)
+    with pytest.raises(SafegenError, match="not a plain PyTorch state dict"):
+        fid_metric(f"inception:{pickled}")
+    plain = tmp_path / "plain.pth"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:  # without torch-fidelity a plain file gets the install hint, one line
+        with pytest.raises(SafegenError, match="needs torch-fidelity"):
+            fid_metric(f"inception:{plain}")

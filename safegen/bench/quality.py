@@ -113,6 +113,7 @@ def fid_metric(features: str) -> tuple[Any, dict[str, Any]]:
     if kind == "inception" and where:
         if not Path(where).is_file():
             raise SafegenError(f"Inception weights file not found: {where}")
+        check_plain_state_dict(where)
         try:
             import torch_fidelity  # noqa: F401
         except ImportError:
@@ -127,6 +128,20 @@ def fid_metric(features: str) -> tuple[Any, dict[str, Any]]:
             "sha256": weights_digest(where),
         }
     raise SafegenError(f"features must be mini, clip:<folder> or inception:<weights file>, got {features!r}.")
+
+
+def check_plain_state_dict(path: str) -> None:
+    """torch-fidelity reads the Inception file with ``torch.load(weights_only=False)``: read it first with
+    ``weights_only=True``, so a file that holds anything but tensors is refused before it is unpickled."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (any failure to read it as plain tensors is a refusal)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SafegenError(
+            f"{path} is not a plain PyTorch state dict (refused unread): {first[:200]}"
+        ) from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise SafegenError(f"{path} is not a state dict of tensors (an Inception-v3 weights file).")
 
 
 def weights_digest(path: str) -> str:
