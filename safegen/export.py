@@ -22,18 +22,15 @@ behind on failure: the export is written beside ``out`` and renamed into place w
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from safegen.errors import SafegenError
+from safegen.files import staged
 
 FORMATS = ("diffusers", "kohya", "single-file")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -86,19 +83,6 @@ def export_run(
             info["base_model"] = base
             info["files"] = _write_merged(folder, fmt, tmp, base, DTYPES[dtype], record)
     return info
-
-
-@contextmanager
-def staged(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target``, renamed to it when the block ends without an error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp = scratch / target.name
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- LoRA files

@@ -7,7 +7,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,16 @@ def save_tensors(
         raise SafegenError(
             f"Cannot write the {what} {path} ({exc}): free some space and run it again."
         ) from None
+
+
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target``, renamed to it when the block ends without an error."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = scratch / target.name
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -17,7 +17,7 @@ import os
 
 import typer
 
-from safegen.cli import attack, bench, erase, export, generate, info
+from safegen.cli import attack, bench, calibrate, erase, export, generate, info
 from safegen.cli.ui import print_error
 from safegen.errors import SafegenError
 
@@ -36,6 +36,7 @@ erase.register(app)  # erase
 bench.register(app, bench_app)  # bench mini, bench i2p, bench attack, report
 attack.register(app)  # attack
 export.register(app)  # export
+calibrate.register(app)  # calibrate
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,0 +1,202 @@
+"""Calibrate a guard's harmfulness judge on the model at hand, instead of absolute thresholds tuned on one.
+
+SP-Guard's noise judge reads h = cos(eps_c - eps_u, eps_s - eps_u) over the first K steps (Eq. (b) in
+:mod:`safegen.guards.sp`); its scale depends on the model (the bundled mini model and SD-1.5 put clean
+prompts at very different cosines), so a fixed ``tau`` that suits one model guides every prompt, or none, on
+another. :func:`calibrate_guard` measures the judge where it will run:
+
+- h on prompts that carry the concept (``prompts``; default: the registry's ``examples``, the only
+  concept prompts a method may see) and on clean prompts (``clean_prompts``; default: the bundled ``smoke``
+  captions for real models, mini-world captions without the concept for the mini models), ``seeds``
+  images each, with the generation settings the guard will run with;
+- AUROC of h (harmful vs clean: the probability that a harmful prompt's h exceeds a clean one's);
+- ``tau`` at the clean h's ``1 - target_fpr`` quantile (a share ``target_fpr`` of clean prompts guided at
+  all) and ``h_sat`` at the harmful h's median (full strength from there), as a guard config YAML that
+  ``--guard-config`` reads. With ``judge=both`` the text judge's ``text_tau`` / ``text_h_sat`` are set the
+  same way on its word score. The file's comments record what it was measured on.
+
+Our reading: the paper sets its threshold per model by hand; the quantile rule is ours, a named option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safegen.errors import SafegenError
+
+CALIBRATED = ("sp",)
+MIN_PROMPTS = 3
+# Mini-world clean captions for calibration: a phrasing no benchmark uses (every word known to the models).
+MINI_CLEAN_TEMPLATE = "{object}, {texture}, {color}, plain background"
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """P(a positive scores above a negative), ties counted half (the Mann-Whitney U statistic / n m)."""
+    pos, neg = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def thresholds(harmful: Sequence[float], clean: Sequence[float], target_fpr: float) -> tuple[float, float]:
+    """``tau`` at the clean scores' ``1 - target_fpr`` quantile, ``h_sat`` at the harmful median (kept above
+    tau by a tenth of the clean spread, so the strength ramp has a width)."""
+    tau = min(float(np.quantile(clean, 1.0 - target_fpr)), 0.99)  # cosines: tau < h_sat <= 1
+    spread = float(np.ptp(clean)) or 1e-3
+    return tau, min(max(float(np.median(harmful)), tau + 0.1 * spread), 1.0)
+
+
+def mini_clean_prompts(concept: Any) -> list[str]:
+    """Mini-world captions whose values do not show ``concept`` (every other object x colour x texture)."""
+    from itertools import product
+
+    from safegen.bench.mini_prompts import target_for
+    from safegen.mini.world import World
+
+    world, target = World.load(), target_for(concept)
+    out = []
+    for obj, color, texture in product(
+        world.values["object"], world.values["color"], world.values["texture"]
+    ):
+        thing = {"object": obj, "color": color, "texture": texture}
+        if target.artist is None and thing[target.axis] == target.value:
+            continue
+        out.append(MINI_CLEAN_TEMPLATE.format(**thing))
+    return out
+
+
+def default_prompts(concept: Any, model: str) -> tuple[list[str], list[str]]:
+    from safegen.bench.quality import caption_set
+
+    harmful = list(concept.examples or [])
+    mini = "mini" in (concept.detector or {})
+    clean = mini_clean_prompts(concept) if mini else caption_set("smoke")[0]
+    return harmful, clean
+
+
+def calibrate_guard(
+    guard: str,
+    concept: Any,
+    model: str = "mini",
+    *,
+    prompts: Sequence[str] | None = None,
+    clean_prompts: Sequence[str] | None = None,
+    judge: str = "noise",
+    seeds: int = 4,
+    steps: int | None = None,
+    target_fpr: float = 0.05,
+    max_clean: int = 64,
+    device: str = "auto",
+    options: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Measure the guard's judge on ``model`` and return the calibrated options and the measurement.
+
+    Raises:
+        SafegenError: a guard without a calibrated judge, too few prompts, bad settings.
+    """
+    from safegen.generator import generate
+    from safegen.guards import get_guard
+    from safegen.loader import load_model
+    from safegen.sampling import GenerationConfig
+
+    if guard not in CALIBRATED:
+        raise SafegenError(
+            f"calibrate measures a harmfulness judge; guard '{guard}' has none to calibrate (only: "
+            f"{', '.join(CALIBRATED)})."
+        )
+    if judge not in ("noise", "both"):
+        raise SafegenError(
+            f"judge must be noise or both (the text judge alone needs no model), got {judge!r}."
+        )
+    if not 0.0 < target_fpr < 0.5:
+        raise SafegenError(f"target_fpr must be in (0, 0.5), got {target_fpr}.")
+    if not 1 <= seeds <= 64:
+        raise SafegenError(f"seeds must be in 1..64, got {seeds}.")
+    default_harmful, default_clean = default_prompts(concept, model)
+    harmful = list(prompts) if prompts is not None else default_harmful
+    clean = list(clean_prompts) if clean_prompts is not None else default_clean
+    rng = np.random.default_rng(0)
+    if len(clean) > max_clean:  # a fixed, seeded subset: the calibration is reproducible
+        clean = [clean[i] for i in sorted(rng.choice(len(clean), max_clean, replace=False))]
+    for name, given in (("concept prompts", harmful), ("clean prompts", clean)):
+        if len(given) < MIN_PROMPTS:
+            raise SafegenError(
+                f"calibrate needs at least {MIN_PROMPTS} {name}, got {len(given)}; pass "
+                f"{'--prompts' if name.startswith('concept') else '--clean-prompts'} FILE."
+            )
+    if set(harmful) & set(clean):
+        raise SafegenError("Some prompts are both concept prompts and clean prompts; separate the files.")
+    loaded = load_model(model, device=device)
+    guard_obj = get_guard(guard, concept=concept, **{**(options or {}), "judge": judge})
+    config = GenerationConfig(steps=steps) if steps is not None else GenerationConfig()
+    texts = [p for p in harmful + clean for _ in range(seeds)]
+    seed_list = [k for _ in harmful + clean for k in range(seeds)]
+    images = []
+    batch = 8
+    for i in range(0, len(texts), batch):
+        images += generate(loaded, texts[i : i + batch], seeds=seed_list[i : i + batch], config=config,
+                           guard=guard_obj)  # fmt: skip
+        if progress is not None:
+            progress(min(i + batch, len(texts)), len(texts))
+    n_harm = len(harmful) * seeds
+    result: dict[str, Any] = {
+        "guard": guard,
+        "concept": concept.name,
+        "model": loaded.source,
+        "judge": judge,
+        "n_prompts": len(harmful),
+        "n_clean": len(clean),
+        "seeds": seeds,
+        "steps": config.steps,
+        "target_fpr": target_fpr,
+    }
+    options_out: dict[str, Any] = {"judge": judge}
+    for key, tau_name, sat_name in (("harm", "tau", "h_sat"), ("harm_text", "text_tau", "text_h_sat")):
+        scores = [im.info.get(key) for im in images]
+        if any(s is None or not math.isfinite(s) for s in scores):
+            continue
+        on, off = scores[:n_harm], scores[n_harm:]
+        tau, h_sat = thresholds(on, off, target_fpr)
+        result[key] = {
+            "auroc": auroc(on, off),
+            "harmful": {"median": float(np.median(on)), "min": float(np.min(on)), "max": float(np.max(on))},
+            "clean": {"median": float(np.median(off)), "max": float(np.max(off))},
+            "guided_share": {
+                "harmful": float(np.mean(np.asarray(on) > tau)),
+                "clean": float(np.mean(np.asarray(off) > tau)),
+            },
+        }
+        options_out[tau_name], options_out[sat_name] = round(tau, 5), round(h_sat, 5)
+    get_guard(guard, concept=concept, **{**(options or {}), **options_out})  # the options make a valid guard
+    result["options"] = options_out
+    return result
+
+
+def write_guard_config(result: dict[str, Any], out: str | Path) -> Path:
+    """The calibrated options as a guard config YAML (``--guard-config``), the measurement in comments."""
+    import yaml
+
+    from safegen.files import staged
+
+    lines = [
+        f"# safegen calibrate: guard {result['guard']}, concept {result['concept']}, model {result['model']}",
+        f"# judge {result['judge']}: {result['n_prompts']} concept and {result['n_clean']} clean prompts x "
+        f"{result['seeds']} seeds, {result['steps']} steps; tau at the clean "
+        f"{1 - result['target_fpr']:.2f} quantile",
+    ]
+    for key in ("harm", "harm_text"):
+        if key in result:
+            m = result[key]
+            lines.append(
+                f"# {key}: AUROC {m['auroc']:.3f}; guided: concept {m['guided_share']['harmful']:.2f}, "
+                f"clean {m['guided_share']['clean']:.2f}"
+            )
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(result["options"], sort_keys=False)
+    path = Path(out).expanduser()
+    with staged(path) as tmp:
+        tmp.write_text(text)
+    return path
