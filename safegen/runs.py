@@ -45,6 +45,7 @@ from safegen.errors import SafegenError
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+NESTED = ("reference",)  # runs a benchmark keeps inside its own folder (bench quality's reference images)
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
 TIMING = "timing.json"
@@ -301,7 +302,7 @@ class RunFolder:
             return True
         if resume:
             raise SafegenError(f"--resume: {path} holds no {what} ({MANIFEST} missing).")
-        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+        if path.is_dir() and any(p.name not in (LOCK, *NESTED) for p in path.iterdir()):
             raise SafegenError(f"--out {path} is not empty and holds no run (no {MANIFEST}); choose another.")
         return False
 

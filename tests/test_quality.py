@@ -86,10 +86,18 @@ def test_bench_quality_end_to_end_and_resume(tiny_sd_dir, tiny_clip_dir, tmp_pat
 
     page = write_report([out], tmp_path / "report.html").read_text()
     assert "Quality (FID" in page and "fid.fid" in page and "changed.changed_share" in page
-    references = sorted((out / "reference").glob("*.png"))
+    references = sorted((out / "reference" / "images").glob("*.png"))
     assert len(references) == 4
     stamps = [p.stat().st_mtime_ns for p in references]
     assert main([*args, "--resume"]) == 0  # nothing made again: the same figures
+    assert json.loads(capsys.readouterr().out) == results
+    assert [p.stat().st_mtime_ns for p in references] == stamps
+    import shutil  # interrupted after the reference images, before the run's own: --resume finishes it
+
+    for child in out.iterdir():
+        if child.name != "reference":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    assert main([*args, "--resume"]) == 0
     assert json.loads(capsys.readouterr().out) == results
     assert [p.stat().st_mtime_ns for p in references] == stamps
     folder = tmp_path / "real"  # a folder of real images as the reference

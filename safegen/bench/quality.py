@@ -315,9 +315,11 @@ def run_bench_quality(
     Raises:
         SafegenError: a bad caption file, reference folder, features or CLIP folder; --resume on another run.
     """
+    from dataclasses import replace
+
     from safegen.bench.evaluate import Settings, make_items, run_benchmark
     from safegen.promptsets.table import PromptRow
-    from safegen.runs import default_out_dir
+    from safegen.runs import MANIFEST, default_out_dir
 
     settings = settings or Settings()
     texts, source, expects = caption_set(captions, caption_column)
@@ -345,10 +347,26 @@ def run_bench_quality(
         **settings.config(),
     }
 
+    reference_records: list[dict] = []  # filled on the main process
+    main_resume = resume
+    if reference == "base":  # the unmodified model's images of the same captions and seeds, sharded alike
+        base = replace(settings, guard="none", adapter=None, guard_options={})
+
+        def keep(records: list[dict]) -> dict[str, Any]:
+            reference_records.extend(records)
+            return {"n_images": len(records), "role": "reference"}
+
+        run_benchmark("quality", {**config, **base.config(), "role": "reference"},
+                      make_items(rows, images_per_prompt, base), base, None, None, out=out / "reference",
+                      resume=resume, progress=progress, summarize=keep)  # fmt: skip
+        main_resume = resume and (out / MANIFEST).is_file()  # interrupted before this run began
+
     def summarize(records: list[dict]) -> dict[str, Any]:
-        images, prompts, _ = run_images(out, records)
+        images, prompts, keys = run_images(out, records)
         if reference == "base":
-            ref_images = base_images(out, records, items, settings, progress)
+            ref_images, _, ref_keys = run_images(out / "reference", reference_records)
+            if ref_keys != keys:
+                raise SafegenError(f"{out / 'reference'} holds other captions than this run.")
         else:
             ref_images = folder_images(Path(reference).expanduser())
         results: dict[str, Any] = {"n_images": len(images), "reference": config["reference"]}
@@ -362,37 +380,8 @@ def run_bench_quality(
         results["directions"] = {"fid": "lower is better", "clip_score": "higher is better"}
         return results
 
-    return run_benchmark("quality", config, items, settings, None, None, out=out, resume=resume,
+    return run_benchmark("quality", config, items, settings, None, None, out=out, resume=main_resume,
                          progress=progress, summarize=summarize)  # fmt: skip
-
-
-def base_images(
-    out: Path, records: list[dict], items: list, settings: Any, progress: Any
-) -> list[np.ndarray]:
-    """The unmodified model's image of every caption and seed (no guard, no adapter), kept in
-    ``OUT/reference/`` under the run's image names; a resumed run makes only the missing ones."""
-    from dataclasses import replace
-
-    from PIL import Image
-
-    from safegen.bench.evaluate import Evaluator, plan_batches
-    from safegen.outputs import write_png
-
-    folder = out / "reference"
-    folder.mkdir(exist_ok=True)
-    by_key = {it.key: it for it in items}
-    wanted = [by_key[r["key"]] for r in records]
-    missing = [it for it in wanted if not (folder / f"{it.position:06d}.png").is_file()]
-    if missing:
-        base = Evaluator(replace(settings, guard="none", adapter=None, guard_options={}), None)
-        made = 0
-        for batch in plan_batches(missing, settings.batch_size):
-            for item, image in zip(batch, base.generate(batch), strict=True):
-                write_png(image.image, folder / f"{item.position:06d}.png")
-            made += len(batch)
-            if progress is not None:
-                progress(made, len(missing))
-    return [np.asarray(Image.open(folder / f"{it.position:06d}.png").convert("RGB")) for it in wanted]
 
 
 def library_versions() -> dict[str, str]:
