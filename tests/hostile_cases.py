@@ -716,6 +716,67 @@ def cases(f: dict[str, Path], tiny_sd: Path) -> list[tuple[str, list[str], str]]
             "needs a mini-world concept",
         ),
         ("atk-preset", atk("--judge-preset", "x"), "--judge-preset"),
+        # export, calibrate, bench quality
+        ("exp-missing", ["export", s["missing"], "--format", "diffusers", "--out", "OUT"], "not found"),
+        (
+            "exp-empty",
+            ["export", s["empty_dir"], "--format", "diffusers", "--out", "OUT"],
+            "not a LoRA adapter",
+        ),
+        (
+            "exp-corrupt",
+            ["export", s["ad_corrupt"], "--format", "diffusers", "--out", "OUT"],
+            "Corrupt weights",
+        ),
+        (
+            "exp-kohya-name",
+            ["export", s["ad_sd"], "--format", "kohya", "--out", "OUT"],
+            "ending in .safetensors",
+        ),
+        ("exp-format", ["export", s["ad_sd"], "--format", "ckpt", "--out", "OUT"], "Unknown export format"),
+        (
+            "exp-ar-kohya",
+            ["export", s["ad_nomatch"], "--format", "single-file", "--out", "OUT"],
+            "Stable Diffusion",
+        ),
+        (
+            "cal-guard",
+            ["calibrate", "--guard", "dlr", "--concept", "red", "--out", "OUT"],
+            "none to calibrate",
+        ),
+        ("cal-noconcept", ["calibrate", "--guard", "sp", "--out", "OUT"], "needs --concept"),
+        (
+            "cal-prompts",
+            ["calibrate", *sp, "--prompts", s["prompts_bad.jsonl"], "--out", "OUT"],
+            "not valid JSON",
+        ),
+        ("cal-few", ["calibrate", *sp, "--prompts", s["prompts.txt"], "--out", "OUT"], "at least 3"),
+        ("cal-fpr", ["calibrate", *sp, "--target-fpr", "0.9", "--out", "OUT"], "target_fpr"),
+        (
+            "q-features",
+            ["bench", "quality", "--captions", "smoke", "--features", "x", "--out", "OUT"],
+            "features",
+        ),
+        (
+            "q-captions",
+            ["bench", "quality", "--captions", s["prompts_empty.txt"], "--out", "OUT"],
+            "no captions",
+        ),
+        (
+            "q-bad",
+            ["bench", "quality", "--captions", s["prompts_bad.jsonl"], "--out", "OUT"],
+            "not valid JSON",
+        ),
+        (
+            "q-reference",
+            ["bench", "quality", "--captions", "smoke", "--reference", s["a_file"], "--out", "OUT"],
+            "reference must be",
+        ),
+        (
+            "q-clip",
+            ["bench", "quality", "--captions", "smoke", "--clip", s["missing"], "--out", "OUT"],
+            "not found",
+        ),
         # report
         ("rep-none", ["report"], "Missing argument"),
         ("rep-missing", ["report", s["missing"], "--out", "OUT"], "not a run folder"),
