@@ -120,6 +120,7 @@ def attach_adapter(model: Any, path: str | Path, scale: float = 1.0) -> dict[str
             if model.kind == "ar":
                 _attach_peft(model, folder, scale)
             else:
+                _check_layers_exist(model.unet, folder / WEIGHTS_FILE)
                 model.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
                 if ADAPTER_NAME not in model.pipe.get_list_adapters().get("unet", []):
                     raise SafegenError("none of its LoRA weights matches a layer of the UNet")
@@ -246,6 +247,50 @@ def load_peft_state(peft_model: Any, folder: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------- diffusion models (diffusers)
+def _check_layers_exist(unet: Any, file: Path) -> None:
+    """Every UNet layer a diffusers LoRA file names must exist (else diffusers fails obscurely)."""
+    modules = {name for name, _ in unet.named_modules()}
+    names = [n.split(".", 1)[1] for n in lora_layers(file) if n.startswith("unet.")]
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise SafegenError(
+            f"{len(missing)} of its {len(names)} UNet LoRA layers are not layers of this UNet "
+            f"(e.g. {missing[0]!r})"
+        )
+
+
+def lora_layers(file: Path) -> dict[str, dict[str, Any]]:
+    """A diffusers LoRA file as ``{component.module path: {down, up, alpha}}`` (either key style).
+
+    Alpha comes from the file's PEFT metadata (``lora_alpha``, ``alpha_pattern``); without it, alpha is
+    the rank (scale 1), as diffusers reads such files.
+    """
+    import re
+
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    pattern = re.compile(r"^(unet|text_encoder)\.(.+)\.(lora\.down|lora\.up|lora_A|lora_B)\.weight$")
+    layers: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        match = pattern.match(key)
+        if not match:
+            raise SafegenError(f"{file}: unexpected LoRA key {key!r} (not a diffusers LoRA file).")
+        part, module, which = match.groups()
+        slot = "down" if which in ("lora.down", "lora_A") else "up"
+        layers.setdefault(f"{part}.{module}", {})[slot] = value
+    for name, layer in layers.items():
+        part, module = name.split(".", 1)
+        rank = layer["down"].shape[0]
+        alpha = meta.get(f"{part}.alpha_pattern", {}).get(module, meta.get(f"{part}.lora_alpha", rank))
+        layer["alpha"] = float(alpha)
+        if "up" not in layer:
+            raise SafegenError(f"{file}: {name} has a down projection but no up projection.")
+    return layers
+
+
 def save_adapter(unet: Any, folder: str | Path, record: Mapping[str, Any] | None = None) -> Path:
     """Write the UNet's active LoRA (peft, added with ``unet.add_adapter``) as a diffusers adapter folder.
 

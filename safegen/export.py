@@ -22,7 +22,6 @@ behind on failure: the export is written beside ``out`` and renamed into place w
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -103,38 +102,10 @@ def _write_lora(folder: Path, fmt: str, tmp: Path, record: dict) -> list[str]:
     return [tmp.name]
 
 
-def lora_layers(file: Path) -> dict[str, dict[str, Any]]:
-    """A diffusers LoRA file as ``{component.module path: {down, up, alpha}}`` (either key style).
-
-    Alpha comes from the file's PEFT metadata (``lora_alpha``, ``alpha_pattern``); without it, alpha is
-    the rank (scale 1), as diffusers reads such files.
-    """
-    from safetensors import safe_open
-
-    with safe_open(str(file), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    pattern = re.compile(r"^(unet|text_encoder)\.(.+)\.(lora\.down|lora\.up|lora_A|lora_B)\.weight$")
-    layers: dict[str, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        match = pattern.match(key)
-        if not match:
-            raise SafegenError(f"{file}: unexpected LoRA key {key!r} (not a diffusers LoRA file).")
-        part, module, which = match.groups()
-        slot = "down" if which in ("lora.down", "lora_A") else "up"
-        layers.setdefault(f"{part}.{module}", {})[slot] = value
-    for name, layer in layers.items():
-        part, module = name.split(".", 1)
-        rank = layer["down"].shape[0]
-        alpha = meta.get(f"{part}.alpha_pattern", {}).get(module, meta.get(f"{part}.lora_alpha", rank))
-        layer["alpha"] = float(alpha)
-        if "up" not in layer:
-            raise SafegenError(f"{file}: {name} has a down projection but no up projection.")
-    return layers
-
-
 def kohya_state(file: Path) -> dict[str, torch.Tensor]:
     """kohya-ss keys: ``lora_unet_<path with _>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``."""
+    from safegen.adapters import lora_layers
+
     out = {}
     for name, layer in lora_layers(file).items():
         part, module = name.split(".", 1)

@@ -740,6 +740,11 @@ def cases(f: dict[str, Path], tiny_sd: Path) -> list[tuple[str, list[str], str]]
             "Stable Diffusion",
         ),
         (
+            "exp-merge-nomatch",
+            ["export", s["ad_sd"], "--format", "diffusers", "--merge", "--model", "mini", "--out", "OUT"],
+            "no up projection",
+        ),
+        (
             "cal-guard",
             ["calibrate", "--guard", "dlr", "--concept", "red", "--out", "OUT"],
             "none to calibrate",

@@ -187,3 +187,25 @@ def test_refusals_are_one_line_and_write_nothing(sd_run, tiny_ar_dir, tmp_path, 
         export(str(tmp_path / "nothing"), "--format", "kohya", "--out", str(tmp_path / "z.safetensors")) == 2
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_lora_for_other_layers_is_refused_by_name(tiny_sd_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from safegen.adapters import attach_adapter
+    from safegen.errors import SafegenError
+
+    folder = tmp_path / "other"
+    folder.mkdir()
+    save_file(
+        {
+            "unet.nothing.here.lora.down.weight": torch.zeros(2, 8),
+            "unet.nothing.here.lora.up.weight": torch.zeros(8, 2),
+        },
+        str(folder / "pytorch_lora_weights.safetensors"),
+    )
+    model = load_model(str(tiny_sd_dir), device="cpu", dtype="fp32")
+    with pytest.raises(
+        SafegenError, match="1 of its 1 UNet LoRA layers are not layers of this UNet.*nothing.here"
+    ):
+        attach_adapter(model, folder)
