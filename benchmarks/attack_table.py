@@ -13,7 +13,7 @@ machine's CPU cores.
 
 The attacks run on a CPU budget, each setting named here and in the table: UnlearnDiffAtk with 10 Adam
 steps per timestep on every 100th timestep (the paper: 40 on every 20th; it stops at the first success
-either way), concept inversion with 200 steps (the paper: 1,000), Ring-A-Bell with 100 generations of 50
+either way), concept inversion with 200 steps (the paper: 1,000), Ring-A-Bell with 300 generations of 50
 (the paper: 3,000 of 200). Rows are appended to ``attack_table.jsonl``; a rerun skips the rows it has.
 """
 
@@ -34,7 +34,7 @@ TARGETS = ("base", "sp", "dlr", "sld", "neg", "scdpo", "base-ar", "vce")
 BUDGET = {
     "unlearndiff": {"iterations": 10, "t_first": 50, "t_last": 950, "t_stride": 100},
     "inversion": {"steps": 200},
-    "ringabell": {"generations": 100, "population": 50},
+    "ringabell": {"generations": 300, "population": 50},
 }
 
 
