@@ -71,7 +71,7 @@ def export_run(
     if fmt in ("kohya", "single-file") and target.suffix != ".safetensors":
         raise SafegenError(f"--format {fmt} writes one file: give --out a name ending in .safetensors.")
     merge = merge or fmt == "single-file"
-    base = model or record.get("base_model", {}).get("source")
+    base = model or trained_on(record.get("base_model", {}))
     if merge and not base:
         raise SafegenError(f"{folder}/adapter.json names no base model; pass --model to merge into one.")
     info = {"format": fmt, "merged": merge, "run": str(folder), "out": str(target), "dtype": dtype}
@@ -82,6 +82,17 @@ def export_run(
             info["base_model"] = base
             info["files"] = _write_merged(folder, fmt, tmp, base, DTYPES[dtype], record)
     return info
+
+
+def trained_on(base: dict[str, Any]) -> str | None:
+    """The base model an adapter record names: its source (a folder or hub id), or, for a bundled model
+    whose folder is not where it was (another installation), the bundled name."""
+    from safegen.bundled import BUNDLED
+
+    source, name = base.get("source"), base.get("name")
+    if name in BUNDLED and not (source and Path(source).exists()):
+        return name
+    return source or name
 
 
 # --------------------------------------------------------------------------- LoRA files

@@ -209,3 +209,13 @@ def test_a_lora_for_other_layers_is_refused_by_name(tiny_sd_dir, tmp_path):
         SafegenError, match="1 of its 1 UNet LoRA layers are not layers of this UNet.*nothing.here"
     ):
         attach_adapter(model, folder)
+
+
+def test_the_base_model_is_found_by_name_when_its_folder_moved():
+    from safegen.export import trained_on
+
+    assert trained_on({"name": "mini", "source": "/elsewhere/safegen/assets/mini-sd"}) == "mini"
+    assert trained_on({"name": "x", "source": "org/model"}) == "org/model"  # a hub id: as recorded
+    assert trained_on({"source": "org/model"}) == "org/model"
+    here = str(Path(__file__).parent)
+    assert trained_on({"name": "mine", "source": here}) == here
