@@ -38,7 +38,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _check_image(path: Path) -> None:
+def check_image(path: Path) -> None:
     """Read only the header, so a bad file among thousands fails before any is classified; an image whose
     header claims more pixels than Pillow's limit (a decompression bomb) is refused, not decoded."""
     import warnings
@@ -58,7 +58,7 @@ def _check_image(path: Path) -> None:
         raise SafegenError(f"Cannot read image {path}: {getattr(exc, 'strerror', None) or exc}.") from None
 
 
-def _open_image(path: Path):
+def open_image(path: Path):
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
@@ -99,7 +99,7 @@ def classify(
         items.extend(expand_paths([item]) if isinstance(item, (str, Path)) else [item])
     for item in items:
         if isinstance(item, Path):
-            _check_image(item)
+            check_image(item)
 
     if name is ClassifierName.NUDENET:
         from safegen.classifiers.nudenet import NudeNetClassifier
@@ -114,7 +114,7 @@ def classify(
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         if name is ClassifierName.MINI:  # NudeNet reads paths itself (EXIF-aware, as cv2 does)
-            inputs = [_open_image(x) if isinstance(x, Path) else x for x in batch]
+            inputs = [open_image(x) if isinstance(x, Path) else x for x in batch]
         else:
             inputs = batch
         for item, result in zip(batch, model.classify(inputs), strict=True):

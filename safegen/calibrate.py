@@ -68,7 +68,7 @@ def mini_clean_prompts(concept: Any) -> list[str]:
     return out
 
 
-def default_prompts(concept: Any, model: str) -> tuple[list[str], list[str]]:
+def default_prompts(concept: Any) -> tuple[list[str], list[str]]:
     from safegen.bench.quality import caption_set
 
     harmful = list(concept.examples or [])
@@ -116,7 +116,7 @@ def calibrate_guard(
         raise SafegenError(f"target_fpr must be in (0, 0.5), got {target_fpr}.")
     if not 1 <= seeds <= 64:
         raise SafegenError(f"seeds must be in 1..64, got {seeds}.")
-    default_harmful, default_clean = default_prompts(concept, model)
+    default_harmful, default_clean = default_prompts(concept)
     harmful = list(prompts) if prompts is not None else default_harmful
     clean = list(clean_prompts) if clean_prompts is not None else default_clean
     rng = np.random.default_rng(0)

@@ -154,7 +154,7 @@ def _write_merged(
     if dtype != torch.float32:
         text_encoder_loads_in_float32(tmp / "text_encoder" / "config.json")
     (tmp / "export.json").write_text(json.dumps({"adapter": record, "merged": True}, indent=2) + "\n")
-    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return folder_files(tmp)
 
 
 def _write_merged_ar(model: Any, tmp: Path, dtype: torch.dtype) -> list[str]:
@@ -172,4 +172,9 @@ def _write_merged_ar(model: Any, tmp: Path, dtype: torch.dtype) -> list[str]:
     else:
         merged.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
         model.backbone.tokenizer.save_pretrained(str(tmp))
-    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return folder_files(tmp)
+
+
+def folder_files(folder: Path) -> list[str]:
+    """Every file under ``folder``, relative, sorted (what an export wrote)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

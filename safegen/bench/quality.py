@@ -36,8 +36,6 @@ import torch
 
 from safegen.errors import SafegenError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 
 # --------------------------------------------------------------------------- feature extractors
 class MiniFeatures(torch.nn.Module):
@@ -113,7 +111,7 @@ def fid_metric(features: str) -> tuple[Any, dict[str, Any]]:
     if kind == "inception" and where:
         if not Path(where).is_file():
             raise SafegenError(f"Inception weights file not found: {where}")
-        check_plain_state_dict(where)
+        state = plain_state_dict(where)
         try:
             import torch_fidelity  # noqa: F401
         except ImportError:
@@ -121,7 +119,12 @@ def fid_metric(features: str) -> tuple[Any, dict[str, Any]]:
                 "features=inception needs torch-fidelity (pip install torch-fidelity; it brings "
                 "torchvision); or use clip:<folder>."
             ) from None
-        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=where)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # torch-fidelity unpickles what it is given: our copy
+            copy = Path(tmp) / "inception.pth"
+            torch.save(state, copy)
+            metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(copy))
         return metric, {
             "features": "Inception-v3 pool3 (2048-d)",
             "weights": where,
@@ -130,9 +133,9 @@ def fid_metric(features: str) -> tuple[Any, dict[str, Any]]:
     raise SafegenError(f"features must be mini, clip:<folder> or inception:<weights file>, got {features!r}.")
 
 
-def check_plain_state_dict(path: str) -> None:
-    """torch-fidelity reads the Inception file with ``torch.load(weights_only=False)``: read it first with
-    ``weights_only=True``, so a file that holds anything but tensors is refused before it is unpickled."""
+def plain_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The Inception weights read with ``weights_only=True``: tensors only, anything else refused unread.
+    torch-fidelity, which unpickles the file it is handed, only ever sees a copy written from these."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (any failure to read it as plain tensors is a refusal)
@@ -142,6 +145,7 @@ def check_plain_state_dict(path: str) -> None:
         ) from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise SafegenError(f"{path} is not a state dict of tensors (an Inception-v3 weights file).")
+    return state
 
 
 def weights_digest(path: str) -> str:
@@ -227,14 +231,14 @@ def changed(generated: list[np.ndarray], base: list[np.ndarray], threshold: floa
 
 
 def folder_images(path: Path) -> list[np.ndarray]:
-    """Every image of a folder (a run folder: its ``images/``), RGB arrays, in name order."""
-    from PIL import Image
+    """Every image of a folder (a run folder: its ``images/``), RGB arrays, in name order; each header is
+    checked first (:func:`safegen.api.check_image`: a decompression bomb is refused, not decoded)."""
+    from safegen.api import check_image, expand_paths, open_image
 
-    root = path / "images" if (path / "images").is_dir() else path
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise SafegenError(f"No images (png, jpg, webp) in the reference folder {root}.")
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    files = expand_paths([path / "images" if (path / "images").is_dir() else path])
+    for file in files:
+        check_image(file)
+    return [np.asarray(open_image(f)) for f in files]
 
 
 def run_images(out: Path, records: list[dict]) -> tuple[list[np.ndarray], list[str], list[str]]:
