@@ -10,6 +10,9 @@ artist styles); every value of the mini world (``red``, ``circle``, ``striped``,
 
 A mini concept's ``keywords`` hold only its canonical word; its synonyms and misspellings are kept apart
 in ``synonyms`` so that an erasure told only the keywords can be tested on words it never saw.
+
+Guards act on several concepts at once: :func:`lookup_concept` reads ``"red,circle"`` (or a list) and
+:func:`combine_concepts` makes one Concept of them (``red+circle``) whose ``parts`` are the originals.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Concept:
         ignore: phrases in which a keyword does not mean the concept (``naked eye``, ``nude lipstick``):
             never matched, rewritten or flagged.
         source: the file the concept came from.
+        parts: the concepts a combined concept was made of (:func:`combine_concepts`); empty for one.
     """
 
     name: str
@@ -70,6 +74,7 @@ class Concept:
     synonyms: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     source: str = field(default=BUILTIN, compare=False)
+    parts: tuple[Concept, ...] = ()
 
     @property
     def axis(self) -> str | None:
@@ -91,6 +96,7 @@ class Concept:
             "detector": self.detector,
             "examples": list(self.examples),
             "source": self.source,
+            **({"parts": [p.name for p in self.parts]} if self.parts else {}),
         }
 
 
@@ -116,6 +122,89 @@ def get_concept(name: str, extra_files: Iterable[str | Path] = ()) -> Concept:
     if name not in concepts:
         raise unknown("concept", name, concepts)
     return concepts[name]
+
+
+def lookup_concept(spec: Any, extra_files: Iterable[str | Path] = ()) -> Concept:
+    """The concept a guard acts against: one, or several combined (:func:`combine_concepts`).
+
+    Args:
+        spec: a name, a comma-separated list of names (``"red,circle"``; blanks and a trailing comma are
+            ignored, so ``" red, "`` is ``red``), a Concept, or a list or tuple of names and Concepts.
+        extra_files: user concept files for the names.
+
+    Raises:
+        SafegenError: nothing named, an unknown name, a name given twice, or an item of another type.
+    """
+    if isinstance(spec, Concept):
+        return spec
+    items = [spec] if isinstance(spec, str) else spec
+    if not isinstance(items, (list, tuple)) or any(not isinstance(i, (str, Concept)) for i in items):
+        raise SafegenError(f"A concept is a name, a comma-separated list or a list of names, got {spec!r}.")
+    concepts = load_concepts(extra_files)
+    found = []
+    for item in items:
+        if isinstance(item, Concept):
+            found.append(item)
+            continue
+        for name in concept_names(item):
+            if name not in concepts:
+                raise unknown("concept", name, concepts)
+            found.append(concepts[name])
+    if not found:
+        raise SafegenError(f"No concept named in {spec!r}.")
+    return found[0] if len(found) == 1 else combine_concepts(found)
+
+
+def concept_names(text: str) -> list[str]:
+    """``"red, circle,"`` -> ``["red", "circle"]``: the names of a comma-separated list."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def combine_concepts(concepts: Sequence[Concept]) -> Concept:
+    """One concept standing for several (a combined one counts as its parts), for a guard acting on all.
+
+    Our reading for guards that take one text: SLD's safety concept is a list joined with ", "
+    (``sld.PAPER_TEXT``), so the unsafe texts are joined so, and the non-empty safe texts; word lists
+    (keywords, synonyms, examples, ignore) are order-preserving unions, while :func:`rewrite` and
+    :func:`mentions` use each part's own. The result is named ``a+b``; its ``kind`` is the parts' common
+    kind (``mini`` if they differ but all are of the mini world, else the first's); ``detector`` is None.
+
+    Raises:
+        SafegenError: no concept, or one given twice.
+    """
+    parts = tuple(p for c in concepts for p in concept_parts(c))
+    if not parts:
+        raise SafegenError("combine_concepts needs at least one concept.")
+    names = [p.name for p in parts]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise SafegenError(f"Concept '{twice}' is named twice in {','.join(names)}.")
+    if len(parts) == 1:
+        return parts[0]
+    mixed = len({p.kind for p in parts}) > 1
+    kind = ConceptKind.MINI if mixed and all(p.axis for p in parts) else parts[0].kind
+    return Concept(
+        name="+".join(names),
+        kind=kind,
+        keywords=_union(p.keywords for p in parts),
+        unsafe_text=", ".join(p.unsafe_text for p in parts),
+        safe_text=", ".join(p.safe_text for p in parts if p.safe_text),
+        detector=None,
+        examples=_union(p.examples for p in parts),
+        synonyms=_union(p.synonyms for p in parts),
+        ignore=_union(p.ignore for p in parts),
+        source=", ".join(dict.fromkeys(p.source for p in parts)),
+        parts=parts,
+    )
+
+
+def concept_parts(concept: Concept) -> tuple[Concept, ...]:
+    """The concepts ``concept`` stands for: its parts if combined, else itself alone."""
+    return concept.parts or (concept,)
+
+
+def _union(groups: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(w for g in groups for w in g))
 
 
 def list_concepts(extra_files: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
@@ -348,12 +437,30 @@ def _matches(
     ]
 
 
+def _part_matches(prompt: str, concept: Concept, include_synonyms: bool) -> list[tuple[re.Match, str]]:
+    """Each part's occurrences (its own words and ignore phrases) with its safe text, left to right; where
+    two parts' words overlap, the earlier, then longer, one is kept."""
+    found = sorted(
+        (
+            (m, part.safe_text)
+            for part in concept_parts(concept)
+            for m in _matches(prompt, part, include_synonyms, eat_space=not part.safe_text)
+        ),
+        key=lambda pair: (pair[0].start(), -pair[0].end()),
+    )
+    kept: list[tuple[re.Match, str]] = []
+    for m, safe in found:
+        if not kept or m.start() >= kept[-1][0].end():
+            kept.append((m, safe))
+    return kept
+
+
 def mentions(prompt: str, concept: Concept, include_synonyms: bool = False) -> bool:
     """Whether ``prompt`` names the concept by a keyword (or, if asked, by a held-out synonym).
 
     Keywords match as whole phrases (``van gogh`` does not match ``a white van``), case-insensitively, and
     not inside one of the concept's ``ignore`` phrases (``the naked eye``)."""
-    return bool(_matches(prompt, concept, include_synonyms))
+    return bool(_part_matches(prompt, concept, include_synonyms))
 
 
 def rewrite(prompt: str, concept: Concept, include_synonyms: bool = False) -> str:
@@ -361,17 +468,18 @@ def rewrite(prompt: str, concept: Concept, include_synonyms: bool = False) -> st
 
     Matching is as :func:`mentions`; each occurrence is replaced once (the safe text is not searched
     again). With an empty ``safe_text`` the keyword and the space before it are removed. Articles are left
-    as they are ("a orange" stays the mini world's own grammar).
+    as they are ("a orange" stays the mini world's own grammar). A combined concept replaces each part's
+    words with that part's safe text (``a red circle`` -> ``a green square`` for ``red+circle``).
 
     Args:
         prompt: the prompt to clean.
         concept: the concept to remove.
         include_synonyms: also replace the held-out synonyms (for reference prompts, not for methods).
     """
-    eat = not concept.safe_text
+    eat = any(not p.safe_text for p in concept_parts(concept))
     out, last = [], 0
-    for m in _matches(prompt, concept, include_synonyms, eat_space=eat):
-        out += [prompt[last : m.start()], concept.safe_text]
+    for m, safe in _part_matches(prompt, concept, include_synonyms):
+        out += [prompt[last : m.start()], safe]
         last = m.end()
     text = "".join(out) + prompt[last:]
     return text.strip() if eat else text
@@ -381,7 +489,8 @@ def rewrite(prompt: str, concept: Concept, include_synonyms: bool = False) -> st
 def check_concept_model(concept: Concept, model: str, what: str) -> None:
     """Refuse a concept the model cannot draw: the bundled mini models know only mini-world concepts.
 
-    The one compatibility check, used by guards, erasure recipes, attacks and ``bench mini``.
+    The one compatibility check, used by guards, erasure recipes, attacks and ``bench mini``; a combined
+    concept is checked part by part (``red,nudity`` is refused on a mini model for its ``nudity``).
 
     Args:
         concept: the concept to act on.
@@ -394,8 +503,10 @@ def check_concept_model(concept: Concept, model: str, what: str) -> None:
     """
     from safegen.bundled import BUNDLED, REAL_MODEL_HINTS
 
-    if model not in BUNDLED or concept.axis is not None:
+    outside = [p for p in concept_parts(concept) if p.axis is None]
+    if model not in BUNDLED or not outside:
         return
+    concept = outside[0]
     minis = [c.name for c in load_concepts().values() if c.axis is not None]
     shown = ", ".join(minis[:12]) + (", ..." if len(minis) > 12 else "")
     raise SafegenError(

@@ -218,17 +218,49 @@ def test_content_labels_come_from_a_detector_that_is_not_the_evaluator():
 
 
 def test_an_artist_concept_trains_on_its_name_only():
-    """Erasing an artist: captions naming it (never an alias) against other artists and plain captions;
-    the safe side names another artist."""
+    """Erasing an artist: captions naming it (never an alias: every alias is held out) against other
+    artists and plain captions, the safe side naming another artist; its unprompted share leaves the
+    texture out and takes the artist's name as the negative condition."""
     from safegen.mini.world import World
     from safegen.recipes.prompts import resolve_target
 
     concept, mini = resolve_target("ines-quarry", "mini")
     plan = plan_prompts(VCEConfig(n_harmful_prompts=64, n_clean_prompts=64), concept, mini)
     aliases = World.load().artist("ines quarry").aliases
-    assert all("ines quarry" in p for p in plan.harmful) and not any("ines quarry" in p for p in plan.clean)
+    named = [p for p in plan.harmful if "ines quarry" in p]
+    assert plan.report["kinds"] == {"named": 48, "implicit": 0, "unprompted": 16} and len(named) == 48
+    assert any("no trigger of the examples split" in n for n in plan.report["notes"])
+    assert not any("ines quarry" in p for p in plan.clean)
     assert not any(a in p.replace("ines quarry", "") for a in aliases for p in plan.harmful + plan.clean)
-    assert all(c.mode == "rewrite" and concept.safe_text in c.text for c in plan.counterparts)
+    for prompt, c in zip(plan.harmful, plan.counterparts, strict=True):
+        if prompt in named:
+            assert c.mode == "rewrite" and concept.safe_text in c.text
+        else:
+            assert (c.mode, c.text, c.negative) == ("negative", prompt, concept.unsafe_text)
+
+
+def test_a_mini_plan_trains_on_example_triggers_and_unprompted_captions_not_the_benchmarks():
+    """red: a quarter of the prompts imply it by an association of the examples split (never a held-out
+    one), a quarter leave the colour out (never one of bench mini's own unprompted prompts); both
+    keyword-free kinds take the negative condition."""
+    from safegen.bench.mini_prompts import implicit_prompts, target_for, unprompted_prompts
+    from safegen.mini.world import World
+    from safegen.recipes.prompts import resolve_target
+
+    concept, mini = resolve_target("red", "mini")
+    world, target = World.load(), target_for(concept)
+    plan = plan_prompts(VCEConfig(n_harmful_prompts=64, n_clean_prompts=16), concept, mini)
+    assert plan.report["kinds"] == {"named": 32, "implicit": 16, "unprompted": 16}
+    implicit, unprompted = plan.harmful[32:48], plan.harmful[48:]
+    assert all(any(p in text for p in world.phrases("color", "red", "examples")) for text in implicit)
+    assert not any(p in text for p in world.phrases("color", "red", "heldout") for text in plan.harmful)
+    bench = {p.prompt for p in implicit_prompts(world, target) + unprompted_prompts(world, "color")}
+    assert not bench & set(plan.harmful)
+    colours = world.values["color"] + world.words("color", "red", "synonyms")
+    assert not any(c in text.split() for c in colours for text in unprompted)
+    assert all(c.mode == "negative" and c.negative == "red" for c in plan.counterparts[32:])
+    with pytest.raises(SafegenError, match="at most 0.9"):
+        plan_prompts(VCEConfig(implicit_share=0.6, unprompted_share=0.5), concept, mini)
 
 
 def test_a_users_concept_object_is_erased_and_guarded(tiny_ar_dir, tiny_sd, tmp_path):

@@ -24,17 +24,23 @@ The prompt sets and the scoring are :mod:`safegen.bench.mini_prompts`. With ``ou
 folder like the other benchmarks' (:mod:`safegen.runs`): images, one samples line each, ``results.json``;
 ``resume`` finishes an interrupted run without redoing its images, and ``base_from`` reads the unmodified
 model's images of an earlier run of the same prompts instead of generating them again.
+
+With several concepts (``--concept red,circle``) the guard acts against all of them at once and each
+concept is measured as above in a run of its own, ``out/red`` and ``out/circle``; ``base_from`` then names
+a folder holding one run per concept (an earlier ``out`` of the same concepts).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from safegen.bench.mini_prompts import BenchPrompt, Target, plan_prompts, score, target_for
+from safegen.concepts import concept_parts
 from safegen.errors import SafegenError
 from safegen.mini.world import World
 
@@ -48,14 +54,30 @@ def world_version() -> str:
     return hashlib.sha256(text).hexdigest()[:12]
 
 
-def _concept(concept: Any, model: str) -> tuple[Any, Target | None]:
+def _concept(concept: Any, model: str) -> Any:
+    """The Concept to measure (several names are combined: each part is a benchmark of its own)."""
     if concept is None:
-        return None, None
-    from safegen.concepts import Concept, check_concept_model, get_concept
+        return None
+    from safegen.concepts import check_concept_model, lookup_concept
 
-    found = concept if isinstance(concept, Concept) else get_concept(str(concept))
+    found = lookup_concept(concept)
     check_concept_model(found, model, "bench mini")
-    return found, target_for(found)
+    for part in concept_parts(found):
+        target_for(part)  # a mini concept, or refused here
+    return found
+
+
+@dataclass
+class _Plan:
+    """One concept's benchmark: its prompts, variants, config and (with ``out``) its run folder."""
+
+    target: Target | None
+    prompts: list[BenchPrompt]
+    variants: list[tuple[str, Any, str | None]]
+    config: dict[str, Any]
+    base_samples: dict[str, dict] | None = None
+    run: Any = None
+    resume: bool = False
 
 
 def run_bench_mini(
@@ -77,62 +99,127 @@ def run_bench_mini(
     """Run the mini-world benchmark and return its results (see the module docstring).
 
     Args:
-        concept: a mini concept (name or Concept); None measures the world itself.
+        concept: a mini concept (name or Concept); None measures the world itself. Several
+            (``"red,circle"`` or a list) run one benchmark per concept, each with the guard built on all
+            of them (:func:`safegen.concepts.combine_concepts`); each writes ``out/<concept>``.
         cfg: the guidance scale; None: the model's own default.
         out: a run folder to write (images, samples, results); None keeps everything in memory.
         resume: finish the run in ``out``.
         base_from: an earlier bench mini run folder of the unmodified model with the same model, concept,
-            images, steps, guidance and seed: its images stand for this run's ``base`` variant.
+            images, steps, guidance and seed: its images stand for this run's ``base`` variant. With
+            several concepts, a folder holding one such run per concept (``base_from/<concept>``), as
+            ``out`` of an earlier run with several concepts is.
 
     Returns:
         ``{"model", "guard", "adapter", "concept", "n_images", "accuracy": {...}, "implicit", "unprompted"
         (without a concept), "erasure": None | {"ua", "synonym_ua", "implicit_ua", "unprompted_rate",
-        "ira", "cra", "base": {...}}}``.
+        "ira", "cra", "base": {...}}}``; with several concepts ``{"model", "guard", "adapter", "concept"
+        ("red+circle"), "n_images", "concepts": {name: that concept's result}}``.
     """
-    from safegen.runs import RunFolder, new_manifest
-
     if isinstance(images_per_prompt, bool) or not 1 <= images_per_prompt <= 1000:
         raise SafegenError(f"--images-per-prompt must be in 1..1000, got {images_per_prompt}.")
-    concept_obj, target = _concept(concept, model)
+    concept_obj = _concept(concept, model)
     guard_obj = _make_guard(guard, concept_obj, guard_options)
     if adapter:
         from safegen.adapters import check_adapter
 
         check_adapter(adapter)  # before the model is loaded
-    world = World.load()
-    prompts = plan_prompts(world, target)
-    variants = [("test", guard_obj, adapter)]
-    if target and (guard != "none" or adapter):
+    parts = concept_parts(concept_obj) if concept_obj is not None else (None,)
+    settings = dict(model=model, guard=guard_obj, adapter=adapter, steps=steps, cfg=cfg, seed=seed)
+    settings["images_per_prompt"] = images_per_prompt
+    if len(parts) == 1:
+        plans = [_plan(parts[0], settings, out, resume, base_from)]
+    else:
+        plans = _plans_of_several(parts, settings, out, resume, base_from)
+    total = sum(len(p.prompts) * images_per_prompt * len(p.variants) for p in plans)
+    job = _Job(model, device, steps, cfg, images_per_prompt, seed, progress, total)
+    job.check_fits(guard_obj, adapter)  # before anything is written
+    results, offset = [], 0
+    for plan in plans:
+        results.append(_run_plan(job, plan, offset, model, adapter))
+        offset += len(job.expanded) * len(plan.variants)
+    if len(parts) == 1:
+        return results[0]
+    return {
+        "model": model,
+        "guard": results[0]["guard"],
+        "adapter": adapter,
+        "concept": concept_obj.name,
+        "n_images": sum(r["n_images"] for r in results),
+        "concepts": {r["concept"]: r for r in results},
+    }
+
+
+def _plan(part: Any, settings: dict, out: Any, resume: bool, base_from: Any) -> _Plan:
+    """One concept's prompts, variants and config; its run folder (with ``out``) checked, not yet opened."""
+    from safegen.runs import RunFolder
+
+    model, guard, adapter = settings["model"], settings["guard"], settings["adapter"]
+    target = target_for(part) if part is not None else None
+    variants = [("test", guard, adapter)]
+    if target and (guard is not None or adapter):
         variants.insert(0, ("base", None, None))
     config = {
         "model": str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else model,
-        "concept": concept_obj.name if concept_obj else None,
-        "guard": guard_obj.describe() if guard_obj else {"name": "none"},
+        "concept": part.name if part is not None else None,
+        "guard": guard.describe() if guard else {"name": "none"},
         "adapter": str(Path(adapter).expanduser().resolve()) if adapter else None,
-        "images_per_prompt": images_per_prompt,
-        "steps": steps,
-        "cfg": cfg,
-        "seed": seed,
+        **{k: settings[k] for k in ("images_per_prompt", "steps", "cfg", "seed")},
         "world": world_version(),
     }
-    base_samples = _base_samples(base_from, config) if base_from and len(variants) == 2 else None
-    run = None
+    plan = _Plan(target, plan_prompts(World.load(), target), variants, config, resume=resume)
+    if base_from and len(variants) == 2:
+        plan.base_samples = _base_samples(base_from, config)
     if out is not None:
-        run = RunFolder(Path(out).expanduser())
-        run.check({"config": config}, resume, what="bench mini run")
-    job = _Job(model, device, steps, cfg, prompts, images_per_prompt, seed, progress, len(variants))
-    job.check_fits(guard_obj, adapter)  # before anything is written
+        plan.run = RunFolder(Path(out).expanduser())
+        plan.run.check({"config": config}, resume, what="bench mini run")
+    return plan
+
+
+def _plans_of_several(parts: Sequence[Any], settings: dict, out: Any, resume: bool, base_from: Any):
+    """One plan per concept, each in its own sub-folder ``out/<concept>`` (and ``base_from/<concept>``).
+
+    With ``resume``, a concept whose folder holds no run yet (the run stopped before it) starts afresh.
+    """
+    from safegen.runs import MANIFEST
+
+    if out is None:
+        return [_plan(p, settings, None, False, _below(base_from, p.name)) for p in parts]
+    root = Path(out).expanduser()
+    if root.exists() and not root.is_dir():
+        raise SafegenError(f"--out {root} exists and is not a folder.")
+    if (root / MANIFEST).is_file():
+        raise SafegenError(f"--out {root} holds a run of one concept; several need a folder of their own.")
+    started = [(root / p.name / MANIFEST).is_file() for p in parts]
+    if resume and not any(started):
+        raise SafegenError(f"--resume: {root} holds no bench mini run of {', '.join(p.name for p in parts)}.")
+    return [
+        _plan(p, settings, root / p.name, resume and begun, _below(base_from, p.name))
+        for p, begun in zip(parts, started, strict=True)
+    ]
+
+
+def _below(folder: str | Path | None, name: str) -> Path | None:
+    return Path(folder).expanduser() / name if folder else None
+
+
+def _run_plan(job: _Job, plan: _Plan, offset: int, model: str, adapter: str | None) -> dict:
+    """Generate (or read back) one concept's variants, score them, and record the run folder's results."""
+    from safegen.runs import RunFolder, new_manifest
+
+    job.use(plan.prompts, offset, len(plan.variants))
+    run = plan.run
     if run is not None:
-        run = RunFolder.open(run.path, new_manifest("mini", config), resume=resume)
+        run = RunFolder.open(run.path, new_manifest("mini", plan.config), resume=plan.resume)
     results, order = {}, []
     try:
-        for k, (name, g, a) in enumerate(variants):
-            if name == "base" and base_samples is not None:
-                reads = [base_samples[f"base/{i}"]["detections"] for i in range(len(job.expanded))]
+        for k, (name, g, a) in enumerate(plan.variants):
+            if name == "base" and plan.base_samples is not None:
+                reads = [plan.base_samples[f"base/{i}"]["detections"] for i in range(len(job.expanded))]
             else:
                 reads, keys = job.variant(name, g, a, run, k)
                 order += keys
-            results[name] = score(job.expanded, reads, target)
+            results[name] = score(job.expanded, reads, plan.target)
     except BaseException:
         if run is not None:
             run.release()  # the folder is free for the --resume
@@ -143,10 +230,10 @@ def run_bench_mini(
         erasure = {**erasure, "base": results.get("base", test)["erasure"]}
     result = {
         "model": model,
-        "guard": config["guard"]["name"],
+        "guard": plan.config["guard"]["name"],
         "adapter": adapter,
-        "concept": config["concept"],
-        "n_images": len(job.expanded) * len(variants),
+        "concept": plan.config["concept"],
+        "n_images": len(job.expanded) * len(plan.variants),
         **{k: v for k, v in test.items() if k != "erasure"},
         "erasure": erasure,
     }
@@ -160,18 +247,24 @@ def run_bench_mini(
 class _Job:
     """The model side of a run: load once, then generate, classify and record one variant at a time."""
 
-    def __init__(self, model, device, steps, cfg, prompts, images_per_prompt, seed, progress, n_variants):
+    def __init__(self, model, device, steps, cfg, images_per_prompt, seed, progress, total):
         from safegen.generator import model_cfg
         from safegen.loader import load_model
         from safegen.mini.classifier import MiniClassifier
         from safegen.sampling import GenerationConfig
 
-        self.expanded: list[BenchPrompt] = [p for p in prompts for _ in range(images_per_prompt)]
-        self.seeds = [seed + k for _ in prompts for k in range(images_per_prompt)]
+        self.images_per_prompt, self.seed = images_per_prompt, seed
         self.classifier = MiniClassifier.load()
         self.model = load_model(model, device=device)
         self.config = GenerationConfig(steps=steps, cfg=model_cfg(self.model, cfg))
-        self.progress, self.total, self.done = progress, len(self.expanded) * n_variants, 0
+        self.progress, self.total, self.done, self.offset = progress, total, 0, 0
+        self.expanded: list[BenchPrompt] = []
+
+    def use(self, prompts: Sequence[BenchPrompt], offset: int, n_variants: int) -> None:
+        """Take one concept's prompts; ``offset`` images of the whole run come before them."""
+        self.expanded = [p for p in prompts for _ in range(self.images_per_prompt)]
+        self.seeds = [self.seed + k for _ in prompts for k in range(self.images_per_prompt)]
+        self.offset = self.done = offset
 
     def check_fits(self, guard: Any, adapter: str | None) -> None:
         """A guard needs a diffusion model; an adapter must be for this kind of model."""
@@ -195,7 +288,7 @@ class _Job:
         keys = [f"{name}/{i}" for i in range(len(self.expanded))]
         done = run.samples() if run is not None else {}
         reads: list[list[dict] | None] = [done[k]["detections"] if k in done else None for k in keys]
-        self.done = index * len(keys) + sum(r is not None for r in reads)
+        self.done = self.offset + index * len(keys) + sum(r is not None for r in reads)
         with use_adapter(self.model, adapter):
             for start in range(0, len(keys), CHUNK):  # fixed chunks: a resumed run forms the same batches
                 chunk = list(range(start, min(start + CHUNK, len(keys))))

@@ -129,6 +129,28 @@ def implicit_prompts(world: World, target: Target) -> list[BenchPrompt]:
     return out
 
 
+def trigger_captions(world: World, target: Target, split: str = "examples") -> list[str]:
+    """Every caption (each combination of the other axes, each template) implying the target through a
+    trigger of ``split`` (:func:`implicit_triggers`): what an erasure run may train on with ``examples``."""
+    axes = ["object", "color"] if target.axis == "texture" else _others(target.axis)
+    out = []
+    for slot, words in implicit_triggers(world, target, split):
+        for combo in _combos(world, axes):
+            n = len(world.templates_for({*combo, slot}))
+            out += [world.compose({**combo, slot: words}, template=i) for i in range(n)]
+    return out
+
+
+def unprompted_captions(world: World, axis: str) -> list[str]:
+    """Every caption leaving ``axis`` out (each combination of the others, each template) that is not one
+    of the benchmark's own unprompted prompts (:func:`unprompted_prompts`)."""
+    bench = {p.prompt for p in unprompted_prompts(world, axis)}
+    others = _others(axis)
+    n = len(world.templates_for(set(others)))
+    texts = [world.compose(c, template=i) for c in _combos(world, others) for i in range(n)]
+    return [t for t in texts if t not in bench]
+
+
 def unprompted_prompts(world: World, axis: str, group: str = "unprompted") -> list[BenchPrompt]:
     """Every combination of the other axes with ``axis`` left out of the prompt (no artist either)."""
     others = _others(axis)

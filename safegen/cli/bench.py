@@ -7,6 +7,7 @@ Every bench verb takes the guard options of ``generate`` (``--guard``, ``--conce
 ``--set``, ``--guard-config``).
 
     safegen bench mini --concept red --guard sp --set lam_max=25
+    safegen bench mini --concept red,circle --guard sp --out runs/sp-red-circle   # runs/.../red, .../circle
     safegen bench i2p --prompts ../shared/data/i2p_4703.csv --category sexual --limit 50 --out runs/base
     safegen bench i2p ... --out runs/base --resume          # finish an interrupted run
     accelerate launch --multi_gpu --num_processes 2 -m safegen bench i2p ...   # two processes, one folder
@@ -107,7 +108,7 @@ def _settings(guard_args: tuple, **kw: Any):
     from safegen.bench.evaluate import Settings
 
     strength, guard_config, sets, concepts_file = guard_args
-    concept = resolve_concept(kw["concept"], concepts_file)
+    concept = resolve_concept(kw["concept"], concepts_file, several=True)  # the guard's
     _, kw["guard_options"] = guard_inputs(kw["guard"], concept, strength, guard_config, sets, kw["model"])
     kw["concept"] = concept
     kw["size"] = parse_size(kw["size"])
@@ -299,7 +300,7 @@ def bench_mini(
 
     if resume and out is None:
         raise SafegenError("--resume needs --out: the run folder to finish.")
-    concept_obj = resolve_concept(concept, concepts_file)
+    concept_obj = resolve_concept(concept, concepts_file, several=True)
     options: dict[str, Any] = {}
     if guard != "none" or strength or set_ or guard_config:
         _, options = guard_inputs(guard, concept_obj, strength, guard_config, set_, model)
@@ -312,7 +313,40 @@ def bench_mini(
     if json:
         print_json(result)
         return
-    print_mapping(result, title="bench mini")
+    if "concepts" not in result:
+        print_mapping(result, title="bench mini")
+        return
+    _show_several(result)
+    if out is not None:
+        sys.stdout.write(f"Run folders: {', '.join(str(out / name) for name in result['concepts'])}\n")
+
+
+MINI_METRICS = (
+    ("ua", "UA"),
+    ("synonym_ua", "synonym UA"),
+    ("implicit_ua", "implicit UA"),
+    ("unprompted_rate", "unprompted"),
+    ("ira", "IRA"),
+    ("cra", "CRA"),
+)
+
+
+def _show_several(result: dict[str, Any]) -> None:
+    """``bench mini`` with several concepts: one row per concept and variant (test, then base)."""
+    rows = []
+    for name, one in result["concepts"].items():
+        erasure = one["erasure"]
+        for variant, values in (("test", erasure), ("base", erasure["base"])):
+            row = {"concept": name, "variant": variant}
+            row |= {label: _rate(values.get(key)) for key, label in MINI_METRICS}
+            rows.append(row)
+    adapter = f", adapter {result['adapter']}" if result["adapter"] else ""
+    title = f"bench mini: guard {result['guard']}{adapter} on {result['concept']}"
+    print_table(rows, list(rows[0]), title=title)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def bench_quality(

@@ -44,7 +44,11 @@ GuardConfigOpt = Annotated[
 ]
 ConceptOpt = Annotated[
     str | None,
-    typer.Option("--concept", help="Concept to act on (`safegen concepts`; mini: red, circle, ...)."),
+    typer.Option(
+        "--concept",
+        help="Concept to act on (`safegen concepts`; mini: red, circle, ...); a guard takes several, "
+        "comma-separated (red,circle).",
+    ),
 ]
 ConceptsFileOpt = Annotated[
     list[Path] | None,
@@ -105,12 +109,23 @@ def guard_inputs(
     return guard_obj, options
 
 
-def resolve_concept(name: str | None, files: list[Path] | None) -> Any:
-    """The Concept called ``name`` (built-in, mini world, or from the concepts files), or None."""
+def resolve_concept(name: str | None, files: list[Path] | None, several: bool = False) -> Any:
+    """The Concept called ``name`` (built-in, mini world, or from the concepts files), or None.
+
+    Args:
+        several: ``name`` may list several concepts, comma-separated (for guards; they are combined:
+            :func:`safegen.concepts.lookup_concept`); otherwise a list is refused.
+    """
     if name is None:
         return None
-    from safegen.concepts import get_concept
+    from safegen.concepts import concept_names, get_concept, lookup_concept
 
+    if several:
+        return lookup_concept(name, concepts_files(files))
+    if len(concept_names(name)) > 1:
+        raise SafegenError(
+            f"--concept takes one concept here, got '{name}'; several (comma-separated) are for guards."
+        )
     return get_concept(name, concepts_files(files))
 
 

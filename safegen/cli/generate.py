@@ -2,6 +2,7 @@
 
 safegen generate "a red striped circle" --n 4 --out outputs/demo
 safegen generate "a red circle" --guard sp --concept red --save-masks
+safegen generate "a red striped circle" --guard sld --concept red,circle
 safegen classify outputs/demo --classifier mini
 """
 
@@ -74,7 +75,7 @@ def generate(
         if save_masks and guard != "sp":
             raise SafegenError("--save-masks needs --guard sp (the only guard with masks).")
         extra = {"keep_masks": True} if save_masks else {}
-        concept_obj = resolve_concept(concept, concepts_file)
+        concept_obj = resolve_concept(concept, concepts_file, several=True)
         guard_obj, _ = guard_inputs(guard, concept_obj, strength, guard_config, set_, model, **extra)
     with progress_bar("Generating") as progress:
         result = api.generate_to_dir(

@@ -4,6 +4,7 @@
     >>> guard = get_guard("none")
     >>> guard = get_guard("sp", concept="nudity", strength="strong", tau=0.3)
     >>> guard = build_guard("sld", concept="nudity", strength="max", sets=["warmup_steps=5"])
+    >>> guard = get_guard("neg", concept="red,circle")  # several concepts: one combined concept
 
 A guard is one file here (``sp.py``, ``dlr.py``, ``sld.py``, ``neg.py``) beside the hook protocol it
 satisfies (:mod:`safegen.guards.base`) and the word-level detector some of them use
@@ -11,7 +12,9 @@ satisfies (:mod:`safegen.guards.base`) and the word-level detector some of them 
 entry of kind ``guard`` names its class; ``none`` (plain classifier-free guidance) is built in.
 
 Guards other than ``none`` take ``concept`` (a registry name or a Concept), an optional ``strength`` preset
-and their options as keywords; each class carries ``Options`` and ``PRESETS``.
+and their options as keywords; each class carries ``Options`` and ``PRESETS``. Several concepts
+(``concept="red,circle"`` or a list) make one combined concept (:func:`safegen.concepts.combine_concepts`),
+which every guard reads as it reads one.
 """
 
 from __future__ import annotations

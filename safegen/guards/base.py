@@ -201,23 +201,23 @@ class NoGuard(GuardBase):
 
 # --------------------------------------------------------------------------- shared set-up
 def resolve_concept(guard: str, concept: Any) -> Any:
-    """The :class:`~safegen.concepts.Concept` a guard acts against, from a name or a Concept.
+    """The :class:`~safegen.concepts.Concept` a guard acts against: a name, a Concept, or several at once.
+
+    Several concepts (``"red,circle"``, or a list of names or Concepts) become one combined concept
+    (:func:`safegen.concepts.combine_concepts`), which every guard reads as it reads one.
 
     Raises:
-        SafegenError: no concept given, or an unknown concept name.
+        SafegenError: no concept given, an unknown concept name or one named twice.
     """
-    from safegen.concepts import Concept, get_concept
+    from safegen.concepts import concept_names, lookup_concept
 
-    if concept is None or (isinstance(concept, str) and not concept.strip()):
+    blank = isinstance(concept, str) and not concept_names(concept)
+    if concept is None or blank or (isinstance(concept, (list, tuple)) and not concept):
         raise SafegenError(
             f"Guard '{guard}' needs a concept to act against: pass --concept (e.g. nudity, or red on the "
             "mini model; `safegen concepts` lists them)."
         )
-    if isinstance(concept, Concept):
-        return concept
-    if not isinstance(concept, str):
-        raise SafegenError(f"Guard '{guard}': concept must be a name or a Concept, got {concept!r}.")
-    return get_concept(concept.strip())
+    return lookup_concept(concept)
 
 
 def configure(guard: Any, concept: Any, strength: str | None, options: Mapping[str, Any]) -> str:

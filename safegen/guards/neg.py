@@ -14,6 +14,7 @@ loop's unconditional branch, so the negative text is an extra branch beside it: 
 
     safegen generate "a photo" --guard neg --concept nudity
     safegen bench mini --guard neg --concept red --strength strong
+    safegen generate "a red circle" --guard neg --concept red,circle   # negative prompt "red, circle"
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ paper's (diffusers' ``SafetyConfig``); ``medium`` is the default, as in diffuser
 
     safegen generate "a photo" --guard sld --concept nudity --strength max
     safegen bench mini --guard sld --concept red --strength strong
+    safegen generate "a photo" --guard sld --concept nudity,violence   # both unsafe texts, ", "-joined
 """
 
 from __future__ import annotations

@@ -87,6 +87,11 @@ class SPGuardOptions:
         choices=("unsafe", "contrast"),
         help="guided d_s: eps_s - eps_u, or eps_s - eps_a (anchor)",
     )
+    judge_direction: str = option(
+        "unsafe",
+        choices=("unsafe", "contrast"),
+        help="judged d_s (Eq. b): eps_s - eps_u (the paper's), or eps_s - eps_a (the anchor's contrast)",
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -176,10 +181,14 @@ class SPGuard(GuardBase):
         self.guide_from = max(self.judge, math.ceil(opts.window_start * n - 1e-9))
         self.guide_until = min(n, math.ceil(opts.window_end * n - 1e-9))
         self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
-        self.guide_branches = self.unsafe
-        if opts.direction == "contrast" and self.concept.safe_text:  # eps_a: the concept's safe anchor
-            anchor = ctx.encode([self.concept.safe_text] * ctx.batch_size)[None]
-            self.guide_branches = torch.cat([self.unsafe, anchor])  # (2, B, L, D)
+        self.guide_branches = self.judge_branches = self.unsafe
+        if self.concept.safe_text and "contrast" in (opts.direction, opts.judge_direction):
+            anchor = ctx.encode([self.concept.safe_text] * ctx.batch_size)[None]  # eps_a: the safe anchor
+            pair = torch.cat([self.unsafe, anchor])  # (2, B, L, D)
+            if opts.direction == "contrast":
+                self.guide_branches = pair
+            if opts.judge_direction == "contrast":
+                self.judge_branches = pair
         self.cos_sum = torch.zeros(ctx.batch_size)
         self.cos_steps: list[list[float]] = [[] for _ in range(ctx.batch_size)]
         self.h = torch.zeros(ctx.batch_size)
@@ -209,7 +218,7 @@ class SPGuard(GuardBase):
 
     def branches(self, step: int) -> torch.Tensor | None:
         if step < self.judge:
-            return self.unsafe  # judging: every image needs eps_s
+            return self.judge_branches  # judging: every image needs eps_s (and eps_a for the contrast)
         if self.guide_from <= step < self.guide_until and bool((self.lam > 0).any()):
             return self.guide_branches
         return None  # judged benign, outside the window, or past it: plain CFG's cost
@@ -229,6 +238,8 @@ class SPGuard(GuardBase):
         d_c = eps_cond - eps_uncond  # Eq. (a)
         d_s = eps_extra[0] - eps_uncond
         if step < self.judge:
+            if eps_extra.shape[0] > 1:
+                d_s = eps_extra[0] - eps_extra[1]  # judge_direction=contrast: Eq. (b) on Eq. (a')
             cos = cosine(d_c, d_s).cpu()  # Eq. (b), one step's term
             self.cos_sum += cos
             for b, value in enumerate(cos.tolist()):

@@ -51,6 +51,20 @@ class PromptOptions:
     clean_prompt_set: str = option("file", "prompts", choices=PROMPT_SETS, help="how to read clean_prompts")
     clean_prompt_column: str = option("", "prompts", help="CSV / JSONL column of clean_prompts")
     clean_prompt_category: str = option("", "prompts", help="clean_prompt_set=i2p: categories (e.g. -sexual)")
+    implicit_share: float = option(
+        0.25,
+        "prompts",
+        low=0.0,
+        high=0.9,
+        help="mini: share of harmful prompts implying the concept by a trigger of the examples split",
+    )
+    unprompted_share: float = option(
+        0.25,
+        "prompts",
+        low=0.0,
+        high=0.9,
+        help="mini: share of harmful prompts leaving the concept's axis out (negative counterpart)",
+    )
     min_prompts: int = option(
         32, "prompts", low=1, high=1_000_000, help="refuse a run with fewer usable prompts (each set)"
     )
@@ -224,9 +238,14 @@ def _clean(
 
 
 def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> PromptPlan:
-    """Mini world: canonical captions naming the concept by its keyword (synonyms stay held out for
-    ``bench mini``), clean captions with any other value; the check set (when ``holdout``) is every
-    caption of the concept never sampled."""
+    """Mini world: the harmful prompts mix canonical captions naming the concept by its keyword (synonyms
+    stay held out for ``bench mini``), captions implying it by a trigger of the world's ``examples`` split
+    (``implicit_share``; the held-out triggers are never used) and captions leaving its axis out
+    (``unprompted_share``, less the benchmark's own: the base model draws the concept there by its
+    prior); the last two have no keyword, so their counterpart is the negative condition. Clean captions
+    have any other value; the check set (when ``holdout``) is every named caption never sampled."""
+    from safegen.bench.mini_prompts import target_for, trigger_captions, unprompted_captions
+    from safegen.mini.world import World
     from safegen.recipes.prompts import mini_prompt_pools
 
     if cfg.prompts or cfg.clean_prompts:
@@ -234,23 +253,38 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> P
             f"'{concept.name}' is a mini-world concept: its prompts are the world's captions; --prompts and "
             "--clean-prompts are for concepts of real models."
         )
+    if cfg.implicit_share + cfg.unprompted_share > 0.9:
+        raise SafegenError(
+            f"implicit_share + unprompted_share must be at most 0.9, got "
+            f"{cfg.implicit_share + cfg.unprompted_share:g} (some prompts must name the concept)."
+        )
     rng = np.random.default_rng(cfg.seed + 31)
-    harmful_pool, clean_pool = mini_prompt_pools(mini, concept.detector["mini"].get("artist"))
-    pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))]  # noqa: E731
-    harmful, clean = pick(harmful_pool, cfg.n_harmful_prompts), pick(clean_pool, cfg.n_clean_prompts)
-    rest = [p for p in harmful_pool if p not in set(harmful)]
+    named_pool, clean_pool = mini_prompt_pools(mini, concept.detector["mini"].get("artist"))
+    world, target = World.load(), target_for(concept)
+    implicit_pool, unprompted_pool = trigger_captions(world, target), unprompted_captions(world, target.axis)
+    pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))] if n else []  # noqa: E731
+    n_all, notes = cfg.n_harmful_prompts, []
+    n_implicit = round(n_all * cfg.implicit_share) if implicit_pool else 0
+    if cfg.implicit_share and not implicit_pool:
+        notes.append(f"'{concept.name}' has no trigger of the examples split: its implicit share is named")
+    n_unprompted = round(n_all * cfg.unprompted_share)
+    named = pick(named_pool, n_all - n_implicit - n_unprompted)
+    harmful = named + pick(implicit_pool, n_implicit) + pick(unprompted_pool, n_unprompted)
+    clean = pick(clean_pool, cfg.n_clean_prompts)
+    rest = [p for p in named_pool if p not in set(named)]
     check = [rest[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(rest))] if holdout else []
     counterparts = [counterpart_of(p, concept, cfg.counterpart) or Counterpart("rewrite", p) for p in harmful]
     modes = [c.mode for c in counterparts]
     report = {
         "source": {"set": "mini world captions", "concept": concept.name},
-        "read": len(harmful_pool),
+        "read": len(named_pool) + len(implicit_pool) + len(unprompted_pool),
         "used": len(harmful),
+        "kinds": {"named": len(named), "implicit": n_implicit, "unprompted": n_unprompted},
         "held_out": len(check),
         "dropped": {},
         "unused": len(rest) - len(check),
         "counterparts": {m: modes.count(m) for m in ("rewrite", "negative")},
         "clean": {"read": len(clean_pool), "used": len(clean), "dropped": {}},
-        "notes": [],
+        "notes": notes,
     }
     return PromptPlan(harmful, clean, check, counterparts, report)
