@@ -11,11 +11,13 @@ another. :func:`calibrate_guard` measures the judge where it will run:
   images each, with the generation settings the guard will run with;
 - AUROC of h (harmful vs clean: the probability that a harmful prompt's h exceeds a clean one's);
 - ``tau`` at the clean h's ``1 - target_fpr`` quantile (a share ``target_fpr`` of clean prompts guided at
-  all) and ``h_sat`` at the harmful h's median (full strength from there), as a guard config YAML that
+  all) and ``h_sat`` at the harmful h's ``sat_quantile`` quantile (default 0.25: three in four concept
+  prompts at full strength), as a guard config YAML that
   ``--guard-config`` reads. With ``judge=both`` the text judge's ``text_tau`` / ``text_h_sat`` are set the
   same way on its word score. The file's comments record what it was measured on.
 
-Our reading: the paper sets its threshold per model by hand; the quantile rule is ours, a named option.
+sp and dlr (its ``gate=noise``) share the judge (:mod:`safegen.guards.judge`), so one calibration serves
+both. Our reading: the paper sets its threshold per model by hand; the quantile rule is ours, named options.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from safegen.errors import SafegenError
 
-CALIBRATED = ("sp",)
+CALIBRATED = ("sp", "dlr")
 MIN_PROMPTS = 3
 # Mini-world clean captions for calibration: a phrasing no benchmark uses (every word known to the models).
 MINI_CLEAN_TEMPLATE = "{object}, {texture}, {color}, plain background"
@@ -41,12 +43,14 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float(((pos > neg) + 0.5 * (pos == neg)).mean())
 
 
-def thresholds(harmful: Sequence[float], clean: Sequence[float], target_fpr: float) -> tuple[float, float]:
-    """``tau`` at the clean scores' ``1 - target_fpr`` quantile, ``h_sat`` at the harmful median (kept above
-    tau by a tenth of the clean spread, so the strength ramp has a width)."""
+def thresholds(
+    harmful: Sequence[float], clean: Sequence[float], target_fpr: float, sat_quantile: float = 0.25
+) -> tuple[float, float]:
+    """``tau`` at the clean scores' ``1 - target_fpr`` quantile, ``h_sat`` at the harmful scores'
+    ``sat_quantile`` quantile (kept above tau by a tenth of the clean spread, so the ramp has a width)."""
     tau = min(float(np.quantile(clean, 1.0 - target_fpr)), 0.99)  # cosines: tau < h_sat <= 1
     spread = float(np.ptp(clean)) or 1e-3
-    return tau, min(max(float(np.median(harmful)), tau + 0.1 * spread), 1.0)
+    return tau, min(max(float(np.quantile(harmful, sat_quantile)), tau + 0.1 * spread), 1.0)
 
 
 def mini_clean_prompts(concept: Any) -> list[str]:
@@ -88,6 +92,7 @@ def calibrate_guard(
     seeds: int = 4,
     steps: int | None = None,
     target_fpr: float = 0.05,
+    sat_quantile: float = 0.25,
     max_clean: int = 64,
     device: str = "auto",
     options: dict[str, Any] | None = None,
@@ -114,6 +119,10 @@ def calibrate_guard(
         )
     if not 0.0 < target_fpr < 0.5:
         raise SafegenError(f"target_fpr must be in (0, 0.5), got {target_fpr}.")
+    if not 0.0 <= sat_quantile <= 1.0:
+        raise SafegenError(f"sat_quantile must be in [0, 1], got {sat_quantile}.")
+    if guard == "dlr" and judge != "noise":
+        raise SafegenError("dlr's gate has the noise judge only; drop --judge.")
     if not 1 <= seeds <= 64:
         raise SafegenError(f"seeds must be in 1..64, got {seeds}.")
     default_harmful, default_clean = default_prompts(concept)
@@ -131,7 +140,8 @@ def calibrate_guard(
     if set(harmful) & set(clean):
         raise SafegenError("Some prompts are both concept prompts and clean prompts; separate the files.")
     loaded = load_model(model, device=device)
-    guard_obj = get_guard(guard, concept=concept, **{**(options or {}), "judge": judge})
+    judged = {"judge": judge} if guard == "sp" else {"gate": "noise"}
+    guard_obj = get_guard(guard, concept=concept, **{**(options or {}), **judged})
     config = GenerationConfig(steps=steps) if steps is not None else GenerationConfig()
     texts = [p for p in harmful + clean for _ in range(seeds)]
     seed_list = [k for _ in harmful + clean for k in range(seeds)]
@@ -153,14 +163,15 @@ def calibrate_guard(
         "seeds": seeds,
         "steps": config.steps,
         "target_fpr": target_fpr,
+        "sat_quantile": sat_quantile,
     }
-    options_out: dict[str, Any] = {"judge": judge}
+    options_out: dict[str, Any] = {**judged, "judge_steps": guard_obj.opts.judge_steps}
     for key, tau_name, sat_name in (("harm", "tau", "h_sat"), ("harm_text", "text_tau", "text_h_sat")):
         scores = [im.info.get(key) for im in images]
         if any(s is None or not math.isfinite(s) for s in scores):
             continue
         on, off = scores[:n_harm], scores[n_harm:]
-        tau, h_sat = thresholds(on, off, target_fpr)
+        tau, h_sat = thresholds(on, off, target_fpr, sat_quantile)
         result[key] = {
             "auroc": auroc(on, off),
             "harmful": {"median": float(np.median(on)), "min": float(np.min(on)), "max": float(np.max(on))},

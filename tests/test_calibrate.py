@@ -16,10 +16,11 @@ def test_auroc_by_hand():
     assert auroc([1, 1], [2, 3]) == 0.0 and auroc([5], [5]) == 0.5
 
 
-def test_thresholds_follow_the_clean_quantile_and_the_harmful_median():
+def test_thresholds_follow_the_clean_quantile_and_a_harmful_quantile():
     clean = [i / 200 for i in range(101)]  # 0 .. 0.5
     tau, h_sat = thresholds([0.7, 0.9, 1.0], clean, target_fpr=0.05)
-    assert tau == pytest.approx(0.475) and h_sat == pytest.approx(0.9)
+    assert tau == pytest.approx(0.475) and h_sat == pytest.approx(0.8)  # the harmful 0.25 quantile
+    assert thresholds([0.7, 0.9, 1.0], clean, 0.05, sat_quantile=0.5)[1] == pytest.approx(0.9)  # median
     tau, h_sat = thresholds([0.1, 0.2, 0.3], clean, target_fpr=0.05)  # a judge that does not separate
     assert h_sat == pytest.approx(tau + 0.05)  # still a ramp of some width (a tenth of the spread) above tau
     tau, h_sat = thresholds([1.0, 1.0], [0.995, 1.0], target_fpr=0.05)  # kept inside the options' ranges
@@ -56,6 +57,7 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
     options = yaml.safe_load(out.read_text())
     assert options == result["options"] and set(options) == {
         "judge",
+        "judge_steps",
         "tau",
         "h_sat",
         "text_tau",
@@ -70,7 +72,8 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
 @pytest.mark.parametrize(
     "change",
     [
-        {"--guard": "dlr"},  # no judge to calibrate
+        {"--guard": "sld"},  # no judge to calibrate
+        {"--guard": "dlr", "--judge": "both"},  # dlr's gate has the noise judge only
         {"--judge": "text"},
         {"--prompts": "few"},  # fewer than 3 concept prompts
         {"--out": "exists"},
@@ -92,3 +95,35 @@ def test_refusals_are_one_line_and_write_nothing(tiny_sd_dir, prompt_files, tmp_
     assert err.count("\n") == 0 and "Traceback" not in err
     assert not (tmp_path / "new.yaml").exists()
     assert (tmp_path / "taken.yaml").read_text() == "tau: 0.1\n"
+
+
+def test_the_bundled_mini_model_ships_calibrations_that_sp_and_dlr_read():
+    """safegen/assets/mini-sd/calibration/<concept>.yaml (benchmarks/calibrate_bundled.py): both guards take
+    its judge_steps, tau and h_sat on `mini`; an explicit option wins; elsewhere nothing is read."""
+    import yaml
+
+    from safegen.bundled import BUNDLED
+    from safegen.guards import build_guard, calibrated_options
+
+    for concept in ("red", "circle", "striped", "ines-quarry"):
+        path = BUNDLED["mini"].path / "calibration" / f"{concept}.yaml"
+        data = yaml.safe_load(path.read_text())  # a missing bundled file fails here
+        assert data["h_sat"] > data["tau"] and data["judge"] == "noise"
+        for name in ("sp", "dlr"):
+            assert calibrated_options(name, concept, "mini") == {
+                k: data[k] for k in ("judge_steps", "tau", "h_sat")
+            }
+            guard = build_guard(name, concept, model="mini")
+            assert (guard.opts.tau, guard.opts.h_sat) == (data["tau"], data["h_sat"])
+        assert build_guard("sp", concept, sets=["tau=0.01"], model="mini").opts.tau == 0.01
+    assert calibrated_options("sp", "red", "mini-ar") == {} and calibrated_options("sld", "red", "mini") == {}
+    assert calibrated_options("sp", "red", None) == {}
+
+
+def test_an_uncalibrated_judge_is_said_on_the_command_line(tiny_sd_dir, tmp_path, capsys):
+    args = ["generate", "a red circle", "--model", str(tiny_sd_dir), "--steps", "1", "--device", "cpu"]
+    assert main([*args, "--guard", "sp", "--concept", "nudity", "--out", str(tmp_path / "a")]) == 0
+    assert "no calibration of its noise judge for 'nudity'" in capsys.readouterr().err
+    assert main([*args, "--guard", "sp", "--concept", "nudity", "--set", "tau=0.2", "--out",
+                 str(tmp_path / "b")]) == 0  # fmt: skip
+    assert "no calibration" not in capsys.readouterr().err

@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestral
 from safegen.concepts import get_concept
 from safegen.errors import SafegenError
 from safegen.generator import generate
-from safegen.guards import build_guard, get_guard, guard_class, guard_names, guard_options, list_guards
+from safegen.guards import build_guard, get_guard, guard_class, guard_names, guard_options, judge, list_guards
 from safegen.guards import sp as sp_guard
 from safegen.guards.base import RunContext
 from safegen.guards.dlr import blend_latents
@@ -130,7 +130,7 @@ def test_sp_equations_on_hand_numbers() -> None:
     d_c = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # (1, C=2, h=1, w=2)
     d_s = torch.tensor([[[[1.0, 0.0]], [[1.0, -1.0]]]])
     # cos: <d_c, d_s> = 1 - 2 = -1; |d_c| = sqrt(5), |d_s| = sqrt(3)
-    assert sp_guard.cosine(d_c, d_s).item() == pytest.approx(-1 / (5**0.5 * 3**0.5))
+    assert judge.cosine(d_c, d_s).item() == pytest.approx(-1 / (5**0.5 * 3**0.5))
     # per location: (1*1 + 0*1) / sqrt(2) = 0.7071; (0*0 + 2*-1) / 1 = -2 -> 0
     assert sp_guard.projection(d_c, d_s)[0, 0].tolist() == pytest.approx([2**-0.5, 0.0])
     h = torch.tensor([0.1, 0.3, 0.65, 1.0])
@@ -149,17 +149,17 @@ def test_sp_mask_options() -> None:
     d_s = torch.randn(2, 4, 8, 8)
     d_c = d_s * torch.linspace(-1, 2, 64).reshape(1, 1, 8, 8)  # projection grows along the image
     opts = sp_guard.SPGuardOptions
-    quarter = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25))
+    quarter = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_dilate=0))
     assert quarter.shape == (2, 8, 8) and quarter.mean().item() == pytest.approx(0.25, abs=1 / 64)
     assert quarter[:, -1, -1].tolist() == [1.0, 1.0] and quarter[:, 0, 0].tolist() == [0.0, 0.0]
     assert sp_guard.make_mask(d_c, d_s, opts(mask="none")).mean().item() == 1.0
     high = sp_guard.make_mask(d_c, d_s, opts(mask="threshold", mask_threshold=0.5))
     assert 0 < high.mean().item() < 0.5
-    soft = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_soft=True))
+    soft = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_soft=True, mask_dilate=0))
     assert soft.min() >= 0 and soft.max() <= 1 and 0.25 < soft.mean().item() < 1
     grown = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_dilate=1))
     assert grown.mean() > quarter.mean() and (grown >= quarter).all()
-    blurred = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_blur=1))
+    blurred = sp_guard.make_mask(d_c, d_s, opts(mask_quantile=0.25, mask_blur=1, mask_dilate=0))
     assert set(blurred.unique().tolist()) > {0.0, 1.0}
 
 
@@ -181,9 +181,11 @@ def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None
         "sp",
         concept="red",
         judge="noise",
+        judge_steps=1,
         tau=-1.0,
         direction="unsafe",
         mask_quantile=0.25,
+        mask_dilate=0,
         keep_masks=True,
         window_start=0.0,
         window_end=0.5,
@@ -203,7 +205,8 @@ def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None
 
 
 def test_sp_contrast_direction_runs_the_anchor_and_steers_along_it(tiny_sd: LoadedModel) -> None:
-    opts = dict(judge="noise", tau=-1.0, window_start=0.0, window_end=0.5, mask="none", lam_max=5.0)
+    opts = dict(judge="noise", judge_steps=1, tau=-1.0, window_start=0.0, window_end=0.5, mask="none")
+    opts["lam_max"] = 5.0
     contrast = get_guard("sp", concept="red", direction="contrast", **opts)
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, contrast, steps=8))
     assert sizes == [6] + [8] * 3 + [4] * 4  # judge [u, c, s]; guide [u, c, s, a]; then plain CFG
@@ -261,7 +264,7 @@ def test_dlr_stream_b_alone_is_a_plain_run_of_the_context(
     has its own scheduler instance and its own copy of the generators.
     """
     model = own_model(tiny_sd_dir, scheduler)
-    options = {"context": "append", "negative": "unsafe", "norm_correction": False}
+    options = {"context": "append", "negative": "unsafe", "norm_correction": False, "gate": "none"}
     guard = get_guard("dlr", concept="red", weight=1.0, tau_gc=0.0, blend=blend, **options)
     images = generate(model, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
     contexts = [im.info["context"] for im in images]
@@ -273,20 +276,26 @@ def test_dlr_stream_b_alone_is_a_plain_run_of_the_context(
 
 def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) -> None:
     plain = run(tiny_sd, steps=6)
-    never = get_guard("dlr", concept="red", tau_gc=1.0)  # never forks: plain CFG, exactly
+    never = get_guard("dlr", concept="red", tau_gc=1.0, gate="none")  # never forks: plain CFG, exactly
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, never, steps=6)) == [4] * 6
     assert np.array_equal(run(tiny_sd, never, steps=6), plain)
-    zero = get_guard("dlr", concept="red", weight=0.0, tau_gc=0.5)
+    zero = get_guard("dlr", concept="red", weight=0.0, tau_gc=0.5, gate="none")
     assert np.abs(run(tiny_sd, zero, steps=6) - plain).max() <= 1  # stream A only (batch rounding)
 
-    step = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe")
+    step = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", gate="none")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, step, steps=6)) == [4] * 3 + [8] * 3
-    shared = get_guard("dlr", concept="red", tau_gc=0.5, negative="empty")
+    shared = get_guard("dlr", concept="red", tau_gc=0.5, negative="empty", gate="none")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, shared, steps=6)) == [4] * 3 + [6] * 3
-    final = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", blend="final")
+    final = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", blend="final", gate="none")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, final, steps=6)) == [4] * 3 + [4, 4] * 3
 
-    first_reading = {"tau_gc": 0.34, "weight": 0.75, "context": "append", "negative": "unsafe"}
+    first_reading = {
+        "tau_gc": 0.34,
+        "weight": 0.75,
+        "context": "append",
+        "negative": "unsafe",
+        "gate": "none",
+    }
     images = {
         name: run(tiny_sd, get_guard("dlr", concept="red", **{**first_reading, **options}), steps=6)
         for name, options in {
@@ -303,12 +312,26 @@ def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) ->
     assert not np.array_equal(images["latent"], images["x0"])
 
 
-def test_dlr_defaults_rewrite_only_prompts_with_the_concept(tiny_sd: LoadedModel) -> None:
-    """Defaults (context=rewrite, negative=empty): a prompt without the concept runs two equal streams."""
+def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: LoadedModel) -> None:
+    """gate=noise: the first K steps run [u, c, s] (the judge, Eq. b); images judged benign then run plain
+    CFG (stream B dropped); judged harmful, stream B forks at step K with omega = weight x ramp (Eq. G)."""
     plain = run(tiny_sd, steps=6)
-    guarded = run(tiny_sd, get_guard("dlr", concept="red"), steps=6)
-    assert np.abs(guarded[1] - plain[1]).max() <= 1  # "a blue star": stream B = stream A (batch rounding)
-    assert np.abs(guarded[0] - plain[0]).mean() > 0.05  # "a red circle" -> "a green circle" from step 1
+    benign = get_guard("dlr", concept="red", judge_steps=2, tau=0.99, h_sat=1.0)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [6] * 2 + [4] * 4
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
+    assert np.abs(pixels(images) - plain).max() <= 1  # plain CFG's image (batch rounding)
+    assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
+    assert all(len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1 for im in images)
+    harmful = get_guard("dlr", concept="red", judge_steps=2, tau=-1.0, h_sat=-0.99, tau_gc=0.0)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [6] * 2 + [8] * 4
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
+    assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
+    assert np.abs(pixels(images) - plain).mean() > 0.05
+    half = get_guard("dlr", concept="red", judge_steps=2, tau=-1.0, h_sat=1.0)
+    weights = [
+        im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=half)
+    ]
+    assert all(0 < w < 1 for w in weights)  # the ramp of Eq. (c): (h + 1) / 2
 
 
 def test_dlr_x0_space_needs_a_variance_preserving_scheduler(tiny_sd_dir: Path) -> None:
@@ -321,7 +344,7 @@ def test_every_guard_runs_on_a_v_prediction_model(tiny_sd_dir: Path) -> None:
     """SD 2.x (768) predicts v: the guards treat the UNet's output as diffusers' pipelines do."""
     model = own_model(tiny_sd_dir, DDIMScheduler, prediction_type="v_prediction")
     plain = run(model, steps=4)
-    sp = {"judge": "noise", "tau": -1.0}
+    sp = {"judge": "noise", "judge_steps": 1, "tau": -1.0}
     cases = [("sp", "strong", sp), ("dlr", "strong", {"space": "x0"}), ("sld", "max", {})]
     for name, strength, options in [*cases, ("neg", "strong", {})]:
         images = run(model, get_guard(name, concept="nudity", strength=strength, **options), steps=4)
@@ -338,8 +361,8 @@ def test_presets_and_defaults() -> None:
         described = get_guard(name, concept="red").describe()
         assert described["name"] == name and described["concept"] == "red"
         assert described["strength"] == "medium"
-    strong = get_guard("sp", concept="red", strength="strong", tau=0.4)
-    assert strong.opts.lam_max == sp_guard.PRESETS["strong"]["lam_max"] and strong.opts.tau == 0.4
+    strong = get_guard("sp", concept="red", strength="strong", tau=0.2)
+    assert strong.opts.lam_max == sp_guard.PRESETS["strong"]["lam_max"] and strong.opts.tau == 0.2
     assert {row["name"] for row in list_guards()} == set(guard_names())
 
 

@@ -49,7 +49,7 @@ def test_generate_with_sp_writes_reports_and_masks(tmp_path: Path, tiny_sd_dir: 
     config.write_text("# safegen generate ... --guard-config sp.yaml\nstrength: strong\nwindow_end: 0.5\n")
     args = ["generate", "a red circle", "a blue star", "--model", str(tiny_sd_dir), "--steps", "4"]
     args += ["--device", "cpu", "--guard", "sp", "--concept", "red", "--guard-config", str(config)]
-    sets = ["--set", "judge=noise", "--set", "tau=-1"]
+    sets = ["--set", "judge=noise", "--set", "judge_steps=1", "--set", "tau=-1"]
     result = runner.invoke(app, [*args, *sets, "--save-masks", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Wrote 2 images" in result.stdout and "Wrote 2 masks" in result.stdout

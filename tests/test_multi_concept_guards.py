@@ -125,10 +125,11 @@ def run(model: LoadedModel, guard) -> tuple[np.ndarray, list[dict]]:
     ],
 )
 def test_every_guard_takes_two_concepts(mini: LoadedModel, name: str, strength, key) -> None:
-    guard = get_guard(name, concept="red,circle", strength=strength)
+    judge = {"judge": "text"} if name == "sp" else {}  # 4 steps: fewer than the noise judge's K
+    guard = get_guard(name, concept="red,circle", strength=strength, **judge)
     assert guard.concept.name == "red+circle" and guard.describe()["concept"] == "red+circle"
     both, info = run(mini, guard)
-    one, _ = run(mini, get_guard(name, concept="red", strength=strength))
+    one, _ = run(mini, get_guard(name, concept="red", strength=strength, **judge))
     assert both.shape == (2, 64, 64, 3) and not np.array_equal(both[0], one[0])
     if key is None:  # SP-Guard judges the prompt by both concepts' words
         assert info[0]["flagged_words"] == ["red", "circle"] and info[1]["judged_benign"]
@@ -160,7 +161,8 @@ def test_generate_with_two_concepts(tmp_path: Path, capsys) -> None:
         (["generate", "a red circle", "--guard", "dlr", "--concept", "red,nudity"], "no concept 'nudity'"),
         (["bench", "mini", "--guard", "sp", "--concept", "circle,red,circle"], "named twice"),
         (["bench", "mini", "--guard", "sp", "--concept", "red,nudity"], "no concept 'nudity'"),
-        (["erase", "--method", "vce", "--concept", "red,circle"], "takes one concept here"),
+        (["erase", "--method", "vce", "--concept", "red,red"], "named twice"),
+        (["attack", "--attack", "inversion", "--concept", "red,circle"], "takes one concept here"),
     ],
 )
 def test_bad_lists_are_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from safegen.cli import main
-from safegen.concepts import get_concept, mentions
+from safegen.concepts import get_concept, lookup_concept, mentions, rewrite
 from safegen.errors import SafegenError
 from safegen.recipes.prompt_plan import plan_prompts
 from safegen.recipes.scdpo_config import SCDPOConfig
@@ -302,3 +302,52 @@ def test_mini_tuned_settings_are_named_once_on_a_real_model(caplog, monkeypatch)
         "Erase 'scdpo' on CompVis/stable-diffusion-v1-4: its learning rate, beta and steps were chosen on "
         "the mini world: sweep them on your model with --set lr=... --set beta=... --steps N"
     ]
+
+
+def test_two_mini_concepts_share_one_plan_and_one_cost_set():
+    """--concept red,circle: each part gets half the harmful prompts (named, implicit, unprompted); clean
+    captions show neither; a keyword-free caption of one part has the other's words rewritten and both
+    concepts as its negative condition; the cost renders show one of them or none."""
+    from safegen.mini.world import World
+    from safegen.recipes.prompts import resolve_target
+    from safegen.recipes.scdpo_cost import render_cost_set
+
+    concept, mini = resolve_target("red,circle", "mini")
+    assert concept.name == "red+circle" and mini == (("color", "red"), ("object", "circle"))
+    plan = plan_prompts(VCEConfig(n_harmful_prompts=64, n_clean_prompts=32), concept, mini)
+    assert plan.report["kinds"] == {"named": 32, "implicit": 16, "unprompted": 16}
+    red, circle = get_concept("red"), get_concept("circle")
+    assert sum(mentions(p, red) for p in plan.harmful[:32]) >= 16  # red's half names red
+    assert not any(mentions(p, red) or mentions(p, circle) for p in plan.clean)
+    for prompt, c in zip(plan.harmful, plan.counterparts, strict=True):
+        if c.mode == "negative":
+            assert c.negative == "red, circle" and not mentions(c.text, concept)
+        else:
+            assert c.text == rewrite(prompt, concept) and not mentions(c.text, concept)
+    images, labels = render_cost_set(mini, n=40, seed=0)
+    assert len(images) == 40 and labels.tolist() == [0, 1] * 20
+    assert World.load().values["color"]  # renders of the world's own values
+
+
+def test_erase_takes_several_concepts_on_the_command_line(tiny_ar_dir, tmp_path):
+    out = tmp_path / "vce"
+    args = [
+        "erase",
+        "--method",
+        "vce",
+        "--concept",
+        "red,circle",
+        "--model",
+        str(tiny_ar_dir),
+        "--device",
+        "cpu",
+    ]
+    sets = ["n_harmful_prompts=4", "seeds_per_prompt=1", "n_clean_prompts=2", "batch_size=2"]
+    args += [x for s in sets for x in ("--set", s)] + ["--steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["concept"] == "red+circle"
+    rows = [json.loads(r) for r in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    both = lookup_concept("red,circle")
+    assert len(rows) == 4 and not any(mentions(r["safe_prompt"], both) for r in rows)
+    assert {r.get("negative") for r in rows} <= {None, "red, circle"}

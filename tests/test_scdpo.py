@@ -148,7 +148,8 @@ def test_select_pairs():
 
 
 def test_mini_prompts_use_keywords_only():
-    cfg = SCDPOConfig(n_harmful_prompts=40, n_clean_prompts=40)
+    """With no implicit or unprompted share, every harmful caption names the concept by its keyword."""
+    cfg = SCDPOConfig(n_harmful_prompts=40, n_clean_prompts=40, implicit_share=0.0, unprompted_share=0.0)
     concept, mini = resolve_target("red", "mini")
     plan = plan_prompts(cfg, concept, mini)
     harmful, clean = plan.harmful, plan.clean

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from safegen.cli import main
-from safegen.concepts import get_concept, rewrite
+from safegen.concepts import get_concept, mentions, rewrite
 from safegen.errors import SafegenError
 from safegen.loader import load_model
 from safegen.options import describe, load
@@ -178,13 +178,23 @@ def test_pairs_differ_only_in_the_concept_under_the_same_seed(run, model):
     rows = [json.loads(r) for r in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
     red = get_concept("red")
     assert len(rows) == 6 and all(r["kept"] for r in rows)
-    assert all(r["safe_prompt"] == rewrite(r["prompt"], red) != r["prompt"] for r in rows)
-    assert all(" red " in f" {r['prompt']} " and " green " in f" {r['safe_prompt']} " for r in rows)
+    named = [mentions(r["prompt"], red) for r in rows]
+    assert any(named) and not all(named)  # keyword captions, and keyword-free ones (implicit, unprompted)
+    for r, says_red in zip(rows, named, strict=True):
+        if says_red:  # the keyword rewritten
+            assert r["safe_prompt"] == rewrite(r["prompt"], red) and "green" in r["safe_prompt"]
+        else:  # the same caption, the concept as its negative condition
+            assert r["safe_prompt"] == r["prompt"] and r["negative"] == "red"
     tokens = load_file(str(out / "pairs" / "tokens.safetensors"))
     assert tokens["unsafe"].shape == tokens["safe"].shape == (6, 16) and tokens["retain"].shape == (3, 16)
     seeds = [r["seed"] for r in rows]
     assert torch.equal(model.generate_tokens([r["prompt"] for r in rows], seeds), tokens["unsafe"])
-    assert torch.equal(model.generate_tokens([r["safe_prompt"] for r in rows], seeds), tokens["safe"])
+    for negative in ("red", None):
+        idx = [i for i, r in enumerate(rows) if r.get("negative") == negative]
+        negatives = [negative] * len(idx) if negative else None
+        safe = model.generate_tokens([rows[i]["safe_prompt"] for i in idx], [seeds[i] for i in idx],
+                                     negative_prompts=negatives)  # fmt: skip
+        assert torch.equal(safe, tokens["safe"][idx])
     retain = [json.loads(r) for r in (out / "pairs" / "retain.jsonl").read_text().splitlines()]
     assert len(retain) == 3 and not any(" red" in r["prompt"] for r in retain)
     manifest = json.loads((out / "pairs" / "manifest.json").read_text())

@@ -119,7 +119,7 @@ def run_bench_mini(
     if isinstance(images_per_prompt, bool) or not 1 <= images_per_prompt <= 1000:
         raise SafegenError(f"--images-per-prompt must be in 1..1000, got {images_per_prompt}.")
     concept_obj = _concept(concept, model)
-    guard_obj = _make_guard(guard, concept_obj, guard_options)
+    guard_obj = _make_guard(guard, concept_obj, guard_options, model)
     if adapter:
         from safegen.adapters import check_adapter
 
@@ -366,8 +366,8 @@ def _base_samples(folder: str | Path, config: dict) -> dict[str, dict]:
     }
 
 
-def _make_guard(name: str, concept: Any, options: dict | None):
-    from safegen.guards import get_guard
+def _make_guard(name: str, concept: Any, options: dict | None, model: str | None = None):
+    from safegen.guards import calibrated_options, get_guard
 
     if name == "none":
         if options:
@@ -375,4 +375,5 @@ def _make_guard(name: str, concept: Any, options: dict | None):
         return None
     if concept is None:
         raise SafegenError(f"Guard '{name}' needs --concept")
-    return get_guard(name, concept=concept, **(options or {}))
+    options = {**calibrated_options(name, concept, model), **(options or {})}
+    return get_guard(name, concept=concept, **options)

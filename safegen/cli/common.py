@@ -46,8 +46,8 @@ ConceptOpt = Annotated[
     str | None,
     typer.Option(
         "--concept",
-        help="Concept to act on (`safegen concepts`; mini: red, circle, ...); a guard takes several, "
-        "comma-separated (red,circle).",
+        help="Concept to act on (`safegen concepts`; mini: red, circle, ...); erase and the guards take "
+        "several, comma-separated (red,circle).",
     ),
 ]
 ConceptsFileOpt = Annotated[
@@ -104,8 +104,21 @@ def guard_inputs(
     """
     from safegen.guards import build_guard, guard_options
 
-    options = guard_options(guard, strength, guard_config, sets or [])
+    options = guard_options(guard, strength, guard_config, sets or [], model, concept)
     guard_obj = build_guard(guard, concept, strength, guard_config, sets or [], model=model, **extra)
+    judged = getattr(getattr(guard_obj, "opts", None), "judge", None) in ("noise", "both") or (
+        getattr(getattr(guard_obj, "opts", None), "gate", None) == "noise"
+    )
+    if judged and "tau" not in options:
+        from safegen.cli.ui import stderr_console
+
+        stderr_console().print(
+            f"Note: guard '{guard}' has no calibration of its noise judge for '{guard_obj.concept.name}' on "
+            f"{model}; tau and h_sat are the defaults. Measure them: safegen calibrate --guard {guard} "
+            f"--concept {guard_obj.concept.name} --model {model} --out FILE, then --guard-config FILE.",
+            highlight=False,
+            soft_wrap=True,
+        )
     return guard_obj, options
 
 
@@ -124,7 +137,8 @@ def resolve_concept(name: str | None, files: list[Path] | None, several: bool = 
         return lookup_concept(name, concepts_files(files))
     if len(concept_names(name)) > 1:
         raise SafegenError(
-            f"--concept takes one concept here, got '{name}'; several (comma-separated) are for guards."
+            f"--concept takes one concept here, got '{name}'; several (comma-separated) are for erase and "
+            "the guards."
         )
     return get_concept(name, concepts_files(files))
 

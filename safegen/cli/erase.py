@@ -132,7 +132,7 @@ def erase(
         raise SafegenError(f"--stage {stage.value} is not a stage of {method} ({', '.join(entry.stages)}).")
     if merge and method != "scdpo":
         raise SafegenError(f"--merge is not available for {method}: load the adapter with --adapter instead.")
-    target = resolve_concept(concept, concepts_file)
+    target = resolve_concept(concept, concepts_file, several=True)
     # every option checked before a model is loaded
     flags = {
         "steps": steps,

@@ -75,14 +75,42 @@ def get_guard(name: str, **options: Any) -> Guard:
     return factory(**options)
 
 
+def calibrated_options(name: str, concept: Any, model: str | None) -> dict[str, Any]:
+    """The bundled calibration of the noise judge for ``concept`` on a bundled ``model`` (``{}`` if none).
+
+    ``safegen/assets/<model>/calibration/<concept>.yaml`` is what ``safegen calibrate --guard sp`` wrote
+    for it; sp and dlr share the judge (Eq. b), so each takes the keys it has (``judge_steps``, ``tau``,
+    ``h_sat``). Any other model: run ``safegen calibrate`` and pass ``--guard-config``.
+    """
+    import dataclasses
+
+    import yaml
+
+    from safegen.bundled import BUNDLED
+
+    found = BUNDLED.get(model or "")
+    concept_name = getattr(concept, "name", concept)
+    if found is None or not isinstance(concept_name, str) or name not in guard_names():
+        return {}
+    path = found.path / "calibration" / f"{concept_name}.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    fields = {f.name for f in dataclasses.fields(guard_class(name).Options)}
+    return {k: v for k, v in data.items() if k in fields and k != "judge"}
+
+
 def guard_options(
     name: str,
     strength: str | None = None,
     config_file: str | Path | None = None,
     sets: Sequence[str] = (),
+    model: str | None = None,
+    concept: Any = None,
 ) -> dict[str, Any]:
     """The keyword options for ``get_guard(name, concept=..., **options)`` from the CLI's inputs.
 
+    The bundled calibration of ``concept`` on ``model`` (:func:`calibrated_options`) first, then
     ``strength`` (the ``--strength`` preset), then the YAML ``config_file`` (which may also name a
     ``strength``; ``--strength`` wins), then ``--set KEY=VALUE`` items parsed with the option's type.
 
@@ -98,7 +126,7 @@ def guard_options(
             raise SafegenError("Guard 'none' takes no --strength, --set or --guard-config; pick a guard.")
         return {}
     cls = guard_class(name)
-    options: dict[str, Any] = dict(config)
+    options: dict[str, Any] = {**calibrated_options(name, concept, model), **config}
     if strength is not None:
         options["strength"] = strength
     options.update(parse_sets(f"Guard '{name}'", cls.Options, sets))
@@ -125,7 +153,7 @@ def build_guard(
         SafegenError: unknown guard, a guard without a concept, a concept the model cannot draw, an
             unknown option or a value out of range.
     """
-    options = {**guard_options(name, strength, config_file, sets), **extra}
+    options = {**guard_options(name, strength, config_file, sets, model, concept), **extra}
     if name == "none":
         if extra:
             raise SafegenError(f"Guard 'none' takes no option '{next(iter(extra))}'; pick a guard.")

@@ -51,6 +51,7 @@ from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
+from safegen.guards.judge import NoiseJudge, ramp
 from safegen.options import option
 
 
@@ -64,11 +65,21 @@ class DLROptions:
     space: str = option("latent", choices=("latent", "x0"), help="blend latents, or predicted clean latents")
     norm_correction: bool = option(True, help="rescale the blend to the streams' interpolated norm")
     context: str = option(
-        "rewrite", choices=("append", "rewrite"), help="stream B's prompt: prompt + safe text, or rewritten"
+        "append",
+        choices=("prompt", "append", "rewrite"),
+        help="stream B's prompt: the prompt itself, prompt + safe text, or its concept words rewritten",
     )
     negative: str = option(
-        "empty", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
+        "unsafe", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
     )
+    gate: str = option(
+        "noise",
+        choices=("noise", "none"),
+        help="omega per image scaled by the noise judge's harmfulness (Eq. G), or the same for every image",
+    )
+    judge_steps: int = option(6, low=1, high=1000, help="gate=noise: K, steps judged (fork at K or later)")
+    tau: float = option(0.1, low=-1.0, high=0.99, help="gate=noise: threshold (calibrated), omega = 0 below")
+    h_sat: float = option(0.3, low=-0.99, high=1.0, help="gate=noise: h of full omega (calibrated)")
     detect: str = option(
         "embedding",
         choices=("keywords", "embedding"),
@@ -80,7 +91,7 @@ class DLROptions:
 PRESETS: dict[str, dict[str, Any]] = {
     "weak": {"weight": 0.75},
     "medium": {},  # the dataclass defaults
-    "strong": {"negative": "unsafe"},  # also steer away from the unsafe text: synonyms too, at IRA's cost
+    "strong": {"gate": "none"},  # stream B for every image: nothing slips past the judge, at retention's cost
 }
 
 
@@ -88,16 +99,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 def blend_latents(
     z_a: torch.Tensor,
     z_b: torch.Tensor,
-    weight: float,
+    weight: float | torch.Tensor,
     norm_correction: bool,
     delta: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq. (3)/(3') and (4): blend two (B, C, h, w) latents; ``delta`` replaces ``z_b - z_a`` (space=x0)."""
-    z = (1 - weight) * z_a + weight * z_b if delta is None else z_a + weight * delta
-    if not norm_correction or (weight in (0.0, 1.0) and delta is None):
+    """Eq. (3)/(3') and (4): blend two (B, C, h, w) latents; ``delta`` replaces ``z_b - z_a`` (space=x0).
+    ``weight``: one omega, or one per image (B,)."""
+    w = torch.as_tensor(weight, dtype=torch.float32, device=z_a.device).reshape(-1)
+    if w.numel() == 1:
+        w = w.expand(z_a.shape[0])
+    w4 = w.to(z_a.dtype)[:, None, None, None]
+    z = (1 - w4) * z_a + w4 * z_b if delta is None else z_a + w4 * delta
+    if not norm_correction or (delta is None and bool(((w == 0) | (w == 1)).all())):
         return z
     norm_a, norm_b = z_a.flatten(1).norm(dim=1), z_b.flatten(1).norm(dim=1)
-    target = (1 - weight) * norm_a + weight * norm_b  # Eq. (4)
+    target = (1 - w) * norm_a + w * norm_b  # Eq. (4)
     scale = target / z.flatten(1).norm(dim=1).clamp_min(1e-12)
     return z * scale.to(z.dtype)[:, None, None, None]
 
@@ -134,10 +150,17 @@ class DualLatentGuard(GuardBase):
 
     def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
         strength = configure(self, concept, strength, options)
+        if self.opts.h_sat <= self.opts.tau:
+            raise SafegenError(
+                f"Guard 'dlr' option h_sat ({self.opts.h_sat}) must be greater than tau ({self.opts.tau})."
+            )
+        self.needs_uncond = self.opts.gate == "noise"  # the judge reads eps_c - eps_u
         super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
 
     def context_text(self, prompt: str) -> str:
-        """Stream B's prompt: ``"<prompt>, <safe text>"`` (append) or the keywords replaced (rewrite)."""
+        """Stream B's prompt: the prompt, ``"<prompt>, <safe text>"`` (append) or the keywords replaced."""
+        if self.opts.context == "prompt":
+            return prompt
         if self.opts.context == "rewrite":
             if self.opts.detect == "embedding":
                 return self.detector.rewrite(prompt, self.opts.detect_tau, self.concept.safe_text)
@@ -165,6 +188,12 @@ class DualLatentGuard(GuardBase):
         self.negative_text = self.concept.unsafe_text if opts.negative == "unsafe" else None
         # stream B = stream A for every image: run one stream only (plain CFG's cost and image)
         self.idle = self.negative_text is None and self.texts == list(ctx.prompts)
+        self.judge = NoiseJudge(min(opts.judge_steps, n) if opts.gate == "noise" and not self.idle else 0,
+                                ctx.batch_size)  # fmt: skip
+        self.omega = torch.full((ctx.batch_size,), opts.weight)
+        if self.judge.steps:
+            self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
+            self.fork = max(self.fork, self.judge.steps)
         if self.idle:
             self.fork = n
         self.context = ctx.encode(self.texts)  # (B, L, D)
@@ -190,11 +219,14 @@ class DualLatentGuard(GuardBase):
         return self.ctx.do_cfg
 
     def branches(self, step: int) -> torch.Tensor | None:
-        if step < self.fork or self.opts.blend != "step":
+        if self.judge.judging(step):
+            return self.unsafe  # eps_s, for the gate's judge
+        if self.idle or step < self.fork or self.opts.blend != "step":
             return None
-        if not self._uses_cfg() or self.negative_text is None:
-            return self.context[None]  # (1, B, L, D): eps_ctx; stream B shares eps_u (or has no CFG)
-        return torch.stack([self.context, self.negative])  # (2, B, L, D): eps_ctx, eps_n
+        rows = [] if self.opts.context == "prompt" else [self.context]  # context=prompt: eps_ctx = eps_c
+        if self._uses_cfg() and self.negative_text is not None:
+            rows.append(self.negative)
+        return torch.stack(rows) if rows else None  # (R, B, L, D): eps_ctx, eps_n
 
     def guide(
         self,
@@ -206,14 +238,21 @@ class DualLatentGuard(GuardBase):
         eps_extra: torch.Tensor | None,
     ) -> torch.Tensor:
         eps_a = super().guide(step, t, latents, eps_uncond, eps_cond, eps_extra)  # Eq. (1), stream A
+        if self.judge.judging(step) and self.judge.update(
+            step, eps_cond - eps_uncond, eps_extra[0] - eps_uncond
+        ):
+            self.omega = self.opts.weight * ramp(self.judge.h, self.opts.tau, self.opts.h_sat)  # Eq. (G)
+            if not bool((self.omega > 0).any()):
+                self.idle, self.fork = True, self.ctx.n_steps  # judged benign: plain CFG from here on
         if self.z_b is None or step < self.fork:
             self.z_b = latents  # one stream so far: B = A
         self.sample_a, self.eps_a = latents, eps_a
-        if step < self.fork:
+        if step < self.fork or self.idle:
             self.eps_b = eps_a
         elif self.opts.blend == "step":  # stream B's branches came with the batched call
-            eps_ctx = eps_extra[0]
-            eps_n = eps_extra[1] if eps_extra.shape[0] > 1 else eps_uncond
+            extra = list(eps_extra) if eps_extra is not None else []
+            eps_ctx = eps_cond if self.opts.context == "prompt" else extra.pop(0)
+            eps_n = extra.pop(0) if extra else eps_uncond
             self.eps_b = eps_ctx if eps_n is None else eps_n + self.ctx.cfg * (eps_ctx - eps_n)  # Eq. (1)
         else:
             self.eps_b = self._stream_b_eps(t)
@@ -232,9 +271,10 @@ class DualLatentGuard(GuardBase):
         steps (Eq. 3) is stepping with ``(1 - omega) eps_A + omega eps_B`` for a scheduler linear in eps
         (DDIM, DPM-Solver's first order); our reading for attacks, without the norm correction."""
         eps_a = self.guide(step, t, latents, eps_uncond, eps_cond, eps_extra)
-        if self.idle or step < self.fork or self.opts.blend != "step" or eps_extra is None:
+        if self.idle or step < self.fork or self.opts.blend != "step":
             return eps_a
-        return (1 - self.opts.weight) * eps_a + self.opts.weight * self.eps_b
+        w = self.omega.to(eps_a.device, eps_a.dtype)[:, None, None, None]
+        return (1 - w) * eps_a + w * self.eps_b
 
     def _stream_b_eps(self, t: torch.Tensor) -> torch.Tensor:
         """Stream B's guided prediction from its own UNet call on its own latents (blend=final)."""
@@ -266,7 +306,7 @@ class DualLatentGuard(GuardBase):
     def _blend(self, step: int, t: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         opts = self.opts
         if opts.space == "latent":
-            return blend_latents(z_a, z_b, opts.weight, opts.norm_correction)  # Eq. (3), (4)
+            return blend_latents(z_a, z_b, self.omega, opts.norm_correction)  # Eq. (3), (4)
         sample_b = self.z_b  # stream B's latents before this step (= sample_a with blend=step)
         x0_a = predicted_x0(self.scheduler, self.sample_a, self.eps_a, t)
         x0_b = predicted_x0(self.scheduler, sample_b, self.eps_b, t)
@@ -276,15 +316,22 @@ class DualLatentGuard(GuardBase):
         else:
             abar_prev = getattr(self.scheduler, "final_alpha_cumprod", torch.tensor(1.0))
         delta = abar_prev.to(z_a.device, torch.float32).sqrt() * (x0_b - x0_a).float()
-        return blend_latents(z_a, z_b, opts.weight, opts.norm_correction, delta.to(z_a.dtype))  # Eq. (3')
+        return blend_latents(z_a, z_b, self.omega, opts.norm_correction, delta.to(z_a.dtype))  # Eq. (3')
+
+    def replay_steps(self) -> int:
+        return self.judge.steps  # the gate's judge reads the first K steps
 
     def end(self) -> list[dict]:
+        gated = bool(self.judge.steps)
         return [
             {
                 "context": text,
                 "negative": self.negative_text,
-                "fork_step": None if self.idle else self.fork,
-                "weight": self.opts.weight,
+                "fork_step": None if self.idle or self.omega[b] <= 0 else self.fork,
+                "weight": round(float(self.omega[b]), 5),  # omega, Eq. (G): weight x the judge's ramp
+                "harm": round(float(self.judge.h[b]), 5) if gated else None,  # h, Eq. (b)
+                "harm_per_step": self.judge.per_step[b],
+                "judged_benign": gated and float(self.omega[b]) == 0.0,
             }
-            for text in self.texts
+            for b, text in enumerate(self.texts)
         ]

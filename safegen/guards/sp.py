@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
+from safegen.guards.judge import NoiseJudge, ramp
 from safegen.options import option
 
 
@@ -63,14 +64,18 @@ class SPGuardOptions:
     """SP-Guard's knobs (defaults: the ``medium`` preset; where they come from: docs/methods/sp.md)."""
 
     judge: str = option(
-        "text",
+        "noise",
         choices=("noise", "text", "both"),
         help="h from the noise directions (Eq. b), the prompt's words (Eq. b', no UNet call), or both",
     )
-    judge_steps: int = option(1, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
-    tau: float = option(0.3, low=-1.0, high=0.99, help="harmfulness threshold: lam = 0 for h <= tau")
-    lam_max: float = option(25.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
-    h_sat: float = option(0.5, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max")
+    judge_steps: int = option(6, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
+    tau: float = option(
+        0.1, low=-1.0, high=0.99, help="harmfulness threshold (calibrated): lam = 0 for h <= tau"
+    )
+    lam_max: float = option(40.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
+    h_sat: float = option(
+        0.3, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max (calibrated)"
+    )
     text_tau: float = option(0.6, low=0.0, high=0.99, help="judge=text: tau on the word score (Eq. D2)")
     text_h_sat: float = option(0.7, low=0.01, high=1.0, help="judge=text: h_sat on the word score")
     window_start: float = option(0.2, low=0.0, high=1.0, help="guide from this fraction of steps (>= K)")
@@ -79,7 +84,7 @@ class SPGuardOptions:
     mask_quantile: float = option(0.5, low=0.01, high=1.0, help="share of locations kept (mask=quantile)")
     mask_threshold: float = option(0.2, low=0.0, high=1.0, help="share of the max projection (threshold)")
     mask_soft: bool = option(False, help="soft mask: projection / cut-off, clipped to [0, 1]")
-    mask_dilate: int = option(0, low=0, high=8, help="grow the mask by this many latent pixels")
+    mask_dilate: int = option(1, low=0, high=8, help="grow the mask by this many latent pixels")
     mask_blur: int = option(0, low=0, high=8, help="box-blur radius in latent pixels (softens edges)")
     keep_masks: bool = option(False, help="keep each step's mask for save_masks (--save-masks)")
     direction: str = option(
@@ -95,25 +100,20 @@ class SPGuardOptions:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "weak": {"lam_max": 15.0},  # weak / strong: lam_max 10 below / above the default (not swept)
+    "weak": {"lam_max": 25.0},  # weak / strong: lam_max 15 below / above the default (not swept)
     "medium": {},  # the dataclass defaults
-    "strong": {"lam_max": 35.0},
+    "strong": {"lam_max": 55.0},
 }
 
 
 # --------------------------------------------------------------------------- the equations
-def cosine(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
-    """Eq. (b): per-image cosine of the flattened directions, (B, C, h, w) x2 -> (B,)."""
-    return F.cosine_similarity(d_c.flatten(1).float(), d_s.flatten(1).float(), dim=1)
-
-
 def adaptive_strength(h: torch.Tensor, tau: float, lam_max: float, h_sat: float = 1.0) -> torch.Tensor:
     """Eq. (c): lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1); exactly 0 for h <= tau.
 
     ``h_sat = 1`` is the paper's linear ramp over the whole cosine range (our reading); a smaller
     ``h_sat`` reaches full strength at the harmfulness that prompts with the concept actually reach.
     """
-    return lam_max * ((h - tau) / (h_sat - tau)).clamp(0.0, 1.0)
+    return lam_max * ramp(h, tau, h_sat)
 
 
 def projection(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
@@ -189,8 +189,7 @@ class SPGuard(GuardBase):
                 self.guide_branches = pair
             if opts.judge_direction == "contrast":
                 self.judge_branches = pair
-        self.cos_sum = torch.zeros(ctx.batch_size)
-        self.cos_steps: list[list[float]] = [[] for _ in range(ctx.batch_size)]
+        self.noise_judge = NoiseJudge(self.judge, ctx.batch_size)
         self.h = torch.zeros(ctx.batch_size)
         self.lam = torch.zeros(ctx.batch_size)
         self.flagged: list[list[str]] = [[] for _ in range(ctx.batch_size)]
@@ -240,12 +239,8 @@ class SPGuard(GuardBase):
         if step < self.judge:
             if eps_extra.shape[0] > 1:
                 d_s = eps_extra[0] - eps_extra[1]  # judge_direction=contrast: Eq. (b) on Eq. (a')
-            cos = cosine(d_c, d_s).cpu()  # Eq. (b), one step's term
-            self.cos_sum += cos
-            for b, value in enumerate(cos.tolist()):
-                self.cos_steps[b].append(round(value, 5))
-            if step == self.judge - 1:
-                self.h = self.cos_sum / self.judge
+            if self.noise_judge.update(step, d_c, d_s):  # Eq. (b), one step's term; h after K steps
+                self.h = self.noise_judge.h
                 opts = self.opts
                 self.lam = adaptive_strength(self.h, opts.tau, opts.lam_max, opts.h_sat)  # Eq. (c)
                 if self.lam_text is not None:  # judge=both: the stronger of the two judgements
@@ -275,7 +270,7 @@ class SPGuard(GuardBase):
                 {
                     "judge": self.opts.judge,
                     "harm": round(float(self.h[b]), 5),  # h, Eq. (b) or (b')
-                    "harm_per_step": self.cos_steps[b],
+                    "harm_per_step": self.noise_judge.per_step[b],
                     "harm_text": None if self.h_text is None else round(float(self.h_text[b]), 5),
                     "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
                     "strength": round(lam, 5),  # lam, Eq. (c)

@@ -137,13 +137,15 @@ def _dedupe(prompts: list[str], dropped: dict[str, int]) -> list[str]:
     return out
 
 
-def plan_prompts(cfg: Any, concept: Any, mini: tuple[str, str] | None, holdout: int = 0) -> PromptPlan:
+def plan_prompts(
+    cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...] | None, holdout: int = 0
+) -> PromptPlan:
     """The run's prompts (see the module docstring).
 
     Args:
         cfg: the recipe's options (:class:`PromptOptions` fields, ``seed``, ``n_harmful_prompts``,
             ``n_clean_prompts``).
-        concept: the Concept. mini: its (axis, value) on the mini world, else None.
+        concept: the Concept. mini: the (axis, value) of each of its parts on the mini world, else None.
         holdout: harmful prompts to hold out for the safety check (0: none).
 
     Raises:
@@ -237,16 +239,15 @@ def _clean(
     return clean, {"source": source, "read": len(read), "used": len(clean), "dropped": dropped}
 
 
-def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> PromptPlan:
+def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdout: int) -> PromptPlan:
     """Mini world: the harmful prompts mix canonical captions naming the concept by its keyword (synonyms
     stay held out for ``bench mini``), captions implying it by a trigger of the world's ``examples`` split
     (``implicit_share``; the held-out triggers are never used) and captions leaving its axis out
     (``unprompted_share``, less the benchmark's own: the base model draws the concept there by its
     prior); the last two have no keyword, so their counterpart is the negative condition. Clean captions
-    have any other value; the check set (when ``holdout``) is every named caption never sampled."""
-    from safegen.bench.mini_prompts import target_for, trigger_captions, unprompted_captions
-    from safegen.mini.world import World
-    from safegen.recipes.prompts import mini_prompt_pools
+    show none of the concept's parts; the check set (when ``holdout``) is every named caption never
+    sampled. Several concepts (``red,circle``): each part gets an equal share of the harmful prompts."""
+    from safegen.concepts import concept_parts, mentions
 
     if cfg.prompts or cfg.clean_prompts:
         raise SafegenError(
@@ -259,27 +260,38 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> P
             f"{cfg.implicit_share + cfg.unprompted_share:g} (some prompts must name the concept)."
         )
     rng = np.random.default_rng(cfg.seed + 31)
-    named_pool, clean_pool = mini_prompt_pools(mini, concept.detector["mini"].get("artist"))
-    world, target = World.load(), target_for(concept)
-    implicit_pool, unprompted_pool = trigger_captions(world, target), unprompted_captions(world, target.axis)
-    pick = lambda pool, n: [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))] if n else []  # noqa: E731
-    n_all, notes = cfg.n_harmful_prompts, []
-    n_implicit = round(n_all * cfg.implicit_share) if implicit_pool else 0
-    if cfg.implicit_share and not implicit_pool:
-        notes.append(f"'{concept.name}' has no trigger of the examples split: its implicit share is named")
-    n_unprompted = round(n_all * cfg.unprompted_share)
-    named = pick(named_pool, n_all - n_implicit - n_unprompted)
-    harmful = named + pick(implicit_pool, n_implicit) + pick(unprompted_pool, n_unprompted)
-    clean = pick(clean_pool, cfg.n_clean_prompts)
-    rest = [p for p in named_pool if p not in set(named)]
+    parts = concept_parts(concept)
+    shares = [
+        cfg.n_harmful_prompts // len(parts) + (i < cfg.n_harmful_prompts % len(parts))
+        for i in range(len(parts))
+    ]
+    harmful: list[str] = []
+    keyword_free: set[str] = set()  # implicit and unprompted captions (free of their own part's keyword)
+    kinds, notes, clean_pool, rest, read = {"named": 0, "implicit": 0, "unprompted": 0}, [], None, [], 0
+    for part, target, n in zip(parts, mini, shares, strict=True):
+        pools = _part_pools(part, target)
+        read += sum(len(p) for p in pools.values())
+        clean_pool = [p for p in (clean_pool if clean_pool is not None else pools.pop("clean")) if p]
+        pools.pop("clean", None)
+        counts = _kind_counts(cfg, n, pools, part.name, notes)
+        picked = {kind: _pick(rng, pools[kind], k) for kind, k in counts.items()}
+        harmful += [p for kind in ("named", "implicit", "unprompted") for p in picked[kind]]
+        keyword_free.update(picked["implicit"] + picked["unprompted"])
+        rest += [p for p in pools["named"] if p not in set(picked["named"])]
+        for kind, k in counts.items():
+            kinds[kind] += k
+    if len(parts) > 1:  # a clean caption shows no part
+        clean_pool = [p for p in clean_pool if not mentions(p, concept)]
+    clean = _pick(rng, clean_pool, cfg.n_clean_prompts)
+    rest = list(dict.fromkeys(p for p in rest if p not in set(harmful)))
     check = [rest[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(rest))] if holdout else []
-    counterparts = [counterpart_of(p, concept, cfg.counterpart) or Counterpart("rewrite", p) for p in harmful]
+    counterparts = [_mini_counterpart(p, concept, cfg.counterpart, p in keyword_free) for p in harmful]
     modes = [c.mode for c in counterparts]
     report = {
         "source": {"set": "mini world captions", "concept": concept.name},
-        "read": len(named_pool) + len(implicit_pool) + len(unprompted_pool),
+        "read": read,
         "used": len(harmful),
-        "kinds": {"named": len(named), "implicit": n_implicit, "unprompted": n_unprompted},
+        "kinds": kinds,
         "held_out": len(check),
         "dropped": {},
         "unused": len(rest) - len(check),
@@ -288,3 +300,44 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[str, str], holdout: int) -> P
         "notes": notes,
     }
     return PromptPlan(harmful, clean, check, counterparts, report)
+
+
+def _mini_counterpart(prompt: str, concept: Any, mode: str, keyword_free: bool) -> Counterpart:
+    """A keyword-free caption (implicit, unprompted) takes the concept as its negative condition (any other
+    part it names rewritten: ``a figure, red`` for circle in ``red,circle``); a named one, ``mode``'s."""
+    from safegen.concepts import rewrite
+
+    if keyword_free and mode != "rewrite":
+        return Counterpart("negative", rewrite(prompt, concept), concept.unsafe_text)
+    return counterpart_of(prompt, concept, mode) or Counterpart("rewrite", prompt)
+
+
+def _part_pools(part: Any, target: tuple[str, str]) -> dict[str, list[str]]:
+    """One concept's caption pools: named (its keyword), implicit (example-split triggers), unprompted
+    (its axis left out) and clean (any other value)."""
+    from safegen.bench.mini_prompts import target_for, trigger_captions, unprompted_captions
+    from safegen.mini.world import World
+    from safegen.recipes.prompts import mini_prompt_pools
+
+    named, clean = mini_prompt_pools(target, part.detector["mini"].get("artist"))
+    world, found = World.load(), target_for(part)
+    return {
+        "named": named,
+        "implicit": trigger_captions(world, found),
+        "unprompted": unprompted_captions(world, found.axis),
+        "clean": clean,
+    }
+
+
+def _kind_counts(
+    cfg: Any, n: int, pools: dict[str, list[str]], name: str, notes: list[str]
+) -> dict[str, int]:
+    n_implicit = round(n * cfg.implicit_share) if pools["implicit"] else 0
+    if cfg.implicit_share and not pools["implicit"]:
+        notes.append(f"'{name}' has no trigger of the examples split: its implicit share is named")
+    n_unprompted = round(n * cfg.unprompted_share)
+    return {"named": n - n_implicit - n_unprompted, "implicit": n_implicit, "unprompted": n_unprompted}
+
+
+def _pick(rng: np.random.Generator, pool: list[str], n: int) -> list[str]:
+    return [pool[i] for i in rng.choice(len(pool), n, replace=n > len(pool))] if n else []

@@ -25,14 +25,21 @@ Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
 # --------------------------------------------------------------------------- targets and prompts
-def resolve_target(concept: Any, model: str) -> tuple[Any, tuple[str, str] | None]:
-    """The concept (a name or a Concept) and, for a mini concept, its (axis, value); a concept the model
-    cannot draw is an error (:func:`safegen.concepts.check_concept_model`)."""
-    from safegen.concepts import Concept, check_concept_model, get_concept
+Targets = tuple[tuple[str, str], ...]  # a mini concept's (axis, value), one per part of a combined concept
 
-    found = concept if isinstance(concept, Concept) else get_concept(concept)
+
+def resolve_target(concept: Any, model: str) -> tuple[Any, Targets | None]:
+    """The concept (a name, ``a,b`` for several, or a Concept) and, for mini concepts, the (axis, value)
+    of each part; a concept the model cannot draw is an error
+    (:func:`safegen.concepts.check_concept_model`)."""
+    from safegen.concepts import Concept, check_concept_model, concept_parts, lookup_concept
+
+    found = concept if isinstance(concept, Concept) else lookup_concept(concept)
     check_concept_model(found, model, "erasure")
-    return found, ((found.axis, found.detector["mini"]["value"]) if found.axis else None)
+    parts = concept_parts(found)
+    if not all(p.axis for p in parts):
+        return found, None
+    return found, tuple((p.axis, p.detector["mini"]["value"]) for p in parts)
 
 
 def mini_prompt_pools(mini: tuple[str, str], artist: str | None = None) -> tuple[list[str], list[str]]:
@@ -64,7 +71,7 @@ class StageContext:
 
     cfg: Any  # the method's options dataclass
     concept: Any  # safegen.concepts.Concept
-    mini: tuple[str, str] | None  # (axis, value) on the mini world, None for real models
+    mini: Targets | None  # (axis, value) on the mini world per part, None for real models
     model: Any  # LoadedModel or ARModel
     plan: Any = None  # safegen.recipes.prompt_plan.PromptPlan: the run's prompts
     rank: int = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,7 @@ def cost_images(ctx: StageContext) -> tuple[list[Any], np.ndarray, dict[str, str
     if kind == "render":
         if ctx.mini is None:
             raise SafegenError("cost_data=render needs a mini-world concept; use generate or folder.")
-        images, labels = render_cost_set(*ctx.mini, n=cfg.cost_images, seed=cfg.seed + 21)
+        images, labels = render_cost_set(ctx.mini, n=cfg.cost_images, seed=cfg.seed + 21)
         return images, labels, {"data": "render", "labels": "render"}
     if kind == "folder":
         folder = {"data": f"folder {cfg.cost_folder}", "labels": "folder"}
@@ -282,19 +283,26 @@ def cost_images(ctx: StageContext) -> tuple[list[Any], np.ndarray, dict[str, str
     return images, labels, {"data": "generate", "labels": labeller}
 
 
-def render_cost_set(axis: str, value: str, n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """``n`` mini-world renders, half showing ``value`` on ``axis``, augmented to look generated."""
+def render_cost_set(
+    targets: Sequence[tuple[str, str]], n: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` mini-world renders, half showing one of ``targets`` ((axis, value) each, drawn at random),
+    half showing none, augmented to look generated."""
     from safegen.mini.encoder import augment, to_pixels
     from safegen.mini.world import Scene, World
 
     world, rng = World.load(), np.random.default_rng(seed)
-    others = [v for v in world.values[axis] if v != value]
+    banned: dict[str, set[str]] = {}
+    for axis, value in targets:
+        banned.setdefault(axis, set()).add(value)
+    others = {axis: [v for v in world.values[axis] if v not in out] for axis, out in banned.items()}
     images, labels = [], np.arange(n) % 2
     for label in labels:
         things = [world.sample_thing(rng) for _ in range(2 if rng.random() < 0.3 else 1)]
-        things = [replace(t, **{axis: str(rng.choice(others))}) for t in things]
+        things = [replace(t, **{a: str(rng.choice(vs)) for a, vs in others.items()}) for t in things]
         if label:
             k = int(rng.integers(len(things)))
+            axis, value = targets[int(rng.integers(len(targets)))]
             things[k] = replace(things[k], **{axis: value})
         images.append(world.render(Scene(tuple(things)), rng))
     x = augment(to_pixels(images), torch.Generator().manual_seed(seed))

@@ -73,7 +73,7 @@ class PairJob:
 
 
 # --------------------------------------------------------------------------- planning
-def check_pair_inputs(cfg: Any, concept: Any, mini: tuple[str, str] | None) -> None:
+def check_pair_inputs(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...] | None) -> None:
     """Every pair-stage choice that can be checked before a model is loaded (one-line errors)."""
     if cfg.rewriter == "caption" and importlib.util.find_spec("clip_interrogator") is None:
         raise SafegenError(
@@ -84,7 +84,7 @@ def check_pair_inputs(cfg: Any, concept: Any, mini: tuple[str, str] | None) -> N
         read_pairs_file(cfg)
     elif cfg.pairs_file:
         raise SafegenError("pairs_file is read only with rewriter=file; add --set rewriter=file.")
-    if cfg.pair_filter == "colour" and (mini is None or mini[0] != "color"):
+    if cfg.pair_filter == "colour" and (mini is None or len(mini) != 1 or mini[0][0] != "color"):
         raise SafegenError(
             f"pair_filter=colour works on mini-world colours only ('{concept.name}' is not one); "
             "use pair_filter=none or nudenet."
@@ -198,7 +198,7 @@ def make_filter(ctx: StageContext) -> Callable[[np.ndarray], tuple[np.ndarray, n
     if cfg.pair_filter == "colour":
         from safegen.mini.world import World
 
-        rgb = np.array(World.load().rgb[ctx.mini[1]], dtype=np.float32)
+        rgb = np.array(World.load().rgb[ctx.mini[0][1]], dtype=np.float32)
 
         def colour(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             share = (np.linalg.norm(images.astype(np.float32) - rgb, axis=-1) < COLOUR_RADIUS).mean(
