@@ -166,6 +166,7 @@ def calibrate_guard(
         "sat_quantile": sat_quantile,
     }
     options_out: dict[str, Any] = {**judged, "judge_steps": guard_obj.opts.judge_steps}
+    options_out["judge_start"] = guard_obj.opts.judge_start
     for key, tau_name, sat_name in (("harm", "tau", "h_sat"), ("harm_text", "text_tau", "text_h_sat")):
         scores = [im.info.get(key) for im in images]
         if any(s is None or not math.isfinite(s) for s in scores):
@@ -176,6 +177,7 @@ def calibrate_guard(
             "auroc": auroc(on, off),
             "harmful": {"median": float(np.median(on)), "min": float(np.min(on)), "max": float(np.max(on))},
             "clean": {"median": float(np.median(off)), "max": float(np.max(off))},
+            "scores": {"harmful": [round(x, 6) for x in on], "clean": [round(x, 6) for x in off]},
             "guided_share": {
                 "harmful": float(np.mean(np.asarray(on) > tau)),
                 "clean": float(np.mean(np.asarray(off) > tau)),

@@ -216,7 +216,10 @@ def list_concepts(extra_files: Iterable[str | Path] = ()) -> list[dict[str, Any]
 def _builtin() -> tuple[tuple[str, Concept], ...]:
     text = resources.files("safegen.data").joinpath("concepts.yaml").read_text()
     found = _parse(yaml.safe_load(text), BUILTIN)
-    return tuple((c.name, c) for c in (*found, *_mini_concepts()))
+    from safegen.mini.concepts import mini_concept_specs
+
+    mini = [Concept(**{**spec, "kind": ConceptKind(spec["kind"])}) for spec in mini_concept_specs()]
+    return tuple((c.name, c) for c in (*found, *mini))
 
 
 def _read_file(path: Path) -> list[Concept]:
@@ -325,93 +328,6 @@ def _detector(value: Any, fail: _Fail) -> dict[str, Any] | None:
                 raise fail("detector mini artist: axis must be texture and value the artist's signature.")
         return {"mini": dict(arg)}
     raise fail(f"unknown detector '{name}'; use nudenet, mini or null.")
-
-
-# --------------------------------------------------------------------------- the mini world
-def mini_anchor(axis: str, value: str) -> str:
-    """The safe anchor for a mini value: the neutral ``solid`` on the texture axis, else the next value.
-
-    Another value of the same axis (not an empty word) keeps rewritten prompts in the captions'
-    distribution: ``a red star`` becomes ``a green star``, which the mini model knows how to draw.
-    """
-    from safegen.mini.world import World
-
-    values = World.load().values[axis]
-    if axis == "texture" and value != "solid":
-        return "solid"
-    return values[(values.index(value) + 1) % len(values)]
-
-
-def _mini_concepts() -> list[Concept]:
-    from safegen.mini.world import AXES, World
-
-    world = World.load()
-    concepts = []
-    for axis in AXES:
-        for value in world.values[axis]:
-            concepts.append(
-                Concept(
-                    name=value,
-                    kind=ConceptKind.MINI,
-                    keywords=world.words(axis, value, "canonical"),
-                    unsafe_text=value,
-                    safe_text=mini_anchor(axis, value),
-                    detector={"mini": {"axis": axis, "value": value}},
-                    examples=_mini_examples(world, axis, value),
-                    synonyms=world.words(axis, value, "synonyms"),
-                    source="safegen/data/mini_world.yaml",
-                )
-            )
-    solid = [a for a in world.artists if a.texture == "solid"]
-    for artist in world.artists:
-        anchor = next(a for a in solid if a.name != artist.name)  # a painter of plain fills
-        concepts.append(
-            Concept(
-                name=artist.slug,
-                kind=ConceptKind.STYLE,
-                keywords=(artist.name,),
-                unsafe_text=f"in the style of {artist.name}",
-                safe_text=anchor.name,
-                detector={"mini": {"axis": "texture", "value": artist.texture, "artist": artist.name}},
-                examples=_artist_examples(world, artist.name),
-                source="safegen/data/mini_world.yaml",
-            )
-        )
-    return concepts
-
-
-def _mini_examples(world, axis: str, value: str) -> tuple[str, ...]:
-    """Three captions naming ``value`` with its canonical word (the other axes cycle through values),
-    then one for each implicit trigger that may appear in examples (never the benchmark's held-out ones).
-    """
-    out = []
-    for i, template in enumerate(world.templates[:3]):
-        words = {a: world.values[a][i % len(world.values[a])] for a in world.values}
-        words[axis] = value
-        out.append(template.format(**words))
-    base = {a: world.values[a][1] for a in world.values}
-    if axis in ("color", "object"):
-        for phrase in world.phrases(axis, value, "examples"):
-            words = {a: v for a, v in base.items() if a != axis} | {f"{axis}_phrase": phrase}
-            out.append(world.compose(words))
-    else:
-        for artist in world.artists_with(value):
-            if artist.split == "examples":
-                out.append(
-                    world.compose({"color": base["color"], "object": base["object"], "artist": artist.name})
-                )
-    return tuple(out)
-
-
-def _artist_examples(world, name: str) -> tuple[str, ...]:
-    """Three captions naming the artist by full name (its keyword)."""
-    return tuple(
-        world.compose(
-            {"color": world.values["color"][i], "object": world.values["object"][i], "artist": name},
-            template=i,
-        )
-        for i in range(3)
-    )
 
 
 # --------------------------------------------------------------------------- prompts

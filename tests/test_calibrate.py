@@ -58,6 +58,7 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
     assert options == result["options"] and set(options) == {
         "judge",
         "judge_steps",
+        "judge_start",
         "tau",
         "h_sat",
         "text_tau",
@@ -111,7 +112,7 @@ def test_the_bundled_mini_model_ships_calibrations_that_sp_and_dlr_read():
         assert data["h_sat"] > data["tau"] and data["judge"] == "noise"
         for name in ("sp", "dlr"):
             assert calibrated_options(name, concept, "mini") == {
-                k: data[k] for k in ("judge_steps", "tau", "h_sat")
+                k: data[k] for k in ("judge_steps", "judge_start", "tau", "h_sat") if k in data
             }
             guard = build_guard(name, concept, model="mini")
             assert (guard.opts.tau, guard.opts.h_sat) == (data["tau"], data["h_sat"])

@@ -164,7 +164,7 @@ def test_sp_mask_options() -> None:
 
 
 def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel) -> None:
-    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=2)  # all benign
+    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=2, judge_start=0)
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
     assert sizes == [6, 6] + [4] * 6  # [u, c, s] x 2 images while judging, then plain CFG's batch
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
@@ -174,6 +174,18 @@ def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel
     for im in images:
         assert im.info["judged_benign"] and im.info["strength"] == 0.0 and im.info["guided_steps"] == []
         assert len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1
+
+
+def test_sp_judges_only_steps_from_judge_start(tiny_sd: LoadedModel) -> None:
+    """judge_start S: steps before S run plain CFG, S..K-1 run [u, c, s]; h averages those steps only."""
+    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=3, judge_start=1)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8)) == [4] + [6] * 2 + [4] * 5
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
+    for im in images:
+        per_step = im.info["harm_per_step"]
+        assert len(per_step) == 2 and im.info["harm"] == pytest.approx(sum(per_step) / 2, abs=1e-4)
+    late = get_guard("sp", concept="red", judge="noise", judge_steps=2, judge_start=5)  # S clamped to K-1
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, late, steps=8))[:2] == [4, 6]
 
 
 def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None:
@@ -316,18 +328,18 @@ def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: Loade
     """gate=noise: the first K steps run [u, c, s] (the judge, Eq. b); images judged benign then run plain
     CFG (stream B dropped); judged harmful, stream B forks at step K with omega = weight x ramp (Eq. G)."""
     plain = run(tiny_sd, steps=6)
-    benign = get_guard("dlr", concept="red", judge_steps=2, tau=0.99, h_sat=1.0)
+    benign = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0)
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [6] * 2 + [4] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
     assert np.abs(pixels(images) - plain).max() <= 1  # plain CFG's image (batch rounding)
     assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
     assert all(len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1 for im in images)
-    harmful = get_guard("dlr", concept="red", judge_steps=2, tau=-1.0, h_sat=-0.99, tau_gc=0.0)
+    harmful = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=-0.99, tau_gc=0.0)
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [6] * 2 + [8] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
     assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
     assert np.abs(pixels(images) - plain).mean() > 0.05
-    half = get_guard("dlr", concept="red", judge_steps=2, tau=-1.0, h_sat=1.0)
+    half = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=1.0)
     weights = [
         im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=half)
     ]

@@ -124,7 +124,11 @@ def test_bench_mini_forwards_guard_options(monkeypatch, tmp_path: Path) -> None:
     args = ["bench", "mini", "--guard", "sp", "--concept", "red", "--strength", "strong", "--set", "tau=0.2"]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    assert seen["guard"] == "sp" and seen["guard_options"] == {"strength": "strong", "tau": 0.2}
+    from safegen.guards import calibrated_options
+
+    calibrated = calibrated_options("sp", "red", "mini")  # the bundled calibration, under what is given
+    assert calibrated and seen["guard"] == "sp"
+    assert seen["guard_options"] == {**calibrated, "strength": "strong", "tau": 0.2}
     bad = runner.invoke(app, ["bench", "mini", "--guard", "sp", "--concept", "red", "--set", "x=1"])
     assert bad.exit_code != 0
 

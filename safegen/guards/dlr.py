@@ -77,7 +77,10 @@ class DLROptions:
         choices=("noise", "none"),
         help="omega per image scaled by the noise judge's harmfulness (Eq. G), or the same for every image",
     )
-    judge_steps: int = option(6, low=1, high=1000, help="gate=noise: K, steps judged (fork at K or later)")
+    judge_steps: int = option(
+        6, low=1, high=1000, help="gate=noise: h is read by step K (fork at K or later)"
+    )
+    judge_start: int = option(4, low=0, high=999, help="gate=noise: S, first judged step, at most K-1")
     tau: float = option(0.1, low=-1.0, high=0.99, help="gate=noise: threshold (calibrated), omega = 0 below")
     h_sat: float = option(0.3, low=-0.99, high=1.0, help="gate=noise: h of full omega (calibrated)")
     detect: str = option(
@@ -188,8 +191,8 @@ class DualLatentGuard(GuardBase):
         self.negative_text = self.concept.unsafe_text if opts.negative == "unsafe" else None
         # stream B = stream A for every image: run one stream only (plain CFG's cost and image)
         self.idle = self.negative_text is None and self.texts == list(ctx.prompts)
-        self.judge = NoiseJudge(min(opts.judge_steps, n) if opts.gate == "noise" and not self.idle else 0,
-                                ctx.batch_size)  # fmt: skip
+        steps = min(opts.judge_steps, n) if opts.gate == "noise" and not self.idle else 0
+        self.judge = NoiseJudge(steps, ctx.batch_size, opts.judge_start)
         self.omega = torch.full((ctx.batch_size,), opts.weight)
         if self.judge.steps:
             self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)

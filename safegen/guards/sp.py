@@ -68,7 +68,10 @@ class SPGuardOptions:
         choices=("noise", "text", "both"),
         help="h from the noise directions (Eq. b), the prompt's words (Eq. b', no UNet call), or both",
     )
-    judge_steps: int = option(6, low=1, high=1000, help="K: first steps whose cosine is averaged into h")
+    judge_steps: int = option(6, low=1, high=1000, help="K: h is read by step K (guidance starts there)")
+    judge_start: int = option(
+        4, low=0, high=999, help="S: first judged step, at most K-1 (steps S..K-1 are averaged)"
+    )
     tau: float = option(
         0.1, low=-1.0, high=0.99, help="harmfulness threshold (calibrated): lam = 0 for h <= tau"
     )
@@ -189,7 +192,7 @@ class SPGuard(GuardBase):
                 self.guide_branches = pair
             if opts.judge_direction == "contrast":
                 self.judge_branches = pair
-        self.noise_judge = NoiseJudge(self.judge, ctx.batch_size)
+        self.noise_judge = NoiseJudge(self.judge, ctx.batch_size, opts.judge_start)
         self.h = torch.zeros(ctx.batch_size)
         self.lam = torch.zeros(ctx.batch_size)
         self.flagged: list[list[str]] = [[] for _ in range(ctx.batch_size)]
@@ -216,7 +219,7 @@ class SPGuard(GuardBase):
             self.flagged[b] = [w.word for w in detector.words(prompt) if w.score >= opts.text_tau]
 
     def branches(self, step: int) -> torch.Tensor | None:
-        if step < self.judge:
+        if self.noise_judge.judging(step):
             return self.judge_branches  # judging: every image needs eps_s (and eps_a for the contrast)
         if self.guide_from <= step < self.guide_until and bool((self.lam > 0).any()):
             return self.guide_branches
@@ -236,7 +239,7 @@ class SPGuard(GuardBase):
             return eps
         d_c = eps_cond - eps_uncond  # Eq. (a)
         d_s = eps_extra[0] - eps_uncond
-        if step < self.judge:
+        if self.noise_judge.judging(step):
             if eps_extra.shape[0] > 1:
                 d_s = eps_extra[0] - eps_extra[1]  # judge_direction=contrast: Eq. (b) on Eq. (a')
             if self.noise_judge.update(step, d_c, d_s):  # Eq. (b), one step's term; h after K steps
