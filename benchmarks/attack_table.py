@@ -38,7 +38,9 @@ BUDGET = {
 }
 
 
-def attack_row(attack: str, concept: str, target: str, limit: int, work: Path) -> dict[str, Any]:
+def attack_row(
+    attack: str, concept: str, target: str, limit: int, work: Path, adapter: Path | None = None
+) -> dict[str, Any]:
     from safegen.attacks import run_attack
     from safegen.methods import get_method
 
@@ -46,7 +48,7 @@ def attack_row(attack: str, concept: str, target: str, limit: int, work: Path) -
     if target in ("sp", "dlr", "sld", "neg"):
         kwargs["guard"] = target
     if target in ("scdpo", "vce"):
-        kwargs["adapter"] = erase(target, concept, work / f"erase-{target}-{concept}")
+        kwargs["adapter"] = erase(target, concept, adapter or work / f"erase-{target}-{concept}")
     options = get_method(attack).config_class()(**BUDGET[attack])
     out = work / f"attack-{attack}-{target}-{concept}"
     start = time.time()
@@ -80,6 +82,9 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "mini-first-measurement")
+    parser.add_argument(
+        "--adapters", type=Path, default=None, help="folder of erase-<method>-<concept>-s0 runs"
+    )
     args = parser.parse_args()
     rows_file = RESULTS / "attack_table.jsonl"
     rows = result_rows(rows_file)
@@ -89,7 +94,8 @@ def main() -> None:
             for target in args.targets.split(","):
                 if (concept, attack, target) in done:
                     continue
-                add_row(rows_file, rows, attack_row(attack, concept, target, args.limit, args.work))
+                adapter = args.adapters / f"erase-{target}-{concept}-s0" if args.adapters else None
+                add_row(rows_file, rows, attack_row(attack, concept, target, args.limit, args.work, adapter))
     write_table(rows, args.limit)
 
 

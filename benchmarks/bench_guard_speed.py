@@ -9,14 +9,14 @@ Rows (each timed against our plain CFG on the same prompts and seeds, one batch)
 - ``sp benign``: SP-Guard on prompts without the concept (the concept prompts rewritten with its safe text);
   target <= 1.05x (the extra branch is dropped once the prompts are judged benign).
 - ``sp concept``: SP-Guard on prompts with the concept (the concept's examples); target <= 1.5x.
-- ``dlr``: dual latent reconstruction on the concept prompts; target <= 1.6x.
+- ``dlr``: dual latent reconstruction on the concept prompts; target <= 1.6x (``dlr benign``: judged benign).
 - ``sld`` (ours, medium) and ``sld diffusers``: diffusers' own ``StableDiffusionPipelineSafe`` (medium), with
   the largest pixel difference between the two; ``neg``: the negative-prompt baseline.
 
-On a random model SP-Guard's judgement means nothing, so ``--force-judgement`` (on by default for the
-random model) times its two paths: every prompt judged benign (tau and text_tau 0.99) and every prompt
-judged harmful (tau -1, text_tau 0). Runs alternate in pairs, the order flipping every pair after one
-warm-up of each; the median ratio over pairs is reported.
+``--force-judgement`` (on by default) times each judged guard's two paths, whatever its judge would say
+about these prompts: every prompt judged benign (tau and text_tau 0.99) and every prompt judged harmful
+(tau -1); ``dlr benign`` is dual-latent reconstruction's gate finding nothing. Runs alternate in pairs,
+the order flipping every pair after one warm-up of each; the median ratio over pairs is reported.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from helpers import save_tiny_sd  # noqa: E402
 from safegen.bundled import BUNDLED  # noqa: E402
 from safegen.concepts import get_concept, rewrite  # noqa: E402
 from safegen.generator import generate  # noqa: E402
-from safegen.guards import get_guard  # noqa: E402
+from safegen.guards import guard_for_model  # noqa: E402
 from safegen.loader import LoadedModel, load_model  # noqa: E402
 from safegen.sampling import GenerationConfig  # noqa: E402
 
@@ -122,17 +122,21 @@ def bench(model: LoadedModel, which: str, args: argparse.Namespace, random_model
     concept_prompts = list(concept.examples[: args.prompts]) or [concept.unsafe_text]
     benign_prompts = [rewrite(p, concept, include_synonyms=True) for p in concept_prompts]
     config = GenerationConfig(steps=args.steps, cfg=args.cfg, batch_size=len(concept_prompts))
-    force = args.force_judgement if args.force_judgement is not None else random_model
-    sp_benign = {"tau": 0.99, "h_sat": 1.0, "text_tau": 0.99, "text_h_sat": 1.0} if force else {}
-    sp_concept = {"tau": -1.0, "text_tau": 0.0, "text_h_sat": 0.01} if force else {}
+    force = args.force_judgement if args.force_judgement is not None else True
+    benign = {"tau": 0.99, "h_sat": 1.0, "text_tau": 0.99, "text_h_sat": 1.0} if force else {}
+    harmful = {"tau": -1.0, "h_sat": -0.99, "text_tau": 0.0, "text_h_sat": 0.01} if force else {}
+    judged = ("tau", "h_sat")  # dlr's gate has the noise judge only
 
     def guard(name: str, **options) -> object:
-        return get_guard(name, concept=concept, **options)
+        return guard_for_model(
+            name, concept, options, None if random_model else args.model or "mini"
+        )  # the bundled calibration, if any
 
     rows = {
-        "sp benign": (benign_prompts, guard("sp", **sp_benign)),
-        "sp concept": (concept_prompts, guard("sp", **sp_concept)),
-        "dlr": (concept_prompts, guard("dlr")),
+        "sp benign": (benign_prompts, guard("sp", **benign)),
+        "sp concept": (concept_prompts, guard("sp", **harmful)),
+        "dlr benign": (benign_prompts, guard("dlr", **{k: benign[k] for k in judged if k in benign})),
+        "dlr": (concept_prompts, guard("dlr", **{k: harmful[k] for k in judged if k in harmful})),
         "sld": (concept_prompts, guard("sld")),
         "sld diffusers": (concept_prompts, None),
         "neg": (concept_prompts, guard("neg")),
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "--force-judgement",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="time SP-Guard with every prompt judged benign / harmful (default: on for a random model)",
+        help="time each guard's two paths: every prompt judged benign / harmful (default: on)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the results here")

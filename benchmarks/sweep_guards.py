@@ -22,8 +22,13 @@ from helpers import ROOT, add_row, one_factor_plan, result_rows, write_markdown
 from mini_first_measurement import bench
 
 RESULTS = ROOT / "benchmarks" / "results"
-CENTRE = {"target_fpr": 0.05, "sat_quantile": 0.25, "lam_max": 40.0}
-GRID = {"target_fpr": [0.10, 0.20], "sat_quantile": [0.10], "lam_max": [60.0]}
+CENTRE = {"target_fpr": 0.05, "sat_quantile": 0.25, "lam_max": 40.0, "context": "append"}
+GRID = {"target_fpr": [0.10, 0.20], "sat_quantile": [0.10], "lam_max": [60.0], "context": ["rewrite"]}
+GUARD_OPTIONS = {"sp": ("lam_max",), "dlr": ("context",)}  # the rule's factors apply to both
+COMBINED = {  # the factors that helped, together
+    "sp": {"combined": {"sat_quantile": 0.10, "lam_max": 60.0}},
+    "dlr": {"combined": {"sat_quantile": 0.10, "context": "rewrite"}},
+}
 
 
 def scores(concept: str, work: Path) -> dict[str, list[float]]:
@@ -55,15 +60,15 @@ def main() -> None:
         base = args.work / f"base-{concept}"
         bench("mini", concept, base, 1)
         for guard in args.guards.split(","):
-            grid = {k: v for k, v in GRID.items() if guard == "sp" or k != "lam_max"}
-            for variant in one_factor_plan(CENTRE, grid):
+            own = GUARD_OPTIONS[guard]
+            grid = {k: v for k, v in GRID.items() if k in own or k in ("target_fpr", "sat_quantile")}
+            for variant in one_factor_plan(CENTRE, grid, COMBINED[guard]):
                 if (guard, concept, variant["name"]) in done:
                     continue
                 cfg = variant["config"]
                 tau, h_sat = thresholds(h["harmful"], h["clean"], cfg["target_fpr"], cfg["sat_quantile"])
                 options: dict[str, Any] = {"tau": round(tau, 5), "h_sat": round(h_sat, 5)}
-                if guard == "sp":
-                    options["lam_max"] = cfg["lam_max"]
+                options.update({k: cfg[k] for k in own})
                 out = args.work / f"{guard}-{concept}-{variant['name']}"
                 result = bench("mini", concept, out, 1, guard=guard, guard_options=options, base_from=base)
                 e, b = result["erasure"], result["erasure"]["base"]
@@ -90,8 +95,9 @@ def write_table(rows: list[dict[str, Any]]) -> None:
         for r in sorted(rows, key=lambda r: (r["guard"], r["concept"]))
     ]
     intro = (
-        "`python benchmarks/sweep_guards.py`: the calibration rule (target_fpr, sat_quantile) and sp's "
-        f"lam_max, one factor at a time around {CENTRE}, on the swept concepts (mini, 1 image per prompt)."
+        "`python benchmarks/sweep_guards.py`: the calibration rule (target_fpr, sat_quantile), sp's "
+        f"lam_max and dlr's context, one factor at a time around {CENTRE}, then the factors that helped "
+        "together (`combined`), on the swept concepts (mini, 1 image per prompt)."
     )
     print(
         write_markdown(

@@ -11,8 +11,8 @@ another. :func:`calibrate_guard` measures the judge where it will run:
   images each, with the generation settings the guard will run with;
 - AUROC of h (harmful vs clean: the probability that a harmful prompt's h exceeds a clean one's);
 - ``tau`` at the clean h's ``1 - target_fpr`` quantile (a share ``target_fpr`` of clean prompts guided at
-  all) and ``h_sat`` at the harmful h's ``sat_quantile`` quantile (default 0.25: three in four concept
-  prompts at full strength), as a guard config YAML that
+  all) and ``h_sat`` at the harmful h's ``sat_quantile`` quantile (default 0.10: nine in ten concept
+  prompts at full strength; ``benchmarks/sweep_guards.py``), as a guard config YAML that
   ``--guard-config`` reads. With ``judge=both`` the text judge's ``text_tau`` / ``text_h_sat`` are set the
   same way on its word score. The file's comments record what it was measured on.
 
@@ -44,7 +44,7 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 
 def thresholds(
-    harmful: Sequence[float], clean: Sequence[float], target_fpr: float, sat_quantile: float = 0.25
+    harmful: Sequence[float], clean: Sequence[float], target_fpr: float, sat_quantile: float = 0.10
 ) -> tuple[float, float]:
     """``tau`` at the clean scores' ``1 - target_fpr`` quantile, ``h_sat`` at the harmful scores'
     ``sat_quantile`` quantile (kept above tau by a tenth of the clean spread, so the ramp has a width)."""
@@ -92,7 +92,7 @@ def calibrate_guard(
     seeds: int = 4,
     steps: int | None = None,
     target_fpr: float = 0.05,
-    sat_quantile: float = 0.25,
+    sat_quantile: float = 0.10,
     max_clean: int = 64,
     device: str = "auto",
     options: dict[str, Any] | None = None,

@@ -746,7 +746,7 @@ def cases(f: dict[str, Path], tiny_sd: Path) -> list[tuple[str, list[str], str]]
         ),
         (
             "cal-guard",
-            ["calibrate", "--guard", "dlr", "--concept", "red", "--out", "OUT"],
+            ["calibrate", "--guard", "sld", "--concept", "red", "--out", "OUT"],
             "none to calibrate",
         ),
         ("cal-noconcept", ["calibrate", "--guard", "sp", "--out", "OUT"], "needs --concept"),

@@ -19,7 +19,7 @@ def test_auroc_by_hand():
 def test_thresholds_follow_the_clean_quantile_and_a_harmful_quantile():
     clean = [i / 200 for i in range(101)]  # 0 .. 0.5
     tau, h_sat = thresholds([0.7, 0.9, 1.0], clean, target_fpr=0.05)
-    assert tau == pytest.approx(0.475) and h_sat == pytest.approx(0.8)  # the harmful 0.25 quantile
+    assert tau == pytest.approx(0.475) and h_sat == pytest.approx(0.74)  # the harmful 0.10 quantile
     assert thresholds([0.7, 0.9, 1.0], clean, 0.05, sat_quantile=0.5)[1] == pytest.approx(0.9)  # median
     tau, h_sat = thresholds([0.1, 0.2, 0.3], clean, target_fpr=0.05)  # a judge that does not separate
     assert h_sat == pytest.approx(tau + 0.05)  # still a ramp of some width (a tenth of the spread) above tau

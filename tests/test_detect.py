@@ -108,7 +108,7 @@ def test_sp_text_judge_guides_from_step_0_and_skips_benign_batches(tiny_sd: Load
     red, blue = (im.info for im in images)
     assert red["judge"] == "text" and red["harm"] == pytest.approx(1.0) and red["flagged_words"] == ["red"]
     assert (
-        red["strength"] == pytest.approx(25.0)
+        red["strength"] == pytest.approx(guard.opts.lam_max)
         and red["guided_steps"] == [2, 3, 4, 5]
         and red["harm_per_step"] == []
     )
@@ -141,11 +141,11 @@ def test_dlr_runs_one_stream_when_nothing_is_rewritten(tiny_sd: LoadedModel) -> 
     cfg = GenerationConfig(steps=6)
     benign = ["a blue star", "a green square"]
     plain = pixels(generate(tiny_sd, benign, config=cfg))
-    guard = get_guard("dlr", concept="red")  # context=rewrite, negative=empty
+    guard = get_guard("dlr", concept="red", negative="empty", gate="none")  # context=rewrite (the default)
     assert unet_batches(tiny_sd, lambda: generate(tiny_sd, benign, config=cfg, guard=guard)) == [4] * 6
     images = generate(tiny_sd, benign, config=cfg, guard=guard)
     assert np.array_equal(pixels(images), plain) and all(im.info["fork_step"] is None for im in images)
-    strong = get_guard("dlr", concept="red", negative="unsafe")  # stream B differs: both streams run
+    strong = get_guard("dlr", concept="red", gate="none")  # negative=unsafe: stream B differs, both run
     assert unet_batches(tiny_sd, lambda: generate(tiny_sd, benign, config=cfg, guard=strong))[-1] == 8
 
 
@@ -153,12 +153,14 @@ def test_sp_both_judges_take_the_stronger(tiny_sd: LoadedModel) -> None:
     """judge=both: the noise judge's K steps run; a word the text judge flags guides even if noise says no."""
     cfg = GenerationConfig(steps=8)
     mixed = ["a red circle", "a blue star"]
-    opts = dict(judge="both", tau=0.99, h_sat=1.0, text_tau=0.99, text_h_sat=1.0)  # noise: benign
+    opts = dict(
+        judge="both", judge_steps=1, tau=0.99, h_sat=1.0, text_tau=0.99, text_h_sat=1.0
+    )  # noise: benign
     guard = get_guard("sp", concept="red", **opts)
     sizes = unet_batches(tiny_sd, lambda: generate(tiny_sd, mixed, config=cfg, guard=guard))
     assert sizes == [6, 4] + [8] * 4 + [4] * 2  # judge [u, c, s] at step 0; guide [u, c, s, a] in steps 2-5
     red, blue = (im.info for im in generate(tiny_sd, mixed, config=cfg, guard=guard))
-    assert red["strength"] == pytest.approx(25.0) and red["guided_steps"] == [2, 3, 4, 5]
+    assert red["strength"] == pytest.approx(guard.opts.lam_max) and red["guided_steps"] == [2, 3, 4, 5]
     assert red["harm_text"] == pytest.approx(1.0) and len(red["harm_per_step"]) == 1
     assert blue["judged_benign"] and blue["strength"] == 0.0
 

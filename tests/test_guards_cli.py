@@ -151,7 +151,7 @@ def test_speed_script_on_the_tiny_model(tiny_sd_dir: Path, tmp_path: Path, capsy
     assert speed.main([*args, "--force-judgement", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert set(rows) == {"sp benign", "sp concept", "dlr", "sld", "sld diffusers", "neg"}
+    assert set(rows) == {"sp benign", "sp concept", "dlr benign", "dlr", "sld", "sld diffusers", "neg"}
     assert rows["sp benign"]["judged_benign"] == [True, True]
     assert rows["sp concept"]["judged_benign"] == [False, False]
     assert rows["sld diffusers"]["max_diff_vs_ours_255"] <= 1

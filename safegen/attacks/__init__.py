@@ -143,7 +143,9 @@ def run_attack(
         if not 1 <= value <= high:
             raise SafegenError(f"{name} must be in 1..{high}, got {value}.")
     items = attack_items(concept, prompts, limit, seed)
-    guard_obj = _guard(guard, concept, guard_options)
+    from safegen.guards import guard_for_model
+
+    guard_obj = guard_for_model(guard, concept, guard_options, model)
     from safegen.loader import model_kind
 
     if guard_obj is not None and model_kind(model) == "ar":
@@ -227,16 +229,6 @@ def summarize(
 
 def _digest(texts: list[str]) -> str:
     return hashlib.md5("\n".join(texts).encode(), usedforsecurity=False).hexdigest()
-
-
-def _guard(name: str, concept: Any, options: dict | None) -> Any:
-    if name == "none":
-        if options:
-            raise SafegenError("Guard 'none' takes no options; pick a guard.")
-        return None
-    from safegen.guards import get_guard
-
-    return get_guard(name, concept=concept, **(options or {}))
 
 
 class _Session:

@@ -119,7 +119,9 @@ def run_bench_mini(
     if isinstance(images_per_prompt, bool) or not 1 <= images_per_prompt <= 1000:
         raise SafegenError(f"--images-per-prompt must be in 1..1000, got {images_per_prompt}.")
     concept_obj = _concept(concept, model)
-    guard_obj = _make_guard(guard, concept_obj, guard_options, model)
+    from safegen.guards import guard_for_model
+
+    guard_obj = guard_for_model(guard, concept_obj, guard_options, model)
     if adapter:
         from safegen.adapters import check_adapter
 
@@ -364,16 +366,3 @@ def _base_samples(folder: str | Path, config: dict) -> dict[str, dict]:
     return {
         k.replace(f"{variant}/", "base/", 1): v for k, v in samples.items() if k.startswith(f"{variant}/")
     }
-
-
-def _make_guard(name: str, concept: Any, options: dict | None, model: str | None = None):
-    from safegen.guards import calibrated_options, get_guard
-
-    if name == "none":
-        if options:
-            raise SafegenError("Guard 'none' takes no options; pick a guard.")
-        return None
-    if concept is None:
-        raise SafegenError(f"Guard '{name}' needs --concept")
-    options = {**calibrated_options(name, concept, model), **(options or {})}
-    return get_guard(name, concept=concept, **options)

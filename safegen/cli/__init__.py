@@ -18,7 +18,7 @@ import os
 import typer
 
 from safegen.cli import attack, bench, calibrate, erase, export, generate, info
-from safegen.cli.ui import print_error
+from safegen.cli.ui import clear_notes, print_error
 from safegen.errors import SafegenError
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     # transformers warns at import that torchvision is absent (safegen never needs it); keep stderr for
     # what matters. A user's own TRANSFORMERS_VERBOSITY wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    clear_notes()
     try:
         rv = app(args=argv, prog_name="safegen", standalone_mode=False)
     except SafegenError as exc:

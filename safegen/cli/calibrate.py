@@ -58,6 +58,10 @@ def calibrate(
         float,
         typer.Option("--target-fpr", help="Share of clean prompts the guard may act on (tau's quantile)."),
     ] = 0.05,
+    sat_quantile: Annotated[
+        float,
+        typer.Option("--sat-quantile", help="Quantile of the concept prompts' h at full strength (h_sat)."),
+    ] = 0.10,
     guard_config: GuardConfigOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = Device.AUTO,
@@ -79,7 +83,8 @@ def calibrate(
     with progress_bar("Calibrating") as progress:
         result = calibrate_guard(
             guard, concept_obj, model, prompts=harmful, clean_prompts=clean, judge=judge, seeds=seeds,
-            steps=steps, target_fpr=target_fpr, device=device.value, options=options, progress=progress,
+            steps=steps, target_fpr=target_fpr, sat_quantile=sat_quantile, device=device.value,
+            options=options, progress=progress,
         )  # fmt: skip
     result["config"] = str(write_guard_config(result, out))
     if json:

@@ -110,14 +110,12 @@ def guard_inputs(
         getattr(getattr(guard_obj, "opts", None), "gate", None) == "noise"
     )
     if judged and "tau" not in options:
-        from safegen.cli.ui import stderr_console
+        from safegen.cli.ui import note_when_running
 
-        stderr_console().print(
+        note_when_running(
             f"Note: guard '{guard}' has no calibration of its noise judge for '{guard_obj.concept.name}' on "
             f"{model}; tau and h_sat are the defaults. Measure them: safegen calibrate --guard {guard} "
-            f"--concept {guard_obj.concept.name} --model {model} --out FILE, then --guard-config FILE.",
-            highlight=False,
-            soft_wrap=True,
+            f"--concept {guard_obj.concept.name} --model {model} --out FILE, then --guard-config FILE."
         )
     return guard_obj, options
 

@@ -53,6 +53,18 @@ def print_mapping(data: Mapping[str, Any], title: str | None = None) -> None:
     print_table(rows, ["key", "value"], title=title)
 
 
+_NOTES: list[str] = []  # said once work starts (the first progress update): never before an input error
+
+
+def note_when_running(text: str) -> None:
+    """Queue a one-line note for stderr, printed at the first progress update of this command."""
+    _NOTES.append(text)
+
+
+def clear_notes() -> None:
+    _NOTES.clear()
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     """A Rich progress bar on stderr; yields ``update(done, total=None, ...)`` for library callbacks.
@@ -69,6 +81,8 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
 
     def update(done: int, total: int | None = None, *_: Any, **__: Any) -> None:
         nonlocal task
+        while _NOTES:
+            console.print(_NOTES.pop(0), highlight=False, soft_wrap=True)
         if not console.is_terminal:
             return
         if task is None:

@@ -100,6 +100,22 @@ def calibrated_options(name: str, concept: Any, model: str | None) -> dict[str, 
     return {k: v for k, v in data.items() if k in fields and k != "judge"}
 
 
+def guard_for_model(name: str, concept: Any, options: dict | None, model: str | None) -> Guard | None:
+    """The guard ``name`` against ``concept`` for a run on ``model`` (None for ``none``): the bundled
+    calibration (:func:`calibrated_options`) under the given ``options``.
+
+    Raises:
+        SafegenError: options for ``none``, a guard without a concept, bad options.
+    """
+    if name == "none":
+        if options:
+            raise SafegenError("Guard 'none' takes no options; pick a guard.")
+        return None
+    if concept is None:
+        raise SafegenError(f"Guard '{name}' needs --concept")
+    return get_guard(name, concept=concept, **{**calibrated_options(name, concept, model), **(options or {})})
+
+
 def guard_options(
     name: str,
     strength: str | None = None,

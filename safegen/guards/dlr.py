@@ -65,7 +65,7 @@ class DLROptions:
     space: str = option("latent", choices=("latent", "x0"), help="blend latents, or predicted clean latents")
     norm_correction: bool = option(True, help="rescale the blend to the streams' interpolated norm")
     context: str = option(
-        "append",
+        "rewrite",
         choices=("prompt", "append", "rewrite"),
         help="stream B's prompt: the prompt itself, prompt + safe text, or its concept words rewritten",
     )

@@ -75,7 +75,7 @@ class SPGuardOptions:
     tau: float = option(
         0.1, low=-1.0, high=0.99, help="harmfulness threshold (calibrated): lam = 0 for h <= tau"
     )
-    lam_max: float = option(40.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
+    lam_max: float = option(60.0, low=0.0, high=100.0, help="largest safety strength (at h >= h_sat)")
     h_sat: float = option(
         0.3, low=-0.99, high=1.0, help="harmfulness at which lam reaches lam_max (calibrated)"
     )
@@ -103,9 +103,9 @@ class SPGuardOptions:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "weak": {"lam_max": 25.0},  # weak / strong: lam_max 15 below / above the default (not swept)
+    "weak": {"lam_max": 40.0},  # weak / strong: lam_max 20 below / above the default (not swept)
     "medium": {},  # the dataclass defaults
-    "strong": {"lam_max": 55.0},
+    "strong": {"lam_max": 80.0},
 }
 
 
