@@ -156,7 +156,7 @@ def calibrate_guard(
     result: dict[str, Any] = {
         "guard": guard,
         "concept": concept.name,
-        "model": loaded.source,
+        "model": str(model),
         "judge": judge,
         "n_prompts": len(harmful),
         "n_clean": len(clean),
@@ -199,7 +199,8 @@ def write_guard_config(result: dict[str, Any], out: str | Path) -> Path:
         f"# safegen calibrate: guard {result['guard']}, concept {result['concept']}, model {result['model']}",
         f"# judge {result['judge']}: {result['n_prompts']} concept and {result['n_clean']} clean prompts x "
         f"{result['seeds']} seeds, {result['steps']} steps; tau at the clean "
-        f"{1 - result['target_fpr']:.2f} quantile",
+        f"{1 - result['target_fpr']:.2f} quantile, h_sat at the concept prompts' "
+        f"{result.get('sat_quantile', 0.1):.2f} quantile",
     ]
     for key in ("harm", "harm_text"):
         if key in result:
