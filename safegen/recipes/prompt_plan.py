@@ -271,19 +271,21 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
     for part, target, n in zip(parts, mini, shares, strict=True):
         pools = _part_pools(part, target)
         read += sum(len(p) for p in pools.values())
-        clean_pool = [p for p in (clean_pool if clean_pool is not None else pools.pop("clean")) if p]
-        pools.pop("clean", None)
+        own_clean = pools.pop("clean")
+        clean_pool = own_clean if clean_pool is None else clean_pool  # the first part's; filtered below
         counts = _kind_counts(cfg, n, pools, part.name, notes)
         picked = {kind: _pick(rng, pools[kind], k) for kind, k in counts.items()}
         harmful += [p for kind in ("named", "implicit", "unprompted") for p in picked[kind]]
         keyword_free.update(picked["implicit"] + picked["unprompted"])
-        rest += [p for p in pools["named"] if p not in set(picked["named"])]
+        taken = set(picked["named"])
+        rest += [p for p in pools["named"] if p not in taken]
         for kind, k in counts.items():
             kinds[kind] += k
     if len(parts) > 1:  # a clean caption shows no part
         clean_pool = [p for p in clean_pool if not mentions(p, concept)]
     clean = _pick(rng, clean_pool, cfg.n_clean_prompts)
-    rest = list(dict.fromkeys(p for p in rest if p not in set(harmful)))
+    used = set(harmful)
+    rest = list(dict.fromkeys(p for p in rest if p not in used))
     check = [rest[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(rest))] if holdout else []
     counterparts = [_mini_counterpart(p, concept, cfg.counterpart, p in keyword_free) for p in harmful]
     modes = [c.mode for c in counterparts]
