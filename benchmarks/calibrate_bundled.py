@@ -4,7 +4,7 @@
     python benchmarks/calibrate_bundled.py --concepts red,blue --seeds 4
 
 For each concept: ``safegen calibrate --guard sp`` on ``mini`` with its defaults (the registry's example
-prompts, mini captions without the concept, the judge's default K), written as
+prompts, mini captions without the concept, the judge's default K and statistic), written as
 ``safegen/assets/mini-sd/calibration/<concept>.yaml``; sp and dlr read it when they run on ``mini``
 (:func:`safegen.guards.calibrated_options`). A summary table goes to
 ``benchmarks/results/calibration_mini.md``. An existing file is replaced only with ``--force``.
@@ -43,8 +43,9 @@ def main() -> None:
             write_guard_config(result, path)
         opts, harm = result["options"], result.get("harm")
         auroc = f"{harm['auroc']:.3f}" if harm else "(kept)"
-        cells.append([name, auroc, f"{opts['tau']:.4f}", f"{opts['h_sat']:.4f}", str(opts["judge_steps"])])
-    head = ["concept", "AUROC (examples vs clean)", "tau", "h_sat", "K"]
+        cells.append([name, opts.get("judge_direction", "unsafe"), auroc, f"{opts['tau']:.4f}",
+                      f"{opts['h_sat']:.4f}", str(opts["judge_steps"])])  # fmt: skip
+    head = ["concept", "statistic", "AUROC (examples vs clean)", "tau", "h_sat", "K"]
     intro = (
         "`python benchmarks/calibrate_bundled.py`: the noise judge (Eq. b) measured on the bundled `mini` "
         "with `safegen calibrate --guard sp` defaults; the files in safegen/assets/mini-sd/calibration/."

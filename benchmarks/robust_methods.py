@@ -4,15 +4,16 @@
     python benchmarks/robust_methods.py --concepts red --methods vce --seeds 0,1,2
     python benchmarks/robust_methods.py --concepts red,circle --methods sp    # several concepts at once
 
-The concepts are split in two: ``SWEPT`` (the defaults were chosen looking at them: red, striped) and
-``CONFIRM`` (never looked at while choosing: circle, ines-quarry, and blue, square, checkered,
-alba-renko). Each row is one method on one concept (``a+b``: erased or guarded together, each part
-scored on its own) at its defaults; the erasure recipes run once per seed (their ``seed`` option: prompts,
-pairs, training) and the guards once (they have no seed). ``bench mini`` runs against the unmodified model
-in the same run, its images made once per model and concept (``--base-from``). Targets are checked in
-the table: UA >= 0.95, synonym UA >= 0.85, implicit UA >= 0.85, unprompted <= 0.05 (or <= 0.2 x base
-below 0.25), IRA >= 0.90 x base, CRA >= 0.95 x base. Rows go to ``results/robust_methods.jsonl`` as they
-finish; a rerun skips the rows it has.
+The concepts are split in two per method: ``swept`` (the defaults were chosen looking at them: red and
+striped for the erasure recipes; for the guards also circle, ines-quarry, blue and checkered, whose
+benchmark prompts ``judge_study.py`` scored the judge statistics on) and ``confirm`` (never looked at while
+choosing: the rest of ``CONCEPTS``). Each row is one method on one concept (``a+b``: erased or guarded
+together, each part scored on its own) at its defaults; the erasure recipes run once per seed (their
+``seed`` option: prompts, pairs, training) and the guards once (they have no seed). ``bench mini`` runs
+against the unmodified model in the same run, its images made once per model and concept
+(``--base-from``). Targets are checked in the table: UA >= 0.95, synonym UA >= 0.85, implicit UA >= 0.85,
+unprompted <= 0.05 (or <= 0.2 x base below 0.25), IRA >= 0.90 x base, CRA >= 0.95 x base. Rows go to
+``results/robust_methods.jsonl`` as they finish; a rerun skips the rows it has.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from mini_first_measurement import GUARDS, bench, row
 
 RESULTS = ROOT / "benchmarks" / "results"
 SWEPT = ("red", "striped")
-CONFIRM = ("circle", "ines-quarry", "blue", "square", "checkered", "alba-renko")
+GUARD_SWEPT = SWEPT + ("circle", "ines-quarry", "blue", "checkered")  # judge_study.py's concepts
+CONCEPTS = SWEPT + ("circle", "ines-quarry", "blue", "square", "checkered", "alba-renko")
 METHODS = ("sp", "dlr", "scdpo", "vce")
 LIMITS = {"ua": 0.95, "synonym_ua": 0.85, "implicit_ua": 0.85, "ira_ratio": 0.90, "cra_ratio": 0.95}
 
@@ -76,13 +78,14 @@ def measure(method: str, concept: str, seed: int, work: Path, ipp: int) -> list[
     seconds = time.time() - start
     return [
         {**row(part, method, model, results[part], seconds), "erased_with": tag, "seed": seed,
-         "split": split_of(concept)}
+         "split": split_of(concept, method)}
         for part in parts
     ]  # fmt: skip
 
 
-def split_of(concept: str) -> str:
-    return "swept" if all(p in SWEPT for p in concept.split(",")) else "confirm"
+def split_of(concept: str, method: str) -> str:
+    swept = GUARD_SWEPT if method in GUARDS else SWEPT
+    return "swept" if all(p in swept for p in concept.replace("+", ",").split(",")) else "confirm"
 
 
 def met(r: dict[str, Any]) -> bool:
@@ -93,7 +96,7 @@ def met(r: dict[str, Any]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concepts", default=";".join(SWEPT + CONFIRM), help="';'-separated; a,b together")
+    parser.add_argument("--concepts", default=";".join(CONCEPTS), help="';'-separated; a,b together")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0", help="erasure seeds, comma-separated (guards: one run)")
     parser.add_argument("--images-per-prompt", type=int, default=1)
@@ -124,6 +127,8 @@ def write_table(rows: list[dict[str, Any]], ipp: int) -> None:
     )
     order = {m: i for i, m in enumerate(METHODS)}
     cells = []
+    for r in rows:
+        r["split"] = split_of(r["erased_with"], r["method"])
     for r in sorted(rows, key=lambda r: (r["split"] != "swept", r["concept"], order.get(r["method"], 9))):
         c = [r["split"], r["concept"], r["erased_with"], r["method"], str(r["seed"])]
         c += ["n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("ua", "synonym_ua", "implicit_ua")]

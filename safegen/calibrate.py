@@ -9,7 +9,9 @@ another. :func:`calibrate_guard` measures the judge where it will run:
   concept prompts a method may see) and on clean prompts (``clean_prompts``; default: the bundled ``smoke``
   captions for real models, mini-world captions without the concept for the mini models), ``seeds``
   images each, with the generation settings the guard will run with;
-- AUROC of h (harmful vs clean: the probability that a harmful prompt's h exceeds a clean one's);
+- AUROC of h (harmful vs clean: the probability that a harmful prompt's h exceeds a clean one's), on the
+  guard's judged statistic (``judge_direction``, :mod:`safegen.guards.judge`; written to the file with
+  ``anchor_weight``, since tau and h_sat are on that statistic's scale);
 - ``tau`` at the clean h's ``1 - target_fpr`` quantile (a share ``target_fpr`` of clean prompts guided at
   all) and ``h_sat`` at the harmful h's ``sat_quantile`` quantile (default 0.10: nine in ten concept
   prompts at full strength; ``benchmarks/sweep_guards.py``), as a guard config YAML that
@@ -155,9 +157,10 @@ def calibrate_guard(
     n_harm = len(harmful) * seeds
     result: dict[str, Any] = {
         "guard": guard,
-        "concept": concept.name,
+        "concept": guard_obj.concept.name,
         "model": str(model),
         "judge": judge,
+        "statistic": images[0].info.get("judge_statistic"),
         "n_prompts": len(harmful),
         "n_clean": len(clean),
         "seeds": seeds,
@@ -167,6 +170,8 @@ def calibrate_guard(
     }
     options_out: dict[str, Any] = {**judged, "judge_steps": guard_obj.opts.judge_steps}
     options_out["judge_start"] = guard_obj.opts.judge_start
+    options_out["judge_direction"] = result["statistic"] or guard_obj.opts.judge_direction  # as judged
+    options_out["anchor_weight"] = guard_obj.opts.anchor_weight
     for key, tau_name, sat_name in (("harm", "tau", "h_sat"), ("harm_text", "text_tau", "text_h_sat")):
         scores = [im.info.get(key) for im in images]
         if any(s is None or not math.isfinite(s) for s in scores):
@@ -202,6 +207,8 @@ def write_guard_config(result: dict[str, Any], out: str | Path) -> Path:
         f"{1 - result['target_fpr']:.2f} quantile, h_sat at the concept prompts' "
         f"{result.get('sat_quantile', 0.1):.2f} quantile",
     ]
+    if result.get("statistic"):
+        lines.append(f"# judged statistic: {result['statistic']} (safegen/guards/judge.py)")
     for key in ("harm", "harm_text"):
         if key in result:
             m = result[key]

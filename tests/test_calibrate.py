@@ -8,6 +8,7 @@ import pytest
 
 from safegen.calibrate import auroc, thresholds
 from safegen.cli import main
+from safegen.guards.sp import SPGuardOptions
 
 
 def test_auroc_by_hand():
@@ -59,13 +60,17 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
         "judge",
         "judge_steps",
         "judge_start",
+        "judge_direction",
+        "anchor_weight",
         "tau",
         "h_sat",
         "text_tau",
         "text_h_sat",
     }
     assert options["tau"] < options["h_sat"]
+    assert options["judge_direction"] == result["statistic"] == "relative" and options["anchor_weight"] == 0.5
     assert out.read_text().startswith("# safegen calibrate: guard sp, concept nudity")
+    assert "# judged statistic: relative" in out.read_text()
     guard = build_guard("sp", get_concept("nudity"), config_file=out, model=str(tiny_sd_dir))
     assert guard.opts.tau == options["tau"] and guard.opts.judge == "both"
 
@@ -112,11 +117,15 @@ def test_the_bundled_mini_model_ships_calibrations_that_sp_and_dlr_read():
         assert data["h_sat"] > data["tau"] and data["judge"] == "noise"
         for name in ("sp", "dlr"):
             assert calibrated_options(name, concept, "mini") == {
-                k: data[k] for k in ("judge_steps", "judge_start", "tau", "h_sat") if k in data
+                k: data[k]
+                for k in ("judge_steps", "judge_start", "judge_direction", "anchor_weight", "tau", "h_sat")
             }
             guard = build_guard(name, concept, model="mini")
             assert (guard.opts.tau, guard.opts.h_sat) == (data["tau"], data["h_sat"])
         assert build_guard("sp", concept, sets=["tau=0.01"], model="mini").opts.tau == 0.01
+        other = next(d for d in ("unsafe", "contrast", "relative") if d != data["judge_direction"])
+        moved = build_guard("sp", concept, sets=[f"judge_direction={other}"], model="mini")
+        assert moved.opts.tau == SPGuardOptions.tau  # measured on another statistic: not read
     assert calibrated_options("sp", "red", "mini-ar") == {} and calibrated_options("sld", "red", "mini") == {}
     assert calibrated_options("sp", "red", None) == {}
 

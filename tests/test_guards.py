@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
-from safegen.concepts import get_concept
+from safegen.concepts import Concept, ConceptKind, get_concept
 from safegen.errors import SafegenError
 from safegen.generator import generate
 from safegen.guards import build_guard, get_guard, guard_class, guard_names, guard_options, judge, list_guards
@@ -166,7 +166,7 @@ def test_sp_mask_options() -> None:
 def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel) -> None:
     guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=2, judge_start=0)
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
-    assert sizes == [6, 6] + [4] * 6  # [u, c, s] x 2 images while judging, then plain CFG's batch
+    assert sizes == [8, 8] + [4] * 6  # [u, c, s, a] x 2 images while judging, then plain CFG's batch
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
     plain = run(tiny_sd, steps=8)
     assert np.abs(pixels(images) - plain).max() <= 1  # float rounding of the larger batch, nothing else
@@ -177,15 +177,15 @@ def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel
 
 
 def test_sp_judges_only_steps_from_judge_start(tiny_sd: LoadedModel) -> None:
-    """judge_start S: steps before S run plain CFG, S..K-1 run [u, c, s]; h averages those steps only."""
+    """judge_start S: steps before S run plain CFG, S..K-1 run [u, c, s, a]; h averages those steps only."""
     guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=3, judge_start=1)
-    assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8)) == [4] + [6] * 2 + [4] * 5
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8)) == [4] + [8] * 2 + [4] * 5
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
     for im in images:
         per_step = im.info["harm_per_step"]
         assert len(per_step) == 2 and im.info["harm"] == pytest.approx(sum(per_step) / 2, abs=1e-4)
     late = get_guard("sp", concept="red", judge="noise", judge_steps=2, judge_start=5)  # S clamped to K-1
-    assert unet_batches(tiny_sd, lambda: run(tiny_sd, late, steps=8))[:2] == [4, 6]
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, late, steps=8))[:2] == [4, 8]
 
 
 def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None:
@@ -203,7 +203,7 @@ def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None
         window_end=0.5,
     )
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
-    assert sizes == [6] * 4 + [4] * 4  # the branch is dropped after window_end
+    assert sizes == [8] + [6] * 3 + [4] * 4  # judged with [s, a], guided with [s]; dropped after window_end
     guard.take_masks()
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
     assert np.abs(pixels(images) - run(tiny_sd, steps=8)).mean() > 0.05
@@ -221,7 +221,7 @@ def test_sp_contrast_direction_runs_the_anchor_and_steers_along_it(tiny_sd: Load
     opts["lam_max"] = 5.0
     contrast = get_guard("sp", concept="red", direction="contrast", **opts)
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, contrast, steps=8))
-    assert sizes == [6] + [8] * 3 + [4] * 4  # judge [u, c, s]; guide [u, c, s, a]; then plain CFG
+    assert sizes == [8] * 4 + [4] * 4  # judge [u, c, s, a]; guide [u, c, s, a]; then plain CFG
     # the guided eps, by hand: eps_u + w d_c - lam (eps_s - eps_a) on one step's branch outputs
     contrast.begin(_context(tiny_sd, contrast))
     contrast.lam = torch.full((2,), 5.0)
@@ -234,6 +234,59 @@ def test_sp_contrast_direction_runs_the_anchor_and_steers_along_it(tiny_sd: Load
         generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=g) for g in (contrast, unsafe)
     ]
     assert np.abs(pixels(images[0]) - pixels(images[1])).mean() > 0.05
+
+
+def test_judge_statistics_on_hand_numbers() -> None:
+    """judge.py Eq. (b1)-(b3) on one location's channels; the anchor's statistics need eps_a."""
+    u = torch.zeros(1, 2, 1, 1)
+    c, s, a = (torch.tensor([[[[x]], [[y]]]]) for x, y in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)))
+    extra = torch.stack([s, a])
+    d_c = c - u
+    assert judge.statistic("unsafe", d_c, u, extra).item() == pytest.approx(2**-0.5)
+    assert judge.statistic("contrast", d_c, u, extra).item() == pytest.approx(0.0)  # (1,1) . (1,-1)
+    assert judge.statistic("relative", d_c, u, extra).item() == pytest.approx(0.0)  # as near s as a
+    weighted = judge.statistic("relative", d_c, u, extra, anchor_weight=0.5).item()
+    assert weighted == pytest.approx(0.5 * 2**-0.5)  # w = 0.5: cos(d_c, d_s) - 0.5 cos(d_c, d_a)
+    near_s = torch.tensor([[[[1.0]], [[0.2]]]])
+    assert judge.statistic("relative", near_s, u, extra).item() > 0.5
+    with pytest.raises(ValueError, match="anchor"):
+        judge.statistic("relative", d_c, u, s[None])
+    with pytest.raises(ValueError, match="unknown judge statistic"):
+        judge.NoiseJudge(2, 1, stat="local")
+    no_anchor = Concept("plain", ConceptKind.OBJECT, ("plain",), "a plain thing", "")
+    fallback = judge.NoiseJudge(2, 1, stat="relative")
+    assert fallback.branch_texts(no_anchor) == ["a plain thing"] and fallback.stat == "unsafe"  # Eq. (b1)
+    assert judge.NoiseJudge(2, 1, stat="relative").branch_texts(get_concept("red")) == ["red", "green"]
+
+
+def test_a_calibration_is_read_on_its_own_statistic_only() -> None:
+    """A file without a statistic was measured on the paper's; another explicit statistic drops it."""
+    from safegen.guards import with_calibration
+
+    old = {"tau": 0.2, "h_sat": 0.4}
+    assert with_calibration(old, {}) == {"judge_direction": "unsafe", "tau": 0.2, "h_sat": 0.4}
+    assert with_calibration(old, {"judge_direction": "relative"}) == {"judge_direction": "relative"}
+    new = {"judge_direction": "relative", "anchor_weight": 0.5, "tau": 0.1, "h_sat": 0.3}
+    assert with_calibration(new, {"lam_max": 10.0}) == {**new, "lam_max": 10.0}
+    assert with_calibration(new, {"anchor_weight": 1.0}) == {"anchor_weight": 1.0}
+    assert with_calibration({}, {"tau": 0.5}) == {"tau": 0.5}
+
+
+@pytest.mark.parametrize("name", ["sp", "dlr"])
+def test_anchor_statistics_judge_with_the_anchor_branch(tiny_sd: LoadedModel, name: str) -> None:
+    """judge_direction=relative (the default): the judged steps run [u, c, s, a]; h is Eq. (b3) averaged
+    over them, and differs from the paper's Eq. (b1), judged with [u, c, s]."""
+    guard = get_guard(name, concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0,
+                      judge_direction="relative")  # fmt: skip
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=6)) == [8] * 2 + [4] * 4
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
+    for im in images:
+        assert len(im.info["harm_per_step"]) == 2 and -2 <= im.info["harm"] <= 2
+    paper = get_guard(name, concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0,
+                      judge_direction="unsafe")  # fmt: skip
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, paper, steps=6)) == [6] * 2 + [4] * 4
+    other = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=paper)
+    assert [im.info["harm"] for im in images] != [im.info["harm"] for im in other]
 
 
 def _context(model: LoadedModel, guard) -> RunContext:
@@ -326,16 +379,17 @@ def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) ->
 
 def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: LoadedModel) -> None:
     """gate=noise: the first K steps run [u, c, s] (the judge, Eq. b); images judged benign then run plain
-    CFG (stream B dropped); judged harmful, stream B forks at step K with omega = weight x ramp (Eq. G)."""
+    CFG (stream B dropped); judged harmful, stream B forks at step K with omega = weight x ramp (Eq. G).
+    The judged steps run [u, c, s, a]: the default statistic reads the safe anchor (judge.py Eq. b3)."""
     plain = run(tiny_sd, steps=6)
     benign = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0)
-    assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [6] * 2 + [4] * 4
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [8] * 2 + [4] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
     assert np.abs(pixels(images) - plain).max() <= 1  # plain CFG's image (batch rounding)
     assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
     assert all(len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1 for im in images)
     harmful = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=-0.99, tau_gc=0.0)
-    assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [6] * 2 + [8] * 4
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [8] * 2 + [8] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
     assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
     assert np.abs(pixels(images) - plain).mean() > 0.05

@@ -137,6 +137,44 @@ def test_every_guard_takes_two_concepts(mini: LoadedModel, name: str, strength, 
         assert info[0][key] == "red, circle"
 
 
+def test_sp_judges_and_guides_each_part_on_its_own(mini: LoadedModel) -> None:
+    """Two concepts: the judged steps run each part's eps_s; only the part judged harmful is guided,
+    with its own thresholds (part_options), as the guard against that part alone would."""
+    from test_guards import unet_batches
+
+    opts = dict(judge="noise", judge_steps=2, judge_start=0, direction="unsafe", window_start=0.0,
+                window_end=1.0)  # fmt: skip
+    parts = {"red": {"tau": -1.0, "h_sat": -0.99}, "circle": {"tau": 0.99, "h_sat": 1.0}}
+    guard = get_guard("sp", concept="red,circle", part_options=parts, **opts)
+    sizes = unet_batches(mini, lambda: run(mini, guard))
+    assert sizes == [12, 12, 6, 6]  # [u, c, s_red, a_red, s_circle, a_circle] x 2; then red's [u, c, s]
+    both, info = run(mini, guard)
+    assert all(
+        i["parts"]["red"]["strength"] == 60.0 and i["parts"]["circle"]["strength"] == 0.0 for i in info
+    )
+    alone, _ = run(mini, get_guard("sp", concept="red", tau=-1.0, h_sat=-0.99, **opts))
+    plain, _ = run(mini, None)
+    assert np.abs(both.astype(float) - alone).mean() < 1.0 < np.abs(both.astype(float) - plain).mean()
+    with pytest.raises(SafegenError, match="does not guard: blue"):
+        get_guard("sp", concept="red,circle", part_options={"blue": {"tau": 0.1}})
+
+
+def test_sp_reads_each_parts_bundled_calibration() -> None:
+    import yaml
+
+    from safegen.bundled import BUNDLED
+
+    guard = build_guard("sp", "red,circle", model="mini")
+    for part in guard.parts:
+        data = yaml.safe_load(
+            (BUNDLED["mini"].path / "calibration" / f"{part.concept.name}.yaml").read_text()
+        )
+        assert (part.tau, part.h_sat, part.stat) == (data["tau"], data["h_sat"], data["judge_direction"])
+    shared = build_guard("sp", "red,circle", sets=["tau=0.05"], model="mini")
+    assert {p.tau for p in shared.parts} == {0.05}  # an explicit option is every part's
+    assert build_guard("sp", "red,circle").parts[0].tau == get_guard("sp", concept="red").opts.tau  # no model
+
+
 def test_list_and_string_build_the_same_guard() -> None:
     a = get_guard("neg", concept=["red", "circle"])
     b = get_guard("neg", concept="red, circle", text="keywords")

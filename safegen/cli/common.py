@@ -109,7 +109,7 @@ def guard_inputs(
     judged = getattr(getattr(guard_obj, "opts", None), "judge", None) in ("noise", "both") or (
         getattr(getattr(guard_obj, "opts", None), "gate", None) == "noise"
     )
-    if judged and "tau" not in options:
+    if judged and "tau" not in options and not options.get("part_options"):
         from safegen.cli.ui import note_when_running
 
         note_when_running(

@@ -100,6 +100,42 @@ def calibrated_options(name: str, concept: Any, model: str | None) -> dict[str, 
     return {k: v for k, v in data.items() if k in fields and k != "judge"}
 
 
+JUDGED = {"judge_direction": "unsafe", "anchor_weight": None, "judge_steps": None, "judge_start": None}
+
+
+def with_calibration(calibration: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
+    """``explicit`` options over the ``calibration``; a calibration measured on another judge statistic or
+    window than the explicit one is dropped whole (its tau and h_sat are on another scale). A calibration
+    file that names no statistic was measured on the paper's (``unsafe``, the only one when it was made)."""
+    for key, default in JUDGED.items():
+        if key in explicit and calibration and explicit[key] != calibration.get(key, default):
+            return dict(explicit)
+    implied = {"judge_direction": "unsafe"} if calibration and "tau" in calibration else {}
+    return {**implied, **calibration, **explicit}
+
+
+def part_calibrations(name: str, concept: Any, model: str | None, explicit: dict[str, Any]) -> dict[str, Any]:
+    """For sp against several concepts at once on a bundled model: each part's bundled calibration as
+    ``part_options`` (its tau, h_sat and statistic; keys given explicitly stay shared), else ``{}``."""
+    from safegen.concepts import concept_parts, lookup_concept
+
+    if name != "sp" or model is None or concept is None:
+        return {}
+    try:
+        parts = concept_parts(lookup_concept(concept))
+    except SafegenError:
+        return {}  # the guard's own construction says what is wrong with the concept
+    own: dict[str, dict[str, Any]] = {}
+    for part in parts if len(parts) > 1 else ():
+        judged = {k: v for k, v in explicit.items() if k in JUDGED}
+        found = with_calibration(calibrated_options(name, part, model), judged)
+        own_keys = ("tau", "h_sat", "judge_direction", "anchor_weight")
+        keep = {k: v for k, v in found.items() if k in own_keys and k not in explicit}
+        if keep:
+            own[part.name] = keep
+    return {"part_options": own} if own else {}
+
+
 def guard_for_model(name: str, concept: Any, options: dict | None, model: str | None) -> Guard | None:
     """The guard ``name`` against ``concept`` for a run on ``model`` (None for ``none``): the bundled
     calibration (:func:`calibrated_options`) under the given ``options``.
@@ -113,7 +149,8 @@ def guard_for_model(name: str, concept: Any, options: dict | None, model: str | 
         return None
     if concept is None:
         raise SafegenError(f"Guard '{name}' needs --concept")
-    return get_guard(name, concept=concept, **{**calibrated_options(name, concept, model), **(options or {})})
+    options = with_calibration(calibrated_options(name, concept, model), options or {})
+    return get_guard(name, concept=concept, **options, **part_calibrations(name, concept, model, options))
 
 
 def guard_options(
@@ -126,7 +163,8 @@ def guard_options(
 ) -> dict[str, Any]:
     """The keyword options for ``get_guard(name, concept=..., **options)`` from the CLI's inputs.
 
-    The bundled calibration of ``concept`` on ``model`` (:func:`calibrated_options`) first, then
+    The bundled calibration of ``concept`` on ``model`` (:func:`calibrated_options`; dropped when the
+    options judge another statistic or window: :func:`with_calibration`) first, then
     ``strength`` (the ``--strength`` preset), then the YAML ``config_file`` (which may also name a
     ``strength``; ``--strength`` wins), then ``--set KEY=VALUE`` items parsed with the option's type.
 
@@ -142,11 +180,12 @@ def guard_options(
             raise SafegenError("Guard 'none' takes no --strength, --set or --guard-config; pick a guard.")
         return {}
     cls = guard_class(name)
-    options: dict[str, Any] = {**calibrated_options(name, concept, model), **config}
+    options: dict[str, Any] = dict(config)
     if strength is not None:
         options["strength"] = strength
     options.update(parse_sets(f"Guard '{name}'", cls.Options, sets))
-    return options
+    merged = with_calibration(calibrated_options(name, concept, model), options)
+    return {**merged, **part_calibrations(name, concept, model, merged)}
 
 
 def build_guard(

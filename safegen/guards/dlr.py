@@ -51,7 +51,7 @@ from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import NoiseJudge, ramp
+from safegen.guards.judge import STATISTICS, NoiseJudge, ramp
 from safegen.options import option
 
 
@@ -81,6 +81,12 @@ class DLROptions:
         6, low=1, high=1000, help="gate=noise: h is read by step K (fork at K or later)"
     )
     judge_start: int = option(4, low=0, high=999, help="gate=noise: S, first judged step, at most K-1")
+    judge_direction: str = option(
+        "relative", choices=STATISTICS, help="gate=noise: the judged statistic (judge.py Eq. b1-b3)"
+    )
+    anchor_weight: float = option(
+        0.5, low=0.0, high=2.0, help="gate=noise, judge_direction=relative: w of Eq. (b3)"
+    )
     tau: float = option(0.1, low=-1.0, high=0.99, help="gate=noise: threshold (calibrated), omega = 0 below")
     h_sat: float = option(0.3, low=-0.99, high=1.0, help="gate=noise: h of full omega (calibrated)")
     detect: str = option(
@@ -192,10 +198,14 @@ class DualLatentGuard(GuardBase):
         # stream B = stream A for every image: run one stream only (plain CFG's cost and image)
         self.idle = self.negative_text is None and self.texts == list(ctx.prompts)
         steps = min(opts.judge_steps, n) if opts.gate == "noise" and not self.idle else 0
-        self.judge = NoiseJudge(steps, ctx.batch_size, opts.judge_start)
+        self.judge = NoiseJudge(
+            steps, ctx.batch_size, opts.judge_start, opts.judge_direction, opts.anchor_weight
+        )
         self.omega = torch.full((ctx.batch_size,), opts.weight)
         if self.judge.steps:
-            self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
+            texts = [t for t in self.judge.branch_texts(self.concept) for _ in range(ctx.batch_size)]
+            embeds = ctx.encode(texts)  # the unsafe text (and the safe anchor), B each
+            self.unsafe = embeds.view(-1, ctx.batch_size, *embeds.shape[1:])  # (1 or 2, B, L, D)
             self.fork = max(self.fork, self.judge.steps)
         if self.idle:
             self.fork = n
@@ -241,9 +251,7 @@ class DualLatentGuard(GuardBase):
         eps_extra: torch.Tensor | None,
     ) -> torch.Tensor:
         eps_a = super().guide(step, t, latents, eps_uncond, eps_cond, eps_extra)  # Eq. (1), stream A
-        if self.judge.judging(step) and self.judge.update(
-            step, eps_cond - eps_uncond, eps_extra[0] - eps_uncond
-        ):
+        if self.judge.judging(step) and self.judge.update(step, eps_cond - eps_uncond, eps_uncond, eps_extra):
             self.omega = self.opts.weight * ramp(self.judge.h, self.opts.tau, self.opts.h_sat)  # Eq. (G)
             if not bool((self.omega > 0).any()):
                 self.idle, self.fork = True, self.ctx.n_steps  # judged benign: plain CFG from here on
@@ -333,6 +341,7 @@ class DualLatentGuard(GuardBase):
                 "fork_step": None if self.idle or self.omega[b] <= 0 else self.fork,
                 "weight": round(float(self.omega[b]), 5),  # omega, Eq. (G): weight x the judge's ramp
                 "harm": round(float(self.judge.h[b]), 5) if gated else None,  # h, Eq. (b)
+                "judge_statistic": self.judge.stat if gated else None,
                 "harm_per_step": self.judge.per_step[b],
                 "judged_benign": gated and float(self.omega[b]) == 0.0,
             }

@@ -9,6 +9,7 @@ Our reading, per denoising step t, with one batched UNet call over three branche
     d_c = eps_c - eps_u,  d_s = eps_s - eps_u                                     # Eq. (a) directions
     d_s = eps_s - eps_a   (direction=contrast, guided steps only; a = the safe anchor)  # Eq. (a')
     h   = mean_{t < K} cos(flat(d_c), flat(d_s))                                  # Eq. (b) harmfulness
+          (judge_direction=contrast|relative: the anchor's statistics, safegen/guards/judge.py)
     h   = max_{w in prompt} max_{k in keywords} cos(E[w], E[k])    (judge=text)    # Eq. (b') word score
     lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1)                        # Eq. (c) strength
     p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import NoiseJudge, ramp
+from safegen.guards.judge import STATISTICS, NoiseJudge, ramp
 from safegen.options import option
 
 
@@ -96,9 +97,13 @@ class SPGuardOptions:
         help="guided d_s: eps_s - eps_u, or eps_s - eps_a (anchor)",
     )
     judge_direction: str = option(
-        "unsafe",
-        choices=("unsafe", "contrast"),
-        help="judged d_s (Eq. b): eps_s - eps_u (the paper's), or eps_s - eps_a (the anchor's contrast)",
+        "relative",
+        choices=STATISTICS,
+        help="judged statistic (judge.py Eq. b1-b3): cos to eps_s - eps_u (the paper's), to eps_s - eps_a, "
+        "or the first minus anchor_weight x cos to eps_a - eps_u (the paper's where no anchor)",
+    )
+    anchor_weight: float = option(
+        0.5, low=0.0, high=2.0, help="judge_direction=relative: w, the weight of the anchor's cosine (Eq. b3)"
     )
 
 
@@ -150,20 +155,67 @@ def make_mask(d_c: torch.Tensor, d_s: torch.Tensor, opts: SPGuardOptions) -> tor
 
 
 # --------------------------------------------------------------------------- the guard
+@dataclass
+class _Part:
+    """One concept the guard acts against (a combined concept has several): its own judgement and guidance."""
+
+    concept: Any
+    tau: float
+    h_sat: float
+    stat: str
+    anchor_weight: float
+    judge: NoiseJudge | None = None
+    judge_rows: list[int] = dataclasses.field(default_factory=list)  # its rows of the judged branches
+    guide_texts: list[str] = dataclasses.field(default_factory=list)  # [s] or [s, a] while guiding
+    h: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+    h_text: torch.Tensor | None = None
+    lam_text: torch.Tensor | None = None
+
+
 class SPGuard(GuardBase):
-    """SP-Guard: harmfulness-adaptive strength and a per-step spatial mask on the safety guidance."""
+    """SP-Guard: harmfulness-adaptive strength and a per-step spatial mask on the safety guidance.
+
+    Against several concepts at once (``concept="red,circle"``), each part is judged and guided on its own
+    (our reading: Eq. b-f per concept, the guidance terms summed), with its own calibration where
+    ``part_options`` gives one (``{part: {tau, h_sat, judge_direction, ...}}``; the bundled calibrations
+    of each part on a bundled model, :func:`safegen.guards.guard_for_model`); the other options are shared.
+    """
 
     name = "sp"
     needs_uncond = True
     Options = SPGuardOptions
     PRESETS = PRESETS
+    PART_KEYS = ("tau", "h_sat", "judge_direction", "anchor_weight")
 
-    def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        concept: Any = None,
+        strength: str | None = None,
+        part_options: dict[str, dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
         strength = configure(self, concept, strength, options)
-        if self.opts.h_sat <= self.opts.tau:
+        from safegen.concepts import concept_parts
+
+        parts = concept_parts(self.concept)
+        unknown = sorted(set(part_options or {}) - {p.name for p in parts})
+        if unknown:
             raise SafegenError(
-                f"Guard 'sp' option h_sat ({self.opts.h_sat}) must be greater than tau ({self.opts.tau})."
+                f"Guard 'sp' part_options name concepts it does not guard: {', '.join(unknown)}."
             )
+        self.parts: list[_Part] = []
+        for part in parts:
+            own = {k: v for k, v in (part_options or {}).get(part.name, {}).items() if k in self.PART_KEYS}
+            values = {k: own.get(k, getattr(self.opts, k)) for k in self.PART_KEYS}
+            self.parts.append(
+                _Part(part, float(values["tau"]), float(values["h_sat"]), values["judge_direction"],
+                      float(values["anchor_weight"]))
+            )  # fmt: skip
+            if values["h_sat"] <= values["tau"]:
+                raise SafegenError(
+                    f"Guard 'sp' option h_sat ({values['h_sat']}) must be greater than tau ({values['tau']})."
+                )
         if self.opts.text_h_sat <= self.opts.text_tau:
             raise SafegenError(
                 f"Guard 'sp' option text_h_sat ({self.opts.text_h_sat}) must be greater than "
@@ -174,55 +226,81 @@ class SPGuard(GuardBase):
                 f"Guard 'sp' option window_end ({self.opts.window_end}) must be greater than "
                 f"window_start ({self.opts.window_start})."
             )
-        super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
+        described = {"part_options": part_options} if part_options else {}
+        super().__init__(
+            concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts), **described
+        )
         self.masks: list[list[tuple[int, np.ndarray]]] = []  # per image, across batches (keep_masks)
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """Each image's strongest part strength (B,) (a single concept: its lam)."""
+        return torch.stack([p.lam for p in self.parts]).amax(0)
+
+    @lam.setter
+    def lam(self, value: torch.Tensor) -> None:
+        """Set every part's strength (what a judgement would have set; for tests and attacks)."""
+        for part in self.parts:
+            part.lam = value.clone()
 
     def begin(self, ctx: RunContext) -> None:
         super().begin(ctx)
-        n, opts = ctx.n_steps, self.opts
+        n, opts, size = ctx.n_steps, self.opts, ctx.batch_size
         self.judge = min(opts.judge_steps, n) if opts.judge != "text" else 0
         self.guide_from = max(self.judge, math.ceil(opts.window_start * n - 1e-9))
         self.guide_until = min(n, math.ceil(opts.window_end * n - 1e-9))
-        self.unsafe = ctx.encode([self.concept.unsafe_text] * ctx.batch_size)[None]  # (1, B, L, D)
-        self.guide_branches = self.judge_branches = self.unsafe
-        if self.concept.safe_text and "contrast" in (opts.direction, opts.judge_direction):
-            anchor = ctx.encode([self.concept.safe_text] * ctx.batch_size)[None]  # eps_a: the safe anchor
-            pair = torch.cat([self.unsafe, anchor])  # (2, B, L, D)
-            if opts.direction == "contrast":
-                self.guide_branches = pair
-            if opts.judge_direction == "contrast":
-                self.judge_branches = pair
-        self.noise_judge = NoiseJudge(self.judge, ctx.batch_size, opts.judge_start)
-        self.h = torch.zeros(ctx.batch_size)
-        self.lam = torch.zeros(ctx.batch_size)
-        self.flagged: list[list[str]] = [[] for _ in range(ctx.batch_size)]
-        self.h_text = self.lam_text = None
+        judged: list[str] = []
+        for part in self.parts:
+            part.judge = NoiseJudge(self.judge, size, opts.judge_start, part.stat, part.anchor_weight)
+            texts = part.judge.branch_texts(part.concept) if self.judge else []
+            part.judge_rows = list(range(len(judged), len(judged) + len(texts)))
+            judged += texts
+            contrast = part.concept.safe_text and opts.direction == "contrast"
+            part.guide_texts = [part.concept.unsafe_text] + ([part.concept.safe_text] if contrast else [])
+            part.h, part.lam = torch.zeros(size), torch.zeros(size)
+            part.h_text = part.lam_text = None
+        self.judge_branches = self._encode(judged) if judged else None
+        self.guide_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self.flagged: list[list[str]] = [[] for _ in range(size)]
         if opts.judge != "noise":
             self._judge_text(ctx)
-        self.coverage: list[list[float]] = [[] for _ in range(ctx.batch_size)]
+        self.coverage: list[list[float]] = [[] for _ in range(size)]
         self.guided: list[int] = []
-        self.batch_masks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(ctx.batch_size)]
+        self.batch_masks: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(size)]
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), B, L, D): each text for every image of the batch."""
+        size = self.ctx.batch_size
+        embeds = self.ctx.encode([t for t in texts for _ in range(size)])
+        return embeds.view(len(texts), size, *embeds.shape[1:])
 
     def _judge_text(self, ctx: RunContext) -> None:
-        """Eq. (b') and (c) before the first step: h from the prompts' words, lam from h."""
+        """Eq. (b') and (c) before the first step: h from the prompts' words, lam from h (per part)."""
         if ctx.token_vectors is None:
             raise SafegenError("Guard 'sp' judge=text needs the model's token embeddings (none given).")
-        detector = ConceptDetector(ctx.token_vectors, self.concept.keywords, self.concept.ignore)
         opts = self.opts
-        self.h_text = detector.scores(ctx.prompts).float()
-        self.lam_text = adaptive_strength(
-            self.h_text, opts.text_tau, opts.lam_max, opts.text_h_sat
-        )  # Eq. (c)
-        if opts.judge == "text":
-            self.h, self.lam = self.h_text, self.lam_text
-        for b, prompt in enumerate(ctx.prompts):
-            self.flagged[b] = [w.word for w in detector.words(prompt) if w.score >= opts.text_tau]
+        for part in self.parts:
+            detector = ConceptDetector(ctx.token_vectors, part.concept.keywords, part.concept.ignore)
+            part.h_text = detector.scores(ctx.prompts).float()
+            part.lam_text = adaptive_strength(part.h_text, opts.text_tau, opts.lam_max, opts.text_h_sat)
+            if opts.judge == "text":
+                part.h, part.lam = part.h_text, part.lam_text
+            for b, prompt in enumerate(ctx.prompts):
+                self.flagged[b] += [w.word for w in detector.words(prompt) if w.score >= opts.text_tau]
+
+    def _active(self) -> tuple[int, ...]:
+        return tuple(i for i, p in enumerate(self.parts) if bool((p.lam > 0).any()))
 
     def branches(self, step: int) -> torch.Tensor | None:
-        if self.noise_judge.judging(step):
-            return self.judge_branches  # judging: every image needs eps_s (and eps_a for the contrast)
-        if self.guide_from <= step < self.guide_until and bool((self.lam > 0).any()):
-            return self.guide_branches
+        if self.judge_branches is not None and self.parts[0].judge.judging(step):
+            return self.judge_branches  # judging: every image needs each part's eps_s (and eps_a)
+        active = self._active()
+        if self.guide_from <= step < self.guide_until and active:
+            if active not in self.guide_cache:
+                self.guide_cache[active] = self._encode(
+                    [t for i in active for t in self.parts[i].guide_texts]
+                )
+            return self.guide_cache[active]
         return None  # judged benign, outside the window, or past it: plain CFG's cost
 
     def guide(
@@ -238,51 +316,61 @@ class SPGuard(GuardBase):
         if eps_extra is None:
             return eps
         d_c = eps_cond - eps_uncond  # Eq. (a)
-        d_s = eps_extra[0] - eps_uncond
-        if self.noise_judge.judging(step):
-            if eps_extra.shape[0] > 1:
-                d_s = eps_extra[0] - eps_extra[1]  # judge_direction=contrast: Eq. (b) on Eq. (a')
-            if self.noise_judge.update(step, d_c, d_s):  # Eq. (b), one step's term; h after K steps
-                self.h = self.noise_judge.h
-                opts = self.opts
-                self.lam = adaptive_strength(self.h, opts.tau, opts.lam_max, opts.h_sat)  # Eq. (c)
-                if self.lam_text is not None:  # judge=both: the stronger of the two judgements
-                    self.lam = torch.maximum(self.lam, self.lam_text)
+        opts = self.opts
+        if self.parts[0].judge.judging(step):
+            for part in self.parts:
+                if part.judge.update(step, d_c, eps_uncond, eps_extra[part.judge_rows]):  # Eq. (b); h after K
+                    part.h = part.judge.h
+                    part.lam = adaptive_strength(part.h, part.tau, opts.lam_max, part.h_sat)  # Eq. (c)
+                    if part.lam_text is not None:  # judge=both: the stronger of the two judgements
+                        part.lam = torch.maximum(part.lam, part.lam_text)
             return eps
-        if eps_extra.shape[0] > 1:
-            d_s = eps_extra[0] - eps_extra[1]  # Eq. (a'), direction=contrast: unsafe text vs its anchor
-        mask = make_mask(d_c, d_s, self.opts)  # Eq. (d), (e): (B, h, w)
-        lam = self.lam.to(device=eps.device, dtype=eps.dtype)
-        eps = eps - lam[:, None, None, None] * mask[:, None].to(eps.dtype) * d_s  # Eq. (f)
+        row, covered = 0, torch.zeros(eps.shape[0], *eps.shape[2:], device=eps.device)
+        for i in self._active():
+            part = self.parts[i]
+            rows = eps_extra[row : row + len(part.guide_texts)]
+            row += len(part.guide_texts)
+            d_s = rows[0] - (rows[1] if len(rows) > 1 else eps_uncond)  # Eq. (a), or (a') with the anchor
+            mask = make_mask(d_c, d_s, opts)  # Eq. (d), (e): (B, h, w)
+            lam = part.lam.to(device=eps.device, dtype=eps.dtype)
+            eps = eps - lam[:, None, None, None] * mask[:, None].to(eps.dtype) * d_s  # Eq. (f), summed
+            covered = torch.maximum(covered, mask * (lam > 0)[:, None, None].to(mask.dtype))
         self.guided.append(step)
+        lam = self.lam
         for b in range(len(lam)):
-            if self.lam[b] <= 0:
+            if lam[b] <= 0:
                 continue  # judged benign in a batch with harmful images: eps unchanged (lam = 0)
-            self.coverage[b].append(round(float(mask[b].mean()), 4))
-            if self.opts.keep_masks:
-                pixels = (mask[b].float().cpu().numpy() * 255).round().astype(np.uint8)
+            self.coverage[b].append(round(float(covered[b].mean()), 4))
+            if opts.keep_masks:
+                pixels = (covered[b].float().cpu().numpy() * 255).round().astype(np.uint8)
                 self.batch_masks[b].append((step, pixels))
         return eps
 
     def end(self) -> list[dict]:
         infos = []
         for b in range(self.ctx.batch_size):
-            lam = float(self.lam[b])
+            top = max(self.parts, key=lambda p: (float(p.lam[b]), float(p.h[b])))  # the part judged worst
+            lam = float(top.lam[b])
             steps, cover = (self.guided if lam > 0 else []), self.coverage[b]
-            infos.append(
-                {
-                    "judge": self.opts.judge,
-                    "harm": round(float(self.h[b]), 5),  # h, Eq. (b) or (b')
-                    "harm_per_step": self.noise_judge.per_step[b],
-                    "harm_text": None if self.h_text is None else round(float(self.h_text[b]), 5),
-                    "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
-                    "strength": round(lam, 5),  # lam, Eq. (c)
-                    "judged_benign": lam == 0.0,
-                    "guided_steps": list(steps),
-                    "mask_coverage": cover,  # mean of M_t per guided step
-                    "mask_coverage_mean": round(float(np.mean(cover)), 4) if cover else 0.0,
+            info = {
+                "judge": self.opts.judge,
+                "judge_statistic": top.judge.stat if self.judge else None,  # Eq. (b1)-(b3) of judge.py
+                "harm": round(float(top.h[b]), 5),  # h, Eq. (b) or (b')
+                "harm_per_step": top.judge.per_step[b],
+                "harm_text": None if top.h_text is None else round(float(top.h_text[b]), 5),
+                "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
+                "strength": round(lam, 5),  # lam, Eq. (c)
+                "judged_benign": lam == 0.0,
+                "guided_steps": list(steps),
+                "mask_coverage": cover,  # mean of M_t per guided step (the union over parts)
+                "mask_coverage_mean": round(float(np.mean(cover)), 4) if cover else 0.0,
+            }
+            if len(self.parts) > 1:
+                info["parts"] = {
+                    p.concept.name: {"harm": round(float(p.h[b]), 5), "strength": round(float(p.lam[b]), 5)}
+                    for p in self.parts
                 }
-            )
+            infos.append(info)
         if self.opts.keep_masks:
             self.masks.extend(self.batch_masks)
         return infos
