@@ -314,6 +314,43 @@ def test_rpo_alpha_adds_the_chosen_nll(run, tiny_ar_dir, tmp_path):
     assert row["logps/chosen"] < 0 and row["loss"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_prefix_attack_stays_in_its_radius_and_raises_the_unsafe_image(model):
+    """vce_adversarial.py (A1)-(A3): the shift is within eps x RMS per position, zero at padding, the same
+    for chosen and rejected rows, and raises a(y_u) - a(y_s) over the unshifted prompt."""
+    from safegen.recipes.losses import average_logprob
+    from safegen.recipes.vce_adversarial import prefix_attack, prefix_radius
+
+    prompts = ["a red circle", "a striped red square"]
+    targets = model.generate_tokens(prompts * 2, [0, 1, 2, 3])  # rows 0-1 "safe", 2-3 "unsafe"
+    shift = prefix_attack(model, prompts, targets, None, None, eps=0.5, steps=3, lr=0.5)
+    radius = prefix_radius(model, prompts, 0.5)
+    assert shift.shape[0] == 4 and torch.equal(shift[:2], shift[2:])
+    assert (shift[:2].abs() <= radius + 1e-6).all() and shift.abs().sum() > 0
+    assert (shift[:2][(radius == 0).expand_as(shift[:2])] == 0).all()
+
+    def gain(s):
+        with torch.no_grad():
+            avg = average_logprob(model.token_logprobs(prompts * 2, targets, shift=s))
+        return float((avg[2:] - avg[:2]).mean())
+
+    assert gain(shift) > gain(None)
+    with pytest.raises(SafegenError, match="does not fit"):
+        model.token_logprobs(prompts, targets[:2], shift=torch.zeros(3, 1, shift.shape[2]))
+
+
+def test_adversarial_training_runs_and_is_recorded(run, tiny_ar_dir, tmp_path):
+    first, _ = run
+    cfg = reuse(first, steps=2, adv_steps=2, adv_eps=0.5)
+    result = run_vce("red", model=str(tiny_ar_dir), config=cfg, out=tmp_path / "adv", device="cpu")
+    assert math.isfinite(result["stages"]["train"]["final"]["loss"])
+    plain = run_vce(
+        "red", model=str(tiny_ar_dir), config=reuse(first, steps=2), out=tmp_path / "p", device="cpu"
+    )
+    assert result["stages"]["train"]["final"]["loss"] != plain["stages"]["train"]["final"]["loss"]
+    manifest = json.loads((tmp_path / "adv" / "manifest.json").read_text())
+    assert '"adv_steps": 2' in json.dumps(manifest)
+
+
 # --------------------------------------------------------------------------- rewriters and filter
 def test_pairs_file_rows_and_image_pairs(tiny_ar_dir, tmp_path):
     from PIL import Image

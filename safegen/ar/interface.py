@@ -147,14 +147,21 @@ class ARModel:
             return self.vq.encode_tokens(pixels)
 
     def token_logprobs(
-        self, prompts: Sequence[str], tokens: torch.Tensor, inputs: torch.Tensor | None = None
+        self,
+        prompts: Sequence[str],
+        tokens: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced log p(y_i | y_<i, prompt) of tokens (B, N) under prompts: (B, N) float32.
 
         Conditional branch only, dropout off, no caption dropout; differentiable in the backbone's
         parameters (call it under ``torch.no_grad()`` for a frozen reference model). ``inputs`` (B, N), when
         given, is the context fed to the model in place of ``tokens`` (VCE's token corruption); the
-        log-probabilities are still those of ``tokens``.
+        log-probabilities are still those of ``tokens``. ``shift`` (R, T, D), when given, is added to the
+        prefix embeddings of the first R rows at their last T positions (prompts are left-padded, so a
+        shift made on a shorter batch lands on the same tokens); differentiable in ``shift`` (VCE's
+        adversarial training, :func:`safegen.recipes.vce_adversarial.prefix_attack`).
         """
         self._check_tokens(tokens)
         if len(prompts) != tokens.shape[0]:
@@ -167,6 +174,8 @@ class ARModel:
         context = tokens if inputs is None else inputs.to(self.device)
         with eval_mode(self.backbone.modules()):
             prefix = self.encode_prompts(prompts)
+            if shift is not None:
+                prefix = shifted(prefix, shift)
             logits = self.backbone.logits(prefix, context[:, :-1])  # (B, N, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(-1, tokens[..., None]).squeeze(-1)  # (B, N)
@@ -178,6 +187,18 @@ class ARModel:
             )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vq.codebook_size):
             raise SafegenError(f"Image tokens must be in 0..{self.vq.codebook_size - 1}.")
+
+
+def shifted(prefix: Prefix, shift: torch.Tensor) -> Prefix:
+    """``prefix`` with ``shift`` (R, T, D) added to its first R rows' last T positions (zero elsewhere)."""
+    rows, length = shift.shape[:2]
+    total, width = prefix.embeds.shape[:2]
+    if rows > total or length > width or shift.shape[2] != prefix.embeds.shape[2]:
+        raise SafegenError(
+            f"A prefix shift {tuple(shift.shape)} does not fit the prefix {tuple(prefix.embeds.shape)}."
+        )
+    full = torch.nn.functional.pad(shift.to(prefix.embeds.dtype), (0, 0, width - length, 0, 0, total - rows))
+    return Prefix(prefix.embeds + full * prefix.mask[..., None], prefix.mask, prefix.ids)
 
 
 def to_pixels(images: Sequence[Any] | torch.Tensor, size: int) -> torch.Tensor:

@@ -16,7 +16,9 @@ The loss of one micro-batch (B pairs, R retain samples), every pair conditioned 
     L_chosen  = -mean_b a_th(y_s | p)                              the safe image under the unsafe prompt
     L         = L_dpo + retain_weight * L_retain + rpo_alpha * L_chosen
 
-chosen y_s = the safe image's tokens, rejected y_u = the unsafe image's. Token drop leaves a random
+chosen y_s = the safe image's tokens, rejected y_u = the unsafe image's. With ``adv_steps`` > 0 every pair
+is conditioned on its prompt moved by a few attack steps first (AdvUnlearn-style adversarial training,
+:mod:`safegen.recipes.vce_adversarial`; off by default). Token drop leaves a random
 ``token_drop`` share of positions out of K (or, with ``token_drop_mode=corrupt``, replaces that share of
 the *input* tokens with random codes and keeps every position). L_chosen is TRL's ``rpo_alpha`` term
 (RPO, arXiv 2404.19733): it pulls the whole safe image up, not only its margin over the unsafe one.
@@ -54,6 +56,7 @@ from safegen.options import fingerprint
 from safegen.recipes.losses import average_logprob, corrupt_tokens, token_keep_mask, vce_loss
 from safegen.recipes.prompts import Progress, StageContext, reusable_stage
 from safegen.recipes.training import TRL_DPO_NAMES, RecipeRequest, RecipeRun, adapters_disabled, execute
+from safegen.recipes.vce_adversarial import prefix_attack
 from safegen.recipes.vce_config import VCEConfig
 
 STAGES = ("pairs", "train", "all")
@@ -100,8 +103,14 @@ class TokenLogProbs(nn.Module):
         self.parts = nn.ModuleList(model.backbone.modules())  # the parameters DDP keeps in sync
         self.model = model
 
-    def forward(self, prompts: list[str], tokens: torch.Tensor, inputs: torch.Tensor | None = None):
-        return self.model.token_logprobs(prompts, tokens, inputs)  # (B, N)
+    def forward(
+        self,
+        prompts: list[str],
+        tokens: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+    ):
+        return self.model.token_logprobs(prompts, tokens, inputs, shift)  # (B, N)
 
 
 def move_ar_model(model: Any, device: torch.device) -> None:
@@ -222,13 +231,17 @@ class VCERecipe:
         elif cfg.token_drop > 0:
             inputs = corrupt_tokens(targets, cfg.token_drop, self.model.vq.codebook_size, gen)  # (2B, N)
         retain = self.data.retain_batch(cfg.retain_batch_size, gen) if cfg.retain_weight > 0 else None
+        shift = None
+        if cfg.adv_steps > 0:  # vce_adversarial.py (A1)-(A4): the pairs under an attacked prompt
+            shift = prefix_attack(self.model, prompts, targets, inputs, keep, eps=cfg.adv_eps,
+                                  steps=cfg.adv_steps, lr=cfg.adv_lr)  # fmt: skip
         with torch.no_grad(), adapters_disabled(self.peft):  # the reference: LoRA off, restored in finally
-            ref = self.model.token_logprobs(prompts * 2, targets, inputs)  # (2B, N)
+            ref = self.model.token_logprobs(prompts * 2, targets, inputs, shift)  # (2B, N)
         all_prompts, all_targets, all_inputs = prompts * 2, targets, inputs
         if retain is not None:  # one forward for pairs and retain samples: one DDP pass per backward
             all_prompts, all_targets = all_prompts + retain[0], torch.cat([targets, retain[1]])
             all_inputs = None if inputs is None else torch.cat([inputs, retain[1]])
-        logp = self.policy(all_prompts, all_targets, all_inputs)  # (2B + R, N)
+        logp = self.policy(all_prompts, all_targets, all_inputs, shift)  # (2B + R, N)
         avg, ref_avg = average_logprob(logp[: 2 * b], keep), average_logprob(ref, keep)  # (2B,) each
         out = vce_loss(avg[:b], avg[b:], ref_avg[:b], ref_avg[b:], cfg.beta)
         nll = (

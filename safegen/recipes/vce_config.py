@@ -87,6 +87,19 @@ class VCEConfig(PromptOptions):
         high=1000.0,
         help="weight of the chosen NLL under the unsafe prompt (TRL's name)",
     )
+    adv_steps: int = option(
+        0,
+        "train",
+        low=0,
+        high=100,
+        help="adversarial training: attack steps on the pairs' prompt embeddings per micro-step (0: off)",
+    )
+    adv_eps: float = option(
+        0.5, "train", low=0.0, high=100.0, help="adversarial training: radius, a share of each position's RMS"
+    )
+    adv_lr: float = option(
+        0.5, "train", low=0.0, high=10.0, help="adversarial training: step size, a share of the radius"
+    )
     lora_rank: int = option(8, "train", low=1, high=1024, help="LoRA rank")
     lora_alpha: float = option(8.0, "train", low=1e-3, high=1e4, help="LoRA alpha (scale alpha / rank)")
     lora_targets: str = option(
