@@ -13,10 +13,12 @@ Rows (each timed against our plain CFG on the same prompts and seeds, one batch)
 - ``sld`` (ours, medium) and ``sld diffusers``: diffusers' own ``StableDiffusionPipelineSafe`` (medium), with
   the largest pixel difference between the two; ``neg``: the negative-prompt baseline.
 
-``--force-judgement`` (on by default) times each judged guard's two paths, whatever its judge would say
-about these prompts: every prompt judged benign (tau and text_tau 0.99) and every prompt judged harmful
-(tau -1); ``dlr benign`` is dual-latent reconstruction's gate finding nothing. Runs alternate in pairs,
-the order flipping every pair after one warm-up of each; the median ratio over pairs is reported.
+``--judge-direction unsafe`` times sp and dlr judging with the paper's statistic instead of their default
+(one branch fewer on the judged steps). ``--force-judgement`` (on by default) times each judged guard's
+two paths, whatever its judge would say about these prompts: every prompt judged benign (tau and
+text_tau 0.99) and every prompt judged harmful (tau -1); ``dlr benign`` is dual-latent reconstruction's
+gate finding nothing. Runs alternate in pairs, the order flipping every pair after one warm-up of each;
+the median ratio over pairs is reported.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ def bench(model: LoadedModel, which: str, args: argparse.Namespace, random_model
     benign = {"tau": 0.99, "h_sat": 1.0, "text_tau": 0.99, "text_h_sat": 1.0} if force else {}
     harmful = {"tau": -1.0, "h_sat": -0.99, "text_tau": 0.0, "text_h_sat": 0.01} if force else {}
     judged = ("tau", "h_sat")  # dlr's gate has the noise judge only
+    if args.judge_direction:  # the judged statistic of sp and dlr (default: the guards')
+        benign, harmful = ({**o, "judge_direction": args.judge_direction} for o in (benign, harmful))
+        judged += ("judge_direction",)
 
     def guard(name: str, **options) -> object:
         return guard_for_model(
@@ -210,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="time each guard's two paths: every prompt judged benign / harmful (default: on)",
     )
+    parser.add_argument("--judge-direction", help="sp and dlr judge this statistic (default: theirs)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

@@ -348,14 +348,17 @@ class SPGuard(GuardBase):
 
     def end(self) -> list[dict]:
         infos = []
+        # per part and image: (lam, h) as numbers (under an attack h carries gradients)
+        judged = [(p.lam.detach().cpu().tolist(), p.h.detach().cpu().tolist()) for p in self.parts]
         for b in range(self.ctx.batch_size):
-            top = max(self.parts, key=lambda p: (float(p.lam[b]), float(p.h[b])))  # the part judged worst
-            lam = float(top.lam[b])
+            k = max(range(len(self.parts)), key=lambda i: (judged[i][0][b], judged[i][1][b]))  # judged worst
+            top = self.parts[k]
+            lam = judged[k][0][b]
             steps, cover = (self.guided if lam > 0 else []), self.coverage[b]
             info = {
                 "judge": self.opts.judge,
                 "judge_statistic": top.judge.stat if self.judge else None,  # Eq. (b1)-(b3) of judge.py
-                "harm": round(float(top.h[b]), 5),  # h, Eq. (b) or (b')
+                "harm": round(judged[k][1][b], 5),  # h, Eq. (b) or (b')
                 "harm_per_step": top.judge.per_step[b],
                 "harm_text": None if top.h_text is None else round(float(top.h_text[b]), 5),
                 "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
@@ -367,8 +370,8 @@ class SPGuard(GuardBase):
             }
             if len(self.parts) > 1:
                 info["parts"] = {
-                    p.concept.name: {"harm": round(float(p.h[b]), 5), "strength": round(float(p.lam[b]), 5)}
-                    for p in self.parts
+                    p.concept.name: {"harm": round(judged[i][1][b], 5), "strength": round(judged[i][0][b], 5)}
+                    for i, p in enumerate(self.parts)
                 }
             infos.append(info)
         if self.opts.keep_masks:
