@@ -158,7 +158,7 @@ def test_sp_both_judges_take_the_stronger(tiny_sd: LoadedModel) -> None:
     )  # noise: benign
     guard = get_guard("sp", concept="red", **opts)
     sizes = unet_batches(tiny_sd, lambda: generate(tiny_sd, mixed, config=cfg, guard=guard))
-    assert sizes == [8, 4] + [8] * 4 + [4] * 2  # judge [u, c, s, a] at step 0; guide [u, c, s, a] in steps 2-5
+    assert sizes == [8, 4] + [8] * 4 + [4] * 2  # judge [u, c, s, a] at step 0; guide in steps 2-5
     red, blue = (im.info for im in generate(tiny_sd, mixed, config=cfg, guard=guard))
     assert red["strength"] == pytest.approx(guard.opts.lam_max) and red["guided_steps"] == [2, 3, 4, 5]
     assert red["harm_text"] == pytest.approx(1.0) and len(red["harm_per_step"]) == 1
