@@ -7,7 +7,8 @@ For each concept: ``safegen calibrate --guard sp`` on ``mini`` with its defaults
 prompts, mini captions without the concept, the judge's default K and statistic), written as
 ``safegen/assets/mini-sd/calibration/<concept>.yaml``; sp and dlr read it when they run on ``mini``
 (:func:`safegen.guards.calibrated_options`). A summary table goes to
-``benchmarks/results/calibration_mini.md``. An existing file is replaced only with ``--force``.
+``benchmarks/results/calibration_mini.md``. An existing file is replaced only with ``--force`` (its
+row is read back from the file's comments).
 """
 
 from __future__ import annotations
@@ -18,6 +19,24 @@ from helpers import ROOT, write_markdown
 
 FOLDER = ROOT / "safegen" / "assets" / "mini-sd" / "calibration"
 CONCEPTS = ("red", "striped", "circle", "ines-quarry", "blue", "square", "checkered", "alba-renko")
+
+
+def recorded(text: str, options: dict) -> dict:
+    """A kept file's measurement, read back from the comments :func:`write_guard_config` wrote."""
+    import re
+
+    result: dict = {"options": options}
+    for key in ("harm", "harm_presence"):
+        found = re.search(rf"^# {key}: AUROC ([0-9.]+)", text, re.M)
+        if found:
+            result[key] = {"auroc": float(found.group(1))}
+    share = re.search(r"\(presence share ([0-9.]+)\)", text)
+    if share:
+        result["presence_share"] = float(share.group(1))
+    either = re.search(r"^# either judge: guided concept ([0-9.]+), clean ([0-9.]+)", text, re.M)
+    if either:
+        result["guided_share"] = {"harmful": float(either.group(1)), "clean": float(either.group(2))}
+    return result
 
 
 def main() -> None:
@@ -36,19 +55,28 @@ def main() -> None:
     for name in args.concepts.split(","):
         path = FOLDER / f"{name}.yaml"
         if path.exists() and not args.force:
-            result = {"options": yaml.safe_load(path.read_text()), "harm": None}
+            result = recorded(path.read_text(), yaml.safe_load(path.read_text()))
         else:
             result = calibrate_guard("sp", get_concept(name), "mini", seeds=args.seeds, device="cpu")
             path.unlink(missing_ok=True)
             write_guard_config(result, path)
-        opts, harm = result["options"], result.get("harm")
+        opts, harm, seen = result["options"], result.get("harm"), result.get("harm_presence")
         auroc = f"{harm['auroc']:.3f}" if harm else "(kept)"
+        p_auroc = f"{seen['auroc']:.3f}" if seen else "(kept)" if opts.get("presence") else "off"
+        either = result.get("guided_share")
         cells.append([name, opts.get("judge_direction", "unsafe"), auroc, f"{opts['tau']:.4f}",
-                      f"{opts['h_sat']:.4f}", str(opts["judge_steps"])])  # fmt: skip
-    head = ["concept", "statistic", "AUROC (examples vs clean)", "tau", "h_sat", "K"]
+                      f"{opts['h_sat']:.4f}", p_auroc, str(opts.get("presence_tau", "-")),
+                      str(opts.get("presence_h_sat", "-")),
+                      str(result.get("presence_share", "-")),
+                      f"{either['harmful']:.2f} / {either['clean']:.2f}" if either else "-",
+                      str(opts["judge_steps"])])  # fmt: skip
+    head = ["concept", "statistic", "AUROC (examples vs clean)", "tau", "h_sat", "presence AUROC"]
+    head += ["presence_tau", "presence_h_sat", "presence share", "guided concept / clean (either)", "K"]
     intro = (
-        "`python benchmarks/calibrate_bundled.py`: the noise judge (Eq. b) measured on the bundled `mini` "
-        "with `safegen calibrate --guard sp` defaults; the files in safegen/assets/mini-sd/calibration/."
+        "`python benchmarks/calibrate_bundled.py`: the noise judge (Eq. b) and the presence judge (Eq. b4) "
+        "measured on the bundled `mini` with `safegen calibrate --guard sp` defaults (the two judges' taus "
+        "share the clean budget, `presence share` to presence: `safegen.calibrate.presence_share`); the "
+        "files in safegen/assets/mini-sd/calibration/."
     )
     print(write_markdown(ROOT / "benchmarks" / "results" / "calibration_mini.md", "Bundled calibrations",
                          intro, head, cells))  # fmt: skip

@@ -16,12 +16,18 @@ and scores several readings of the judge (our readings; the paper's is ``unsafe`
 - ``relative-0.5``  cos(c - u, s - u) - 0.5 cos(c - u, a - u)   (the guards' default, ``anchor_weight``)
 - ``local``     top-quarter mean over latent locations of the channel cosine of (c - u, s - u)
 - ``local-contrast``  the same on (c - u, s - a)
+- ``coef``      the least-squares weight of s - u less that of a - u, writing c - u in their basis
+- ``project``   <c - u, s - a> / |s - a|^2
+- ``presence``  (|a - u|^2 - |s - u|^2) / (|a - u|^2 + |s - u|^2)     Eq. (b4): the latent already shows s
+- ``either:x:y``  flagged when x or y passes its own cut at half the budget (Eq. c', the guards with
+  ``presence``); AUROC on the larger of the two ranks among the other prompts
 
 each averaged over a window of steps. AUROC: concept prompts (named, synonym, implicit; for an artist,
 its named and implicit prompts) against the other prompts of the set (grid captions without the concept,
 other artists); ``unprompted``: AUROC of the unprompted captions whose base image shows the concept against
 those whose image does not. ``recall@5%``: the share of concept prompts above the other prompts' 0.95
-quantile. No threshold is chosen here (that is ``safegen calibrate``'s work on the examples split).
+quantile (``unprompted recall@5%``: the share of unprompted images that show the concept above that cut).
+No threshold is chosen here (that is ``safegen calibrate``'s work on the examples split).
 """
 
 from __future__ import annotations
@@ -37,14 +43,22 @@ import torch.nn.functional as F
 from helpers import ROOT, write_markdown
 
 CONCEPTS = ("red", "striped", "circle", "ines-quarry", "blue", "checkered")
-WINDOWS = ((0, 2), (2, 4), (4, 6), (2, 6), (0, 6), (6, 10), (4, 10))
-STATS = ("unsafe", "contrast", "relative", "relative-0.5", "local", "local-contrast")
+WINDOWS = ((0, 2), (2, 4), (4, 5), (5, 6), (4, 6), (2, 6), (0, 6), (6, 10), (4, 10))
+STATS = ("unsafe", "contrast", "relative", "relative-0.5", "local", "local-contrast", "coef", "project")
+STATS += ("presence", "either:relative-0.5:presence", "either:unsafe:presence")
 
 
 def _local(d_c: torch.Tensor, d_s: torch.Tensor, share: float = 0.25) -> torch.Tensor:
     cos = F.cosine_similarity(d_c.float(), d_s.float(), dim=1).flatten(1)  # (B, h*w)
     k = max(1, int(share * cos.shape[1]))
     return cos.topk(k, dim=1).values.mean(1)
+
+
+def _dots(d_c: torch.Tensor, d_s: torch.Tensor, d_a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The six inner products of the flattened directions (per image) every flat statistic is made of."""
+    c, s, a = (x.flatten(1).double() for x in (d_c, d_s, d_a))
+    pairs = {"cc": (c, c), "cs": (c, s), "ca": (c, a), "ss": (s, s), "aa": (a, a), "sa": (s, a)}
+    return {k: (x * y).sum(1) for k, (x, y) in pairs.items()}
 
 
 def _flat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -85,6 +99,7 @@ def recorder(concept, n_judged: int):
                     "relative": _flat(d_c, d_s) - _flat(d_c, d_anchor),
                     "local": _local(d_c, d_s),
                     "local-contrast": _local(d_c, d_a),
+                    **_dots(d_c, d_s, d_anchor),
                 }
                 for key, v in values.items():
                     for b, x in enumerate(v.tolist()):
@@ -129,7 +144,14 @@ READ = (
     "0.96, recall 0.71); w = 0.5 keeps the first's recall on red, striped and checkered (1.00, 1.00, 0.98) "
     "and raises circle's to 0.72 and blue's to 0.79: the default. The artist ines-quarry stays near 0.89 "
     "whatever the statistic: its style is the dotted texture, and grid captions that name dotted are "
-    "counted as other prompts here (AUROC about 0.5 against them, 0.93-0.98 without them)."
+    "counted as other prompts here (AUROC about 0.5 against them, 0.93-0.98 without them). Presence "
+    "(Eq. b4) reads the latent, not the prompt: alone it is best on the colours and the object (red 1.00, "
+    "circle 0.93, blue 0.97 recall) and weak on textures (0.77-0.78), since stripes are not yet drawn by "
+    "step 5; either of relative-0.5 and presence, each cut at 2.5 % (the guards' default, Eq. c'), has "
+    "recall 1.00 on red, circle and blue and 0.97 on striped and checkered, and catches the unprompted "
+    "images that show the concept (red, striped, circle, blue 1.00; checkered 0.83, against 0.60-0.90 for "
+    "relative-0.5 alone). Neither helps the artist (0.26-0.32). One judged step (4-4 or 5-5) loses up to "
+    "0.10 of recall against the two."
 )
 
 
@@ -154,13 +176,50 @@ def record(name: str, n_judged: int, base_dir: Path) -> None:
             f.write(json.dumps({"key": r["key"], "group": r["group"], "tag": tag, **stats}) + "\n")
 
 
+def derived(row: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """Statistics made of the six recorded inner products (per step): ``coef``, the least-squares weight
+    of d_s when d_c is written in the basis (d_s, d_a), less that of d_a; ``project``, <d_c, s - a> over
+    |s - a|^2; ``presence``, (|d_a|^2 - |d_s|^2) / (|d_a|^2 + |d_s|^2), whether the latent already looks
+    nearer the unsafe text than its anchor whatever the prompt says."""
+    cc, cs, ca, ss, aa, sa = (np.asarray(row[k]) for k in ("cc", "cs", "ca", "ss", "aa", "sa"))
+    det = ss * aa - sa**2
+    alpha, beta = (aa * cs - sa * ca) / det, (ss * ca - sa * cs) / det
+    return {
+        "coef": alpha - beta,
+        "project": (cs - ca) / (ss + aa - 2 * sa),
+        "presence": (aa - ss) / (aa + ss),
+    }
+
+
 def series(row: dict[str, list[float]], stat: str) -> np.ndarray:
-    """A row's per-step values of ``stat``; ``relative-w`` is Eq. (b3) with anchor weight w."""
+    """A row's per-step values of ``stat``; ``relative-w`` is Eq. (b3) with anchor weight w; ``max:x:y``
+    the larger of two statistics at each step."""
+    if stat.startswith("max:"):
+        _, a, b = stat.split(":")
+        return np.maximum(series(row, a), series(row, b))
     if stat.startswith("relative-"):
         w = float(stat.split("-", 1)[1])
         unsafe, relative = np.asarray(row["unsafe"]), np.asarray(row["relative"])
         return unsafe - w * (unsafe - relative)  # cos(d_c, d_a) = unsafe - relative
+    if stat in ("coef", "project", "presence"):
+        return derived(row)[stat]
     return np.asarray(row[stat])
+
+
+def _scores(rows: list[dict], tags: list[str], stat: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's score on ``stat`` over steps lo..hi-1 (for AUROC), and whether it is flagged at 5 % of
+    the other prompts. ``either:x:y`` (Eq. c' of judge.py): flagged when x or y passes its own cut at
+    2.5 %, scored by the larger of the two ranks among the other prompts."""
+    if not stat.startswith("either:"):
+        h = np.array([series(row, stat)[lo:hi].mean() for row in rows])
+        return h, h > np.quantile(h[[t == "neg" for t in tags]], 0.95)
+    score, flag = np.zeros(len(rows)), np.zeros(len(rows), bool)
+    for part in stat.split(":")[1:]:
+        h = np.array([series(row, part)[lo:hi].mean() for row in rows])
+        neg = np.sort(h[[t == "neg" for t in tags]])
+        score = np.maximum(score, np.searchsorted(neg, h) / len(neg))
+        flag |= h > np.quantile(neg, 0.975)
+    return score, flag
 
 
 def table(name: str, n_judged: int) -> list[list[str]]:
@@ -173,15 +232,18 @@ def table(name: str, n_judged: int) -> list[list[str]]:
         for lo, hi in WINDOWS:
             if hi > n_judged:
                 continue
-            h = np.array([series(row, stat)[lo:hi].mean() for row in rows])
-            pick = {k: h[[t == k for t in tags]] for k in ("pos", "neg", "up-pos", "up-neg")}
-            cut = np.quantile(pick["neg"], 0.95)
+            h, flag = _scores(rows, tags, stat, lo, hi)
+            pick = {k: np.array([t == k for t in tags]) for k in ("pos", "neg", "up-pos", "up-neg")}
             up = (
-                auroc(pick["up-pos"], pick["up-neg"]) if len(pick["up-pos"]) and len(pick["up-neg"]) else None
+                auroc(h[pick["up-pos"]], h[pick["up-neg"]])
+                if pick["up-pos"].any() and pick["up-neg"].any()
+                else None
             )
-            cells.append([name, stat, f"{lo}-{hi - 1}", f"{auroc(pick['pos'], pick['neg']):.3f}",
-                          f"{float(np.mean(pick['pos'] > cut)):.2f}", "n/a" if up is None else f"{up:.3f}",
-                          f"{len(pick['pos'])}/{len(pick['neg'])}/{len(pick['up-pos'])}"])  # fmt: skip
+            caught = float(flag[pick["up-pos"]].mean()) if pick["up-pos"].any() else None
+            cells.append([name, stat, f"{lo}-{hi - 1}", f"{auroc(h[pick['pos']], h[pick['neg']]):.3f}",
+                          f"{float(flag[pick['pos']].mean()):.2f}", "n/a" if up is None else f"{up:.3f}",
+                          "n/a" if caught is None else f"{caught:.2f}",
+                          f"{pick['pos'].sum()}/{pick['neg'].sum()}/{pick['up-pos'].sum()}"])  # fmt: skip
     return cells
 
 
@@ -204,7 +266,8 @@ def main() -> None:
         if not args.from_raw:
             record(name, args.steps_judged, Path(args.base_runs))
         cells += table(name, args.steps_judged)
-    head = ["concept", "statistic", "steps", "AUROC", "recall@5%", "unprompted AUROC", "n pos/neg/up-pos"]
+    head = ["concept", "statistic", "steps", "AUROC", "recall@5%", "unprompted AUROC", "unprompted recall@5%"]
+    head += ["n pos/neg/up-pos"]
     print(
         write_markdown(
             ROOT / "benchmarks" / "results" / "judge_study.md",

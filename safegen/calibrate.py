@@ -16,7 +16,12 @@ another. :func:`calibrate_guard` measures the judge where it will run:
   all) and ``h_sat`` at the harmful h's ``sat_quantile`` quantile (default 0.10: nine in ten concept
   prompts at full strength; ``benchmarks/sweep_guards.py``), as a guard config YAML that
   ``--guard-config`` reads. With ``judge=both`` the text judge's ``text_tau`` / ``text_h_sat`` are set the
-  same way on its word score. The file's comments record what it was measured on.
+  same way on its word score. With the presence judge on (``presence``, judge.py Eq. b4; the default
+  where the concept has a safe anchor) ``presence_tau`` / ``presence_h_sat`` are set the same way on its
+  score; an image is guided when either passes, so the two share ``target_fpr`` (the union's clean
+  share stays within it): :func:`presence_share` picks the split that guides the most concept prompts
+  (even unless an uneven one does strictly better; our rule, not the paper's). The file's comments
+  record what it was measured on.
 
 sp and dlr (its ``gate=noise``) share the judge (:mod:`safegen.guards.judge`), so one calibration serves
 both. Our reading: the paper sets its threshold per model by hand; the quantile rule is ours, named options.
@@ -53,6 +58,29 @@ def thresholds(
     tau = min(float(np.quantile(clean, 1.0 - target_fpr)), 0.99)  # cosines: tau < h_sat <= 1
     spread = float(np.ptp(clean)) or 1e-3
     return tau, min(max(float(np.quantile(harmful, sat_quantile)), tau + 0.1 * spread), 1.0)
+
+
+SHARES = (0.5, 0.25, 0.75, 0.0, 1.0)  # tried in this order: an uneven split must guide strictly more
+
+
+def presence_share(scores: Sequence[Sequence[float]], n_harm: int, target_fpr: float) -> float:
+    """The share of ``target_fpr`` that goes to the presence judge (the rest to the prompt statistic).
+
+    ``scores``: [h, presence] per image, concept images first (``n_harm``). Each share of :data:`SHARES`
+    sets both taus at their clean quantiles (so the union guides at most ``target_fpr`` of the clean
+    images); the first share that guides the most concept images under either judgement wins. A judge
+    that does not separate the concept (presence on a texture not yet drawn when it is read) then gives
+    its budget to the other instead of halving the other's."""
+    h, p = (np.asarray(x, float) for x in scores)
+    best, best_recall = SHARES[0], -1.0
+    for share in SHARES:
+        caught = np.zeros(n_harm, bool)
+        for values, budget in ((h, (1 - share) * target_fpr), (p, share * target_fpr)):
+            tau = np.quantile(values[n_harm:], 1.0 - budget)
+            caught |= values[:n_harm] > tau
+        if caught.mean() > best_recall:
+            best, best_recall = share, float(caught.mean())
+    return best
 
 
 def mini_clean_prompts(concept: Any) -> list[str]:
@@ -172,12 +200,24 @@ def calibrate_guard(
     options_out["judge_start"] = guard_obj.opts.judge_start
     options_out["judge_direction"] = result["statistic"] or guard_obj.opts.judge_direction  # as judged
     options_out["anchor_weight"] = guard_obj.opts.anchor_weight
-    for key, tau_name, sat_name in (("harm", "tau", "h_sat"), ("harm_text", "text_tau", "text_h_sat")):
+    with_presence = all(im.info.get("harm_presence") is not None for im in images)
+    options_out["presence"] = with_presence  # as judged (a concept without an anchor has none)
+    fpr = {"harm": target_fpr, "harm_text": target_fpr}
+    if with_presence:  # Eq. (c') guides when either passes its tau: the two share the clean budget
+        share = presence_share(
+            [[im.info[k] for im in images] for k in ("harm", "harm_presence")], n_harm, target_fpr
+        )
+        fpr |= {"harm": (1 - share) * target_fpr, "harm_presence": share * target_fpr}
+        result["presence_share"] = share
+    keys = (("harm", "tau", "h_sat"), ("harm_presence", "presence_tau", "presence_h_sat"))
+    keys += (("harm_text", "text_tau", "text_h_sat"),)
+    guided = {}
+    for key, tau_name, sat_name in keys:
         scores = [im.info.get(key) for im in images]
         if any(s is None or not math.isfinite(s) for s in scores):
             continue
         on, off = scores[:n_harm], scores[n_harm:]
-        tau, h_sat = thresholds(on, off, target_fpr, sat_quantile)
+        tau, h_sat = thresholds(on, off, fpr[key], sat_quantile)
         result[key] = {
             "auroc": auroc(on, off),
             "harmful": {"median": float(np.median(on)), "min": float(np.min(on)), "max": float(np.max(on))},
@@ -188,7 +228,15 @@ def calibrate_guard(
                 "clean": float(np.mean(np.asarray(off) > tau)),
             },
         }
+        if key != "harm_text":
+            guided[key] = np.asarray(scores) > tau
         options_out[tau_name], options_out[sat_name] = round(tau, 5), round(h_sat, 5)
+    if len(guided) == 2:  # the noise judge with presence: guided when either passes (Eq. c')
+        either = guided["harm"] | guided["harm_presence"]
+        result["guided_share"] = {
+            "harmful": float(either[:n_harm].mean()),
+            "clean": float(either[n_harm:].mean()),
+        }
     get_guard(guard, concept=concept, **{**(options or {}), **options_out})  # the options make a valid guard
     result["options"] = options_out
     return result
@@ -200,22 +248,32 @@ def write_guard_config(result: dict[str, Any], out: str | Path) -> Path:
 
     from safegen.files import staged
 
+    share, fpr = result.get("presence_share"), result["target_fpr"]
+    taus = f"tau at the clean {1 - fpr:.3g} quantile"
+    if share is not None:
+        taus = (
+            f"tau and presence_tau at the clean {1 - (1 - share) * fpr:.4g} and {1 - share * fpr:.4g} "
+            f"quantiles (presence share {share})"
+        )
     lines = [
         f"# safegen calibrate: guard {result['guard']}, concept {result['concept']}, model {result['model']}",
         f"# judge {result['judge']}: {result['n_prompts']} concept and {result['n_clean']} clean prompts x "
-        f"{result['seeds']} seeds, {result['steps']} steps; tau at the clean "
-        f"{1 - result['target_fpr']:.2f} quantile, h_sat at the concept prompts' "
+        f"{result['seeds']} seeds, {result['steps']} steps; {taus}, h_sat at the concept prompts' "
         f"{result.get('sat_quantile', 0.1):.2f} quantile",
     ]
     if result.get("statistic"):
-        lines.append(f"# judged statistic: {result['statistic']} (safegen/guards/judge.py)")
-    for key in ("harm", "harm_text"):
+        presence = " with presence (Eq. b4, c')" if result["options"].get("presence") else ""
+        lines.append(f"# judged statistic: {result['statistic']}{presence} (safegen/guards/judge.py)")
+    for key in ("harm", "harm_presence", "harm_text"):
         if key in result:
             m = result[key]
             lines.append(
                 f"# {key}: AUROC {m['auroc']:.3f}; guided: concept {m['guided_share']['harmful']:.2f}, "
                 f"clean {m['guided_share']['clean']:.2f}"
             )
+    if "guided_share" in result:
+        share = result["guided_share"]
+        lines.append(f"# either judge: guided concept {share['harmful']:.2f}, clean {share['clean']:.2f}")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(result["options"], sort_keys=False)
     path = Path(out).expanduser()
     with staged(path) as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from safegen.calibrate import auroc, thresholds
@@ -26,6 +27,21 @@ def test_thresholds_follow_the_clean_quantile_and_a_harmful_quantile():
     assert h_sat == pytest.approx(tau + 0.05)  # still a ramp of some width (a tenth of the spread) above tau
     tau, h_sat = thresholds([1.0, 1.0], [0.995, 1.0], target_fpr=0.05)  # kept inside the options' ranges
     assert tau <= 0.99 and h_sat <= 1.0
+
+
+def test_the_presence_share_goes_where_it_guides_more():
+    """The two noise judgements share the clean budget (Eq. c'): even by default, uneven only when it
+    guides strictly more concept images."""
+    from safegen.calibrate import presence_share
+
+    rng = np.random.default_rng(0)
+    clean = list(np.linspace(0.0, 0.99, 100))
+    close = [0.955, 0.96, 0.97, 0.98]  # above the clean 0.95 quantile, not all above its 0.975 one
+    noise = list(rng.uniform(0, 1, 104))  # a judgement that does not separate
+    assert presence_share([close + clean, noise], 4, 0.05) < 0.5  # the budget goes to the prompt statistic
+    assert presence_share([noise, close + clean], 4, 0.05) > 0.5  # ... or to presence
+    both = [2.0] * 4 + clean
+    assert presence_share([both, both], 4, 0.05) == 0.5  # a tie keeps the even split
 
 
 @pytest.fixture()
@@ -52,9 +68,11 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n_prompts"] == 3 and result["n_clean"] == 4 and result["seeds"] == 2
-    for key in ("harm", "harm_text"):
+    for key in ("harm", "harm_presence", "harm_text"):
         assert 0.0 <= result[key]["auroc"] <= 1.0
         assert result[key]["guided_share"]["clean"] <= 0.25  # tau at the clean 0.95 quantile of 8 scores
+    either = result["guided_share"]  # presence: guided when either noise judgement passes (Eq. c')
+    assert either["clean"] <= 0.25 and either["harmful"] >= result["harm"]["guided_share"]["harmful"]
     options = yaml.safe_load(out.read_text())
     assert options == result["options"] and set(options) == {
         "judge",
@@ -64,13 +82,17 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
         "anchor_weight",
         "tau",
         "h_sat",
+        "presence",
+        "presence_tau",
+        "presence_h_sat",
         "text_tau",
         "text_h_sat",
     }
-    assert options["tau"] < options["h_sat"]
+    assert options["tau"] < options["h_sat"] and options["presence_tau"] < options["presence_h_sat"]
+    assert options["presence"] is True
     assert options["judge_direction"] == result["statistic"] == "relative" and options["anchor_weight"] == 0.5
     assert out.read_text().startswith("# safegen calibrate: guard sp, concept nudity")
-    assert "# judged statistic: relative" in out.read_text()
+    assert "# judged statistic: relative with presence" in out.read_text()
     guard = build_guard("sp", get_concept("nudity"), config_file=out, model=str(tiny_sd_dir))
     assert guard.opts.tau == options["tau"] and guard.opts.judge == "both"
 
@@ -118,10 +140,14 @@ def test_the_bundled_mini_model_ships_calibrations_that_sp_and_dlr_read():
         for name in ("sp", "dlr"):
             assert calibrated_options(name, concept, "mini") == {
                 k: data[k]
-                for k in ("judge_steps", "judge_start", "judge_direction", "anchor_weight", "tau", "h_sat")
-            }
+                for k in ("judge_steps", "judge_start", "judge_direction", "anchor_weight", "tau", "h_sat",
+                          "presence", "presence_tau", "presence_h_sat")
+            }  # fmt: skip
             guard = build_guard(name, concept, model="mini")
             assert (guard.opts.tau, guard.opts.h_sat) == (data["tau"], data["h_sat"])
+            assert (guard.opts.presence_tau, guard.opts.presence_h_sat) == (
+                data["presence_tau"], data["presence_h_sat"]
+            )  # fmt: skip
         assert build_guard("sp", concept, sets=["tau=0.01"], model="mini").opts.tau == 0.01
         other = next(d for d in ("unsafe", "contrast", "relative") if d != data["judge_direction"])
         moved = build_guard("sp", concept, sets=[f"judge_direction={other}"], model="mini")

@@ -154,7 +154,7 @@ def test_sp_both_judges_take_the_stronger(tiny_sd: LoadedModel) -> None:
     cfg = GenerationConfig(steps=8)
     mixed = ["a red circle", "a blue star"]
     opts = dict(
-        judge="both", judge_steps=1, tau=0.99, h_sat=1.0, text_tau=0.99, text_h_sat=1.0
+        judge="both", judge_steps=1, tau=0.99, h_sat=1.0, text_tau=0.99, text_h_sat=1.0, presence=False
     )  # noise: benign
     guard = get_guard("sp", concept="red", **opts)
     sizes = unet_batches(tiny_sd, lambda: generate(tiny_sd, mixed, config=cfg, guard=guard))

@@ -164,7 +164,8 @@ def test_sp_mask_options() -> None:
 
 
 def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel) -> None:
-    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=2, judge_start=0)
+    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=2, judge_start=0,
+                      presence=False)  # fmt: skip
     sizes = unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8))
     assert sizes == [8, 8] + [4] * 6  # [u, c, s, a] x 2 images while judging, then plain CFG's batch
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
@@ -178,7 +179,8 @@ def test_sp_benign_prompt_is_plain_cfg_and_drops_its_branch(tiny_sd: LoadedModel
 
 def test_sp_judges_only_steps_from_judge_start(tiny_sd: LoadedModel) -> None:
     """judge_start S: steps before S run plain CFG, S..K-1 run [u, c, s, a]; h averages those steps only."""
-    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=3, judge_start=1)
+    guard = get_guard("sp", concept="red", judge="noise", tau=0.99, h_sat=1.0, judge_steps=3, judge_start=1,
+                      presence=False)  # fmt: skip
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=8)) == [4] + [8] * 2 + [4] * 5
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=8), guard=guard)
     for im in images:
@@ -259,14 +261,62 @@ def test_judge_statistics_on_hand_numbers() -> None:
     assert judge.NoiseJudge(2, 1, stat="relative").branch_texts(get_concept("red")) == ["red", "green"]
 
 
+def test_presence_on_hand_numbers() -> None:
+    """judge.py Eq. (b4) and (c'): a latent whose s-conditioned prediction barely moves is drawing s."""
+    u = torch.zeros(1, 2, 1, 1)
+    s, a = torch.tensor([[[[0.1]], [[0.0]]]]), torch.tensor([[[[0.0]], [[0.3]]]])
+    assert judge.presence(u, torch.stack([s, a])).item() == pytest.approx((0.09 - 0.01) / (0.09 + 0.01))
+    assert judge.presence(u, torch.stack([a, s])).item() == pytest.approx(-0.8)  # nearer the anchor
+    assert judge.presence(u, torch.stack([s, s])).item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="anchor"):
+        judge.presence(u, s[None])
+    jd = judge.NoiseJudge(1, 1, stat="unsafe", presence=True)
+    assert jd.branch_texts(get_concept("red")) == ["red", "green"]  # presence reads the anchor too
+    c = torch.tensor([[[[0.0]], [[1.0]]]])  # the prompt points at the anchor: Eq. (b1) says benign
+    assert jd.update(0, c - u, u, torch.stack([s, a]))
+    assert jd.h.item() == pytest.approx(0.0) and jd.h_presence.item() == pytest.approx(0.8)
+    assert jd.share(0.1, 0.3).item() == pytest.approx(0.8)  # Eq. (c'): the larger ramp (0 and 0.8 / 1)
+    assert jd.share(0.1, 0.3, presence_tau=0.7, presence_h_sat=0.9).item() == pytest.approx(0.5)
+    assert jd.share(0.1, 0.3, presence_tau=0.85, presence_h_sat=0.9).item() == 0.0
+    no_anchor = Concept("plain", ConceptKind.OBJECT, ("plain",), "a plain thing", "")
+    off = judge.NoiseJudge(1, 1, stat="unsafe", presence=True)
+    assert off.branch_texts(no_anchor) == ["a plain thing"] and not off.presence
+
+
+@pytest.mark.parametrize("name", ["sp", "dlr"])
+def test_presence_acts_where_the_prompt_statistic_says_benign(tiny_sd: LoadedModel, name: str) -> None:
+    """tau = 0.99 makes every prompt benign by Eq. (b3); presence (Eq. b4, c') with its own thresholds
+    guides them anyway, at no extra UNet branch; with a presence threshold out of reach nothing changes."""
+    opts = dict(concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0)
+    caught = get_guard(name, presence_tau=-1.0, presence_h_sat=-0.99, **opts)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, caught, steps=6))[:2] == [8, 8]  # [u, c, s, a]
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=caught)
+    assert not any(im.info["judged_benign"] for im in images)
+    assert all(-1 <= im.info["harm_presence"] <= 1 for im in images)
+    missed = get_guard(name, presence_tau=0.99, presence_h_sat=1.0, **opts)
+    quiet = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=missed)
+    assert all(im.info["judged_benign"] for im in quiet)
+    assert np.abs(pixels(images) - pixels(quiet)).mean() > 0.05
+    with pytest.raises(SafegenError, match="presence_h_sat"):
+        get_guard(name, concept="red", presence_tau=0.5, presence_h_sat=0.4)
+
+
 def test_a_calibration_is_read_on_its_own_statistic_only() -> None:
     """A file without a statistic was measured on the paper's; another explicit statistic drops it."""
     from safegen.guards import with_calibration
 
     old = {"tau": 0.2, "h_sat": 0.4}
-    assert with_calibration(old, {}) == {"judge_direction": "unsafe", "tau": 0.2, "h_sat": 0.4}
+    implied = {"judge_direction": "unsafe", "presence": False}  # measured before either existed
+    assert with_calibration(old, {}) == {**implied, "tau": 0.2, "h_sat": 0.4}
+    assert with_calibration(old, {"presence": True}) == {
+        **implied,
+        "tau": 0.2,
+        "h_sat": 0.4,
+        "presence": True,
+    }
     assert with_calibration(old, {"judge_direction": "relative"}) == {"judge_direction": "relative"}
-    new = {"judge_direction": "relative", "anchor_weight": 0.5, "tau": 0.1, "h_sat": 0.3}
+    new = {"judge_direction": "relative", "anchor_weight": 0.5, "tau": 0.1, "h_sat": 0.3, "presence": True}
+    new |= {"presence_tau": 0.05, "presence_h_sat": 0.2}
     assert with_calibration(new, {"lam_max": 10.0}) == {**new, "lam_max": 10.0}
     assert with_calibration(new, {"anchor_weight": 1.0}) == {"anchor_weight": 1.0}
     assert with_calibration({}, {"tau": 0.5}) == {"tau": 0.5}
@@ -277,13 +327,13 @@ def test_anchor_statistics_judge_with_the_anchor_branch(tiny_sd: LoadedModel, na
     """judge_direction=relative (the default): the judged steps run [u, c, s, a]; h is Eq. (b3) averaged
     over them, and differs from the paper's Eq. (b1), judged with [u, c, s]."""
     guard = get_guard(name, concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0,
-                      judge_direction="relative")  # fmt: skip
+                      judge_direction="relative", presence=False)  # fmt: skip
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=6)) == [8] * 2 + [4] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
     for im in images:
         assert len(im.info["harm_per_step"]) == 2 and -2 <= im.info["harm"] <= 2
     paper = get_guard(name, concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0,
-                      judge_direction="unsafe")  # fmt: skip
+                      judge_direction="unsafe", presence=False)  # fmt: skip
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, paper, steps=6)) == [6] * 2 + [4] * 4
     other = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=paper)
     assert [im.info["harm"] for im in images] != [im.info["harm"] for im in other]
@@ -382,7 +432,9 @@ def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: Loade
     CFG (stream B dropped); judged harmful, stream B forks at step K with omega = weight x ramp (Eq. G).
     The judged steps run [u, c, s, a]: the default statistic reads the safe anchor (judge.py Eq. b3)."""
     plain = run(tiny_sd, steps=6)
-    benign = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0)
+    benign = get_guard(
+        "dlr", concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0, presence=False
+    )
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [8] * 2 + [4] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
     assert np.abs(pixels(images) - plain).max() <= 1  # plain CFG's image (batch rounding)
@@ -393,7 +445,7 @@ def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: Loade
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
     assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
     assert np.abs(pixels(images) - plain).mean() > 0.05
-    half = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=1.0)
+    half = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=1.0, presence=False)
     weights = [
         im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=half)
     ]

@@ -143,7 +143,7 @@ def test_sp_judges_and_guides_each_part_on_its_own(mini: LoadedModel) -> None:
     from test_guards import unet_batches
 
     opts = dict(judge="noise", judge_steps=2, judge_start=0, direction="unsafe", window_start=0.0,
-                window_end=1.0)  # fmt: skip
+                window_end=1.0, presence=False)  # fmt: skip
     parts = {"red": {"tau": -1.0, "h_sat": -0.99}, "circle": {"tau": 0.99, "h_sat": 1.0}}
     guard = get_guard("sp", concept="red,circle", part_options=parts, **opts)
     sizes = unet_batches(mini, lambda: run(mini, guard))
@@ -159,6 +159,26 @@ def test_sp_judges_and_guides_each_part_on_its_own(mini: LoadedModel) -> None:
         get_guard("sp", concept="red,circle", part_options={"blue": {"tau": 0.1}})
 
 
+def test_dlr_judges_each_part_and_blends_by_the_worst(mini: LoadedModel) -> None:
+    """dlr against two concepts: the judged steps run each part's [s, a]; omega follows the part judged most
+    harmful (its own thresholds from part_options), which each image's report names."""
+    from test_guards import unet_batches
+
+    opts = dict(judge_steps=2, judge_start=0, presence=False, tau_gc=0.0)
+    parts = {"red": {"tau": 0.99, "h_sat": 1.0}, "circle": {"tau": -1.0, "h_sat": -0.99}}
+    guard = get_guard("dlr", concept="red,circle", part_options=parts, **opts)
+    assert unet_batches(mini, lambda: run(mini, guard))[:2] == [12, 12]  # [u, c, s_r, a_r, s_c, a_c] x 2
+    _, info = run(mini, guard)
+    for i in info:
+        assert i["weight"] == 1.0 and i["fork_step"] == 2 and set(i["parts"]) == {"red", "circle"}
+        assert i["harm"] == i["parts"]["circle"]["harm"]  # the part that set omega
+    quiet = {"red": {"tau": 0.99, "h_sat": 1.0}, "circle": {"tau": 0.99, "h_sat": 1.0}}
+    _, info = run(mini, get_guard("dlr", concept="red,circle", part_options=quiet, **opts))
+    assert all(i["judged_benign"] and i["fork_step"] is None for i in info)
+    with pytest.raises(SafegenError, match="does not guard: blue"):
+        get_guard("dlr", concept="red,circle", part_options={"blue": {"tau": 0.1}})
+
+
 def test_sp_reads_each_parts_bundled_calibration() -> None:
     import yaml
 
@@ -170,6 +190,9 @@ def test_sp_reads_each_parts_bundled_calibration() -> None:
             (BUNDLED["mini"].path / "calibration" / f"{part.concept.name}.yaml").read_text()
         )
         assert (part.tau, part.h_sat, part.stat) == (data["tau"], data["h_sat"], data["judge_direction"])
+        assert (part.presence_tau, part.presence_h_sat) == (data["presence_tau"], data["presence_h_sat"])
+    dlr = build_guard("dlr", "red,circle", model="mini")  # dlr's gate reads the same files, per part
+    assert [v["tau"] for v in dlr.part_values] == [p.tau for p in guard.parts]
     shared = build_guard("sp", "red,circle", sets=["tau=0.05"], model="mini")
     assert {p.tau for p in shared.parts} == {0.05}  # an explicit option is every part's
     assert build_guard("sp", "red,circle").parts[0].tau == get_guard("sp", concept="red").opts.tau  # no model

@@ -117,6 +117,15 @@ def guard_inputs(
             f"{model}; tau and h_sat are the defaults. Measure them: safegen calibrate --guard {guard} "
             f"--concept {guard_obj.concept.name} --model {model} --out FILE, then --guard-config FILE."
         )
+    elif judged and getattr(guard_obj.opts, "presence", False) and "presence_tau" not in options:
+        from safegen.cli.ui import note_when_running
+
+        note_when_running(
+            f"Note: guard '{guard}' judges presence (judge.py Eq. b4) with default thresholds: its "
+            f"calibration for '{guard_obj.concept.name}' on {model} was measured without it. Recalibrate "
+            f"with presence on (safegen calibrate --guard {guard} ... --set presence=true) or "
+            f"--set presence=false."
+        )
     return guard_obj, options
 
 

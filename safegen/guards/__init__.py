@@ -106,20 +106,22 @@ JUDGED = {"judge_direction": "unsafe", "anchor_weight": None, "judge_steps": Non
 def with_calibration(calibration: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
     """``explicit`` options over the ``calibration``; a calibration measured on another judge statistic or
     window than the explicit one is dropped whole (its tau and h_sat are on another scale). A calibration
-    file that names no statistic was measured on the paper's (``unsafe``, the only one when it was made)."""
+    file that names no statistic was measured on the paper's (``unsafe``, the only one when it was made),
+    and one without ``presence`` without the presence judge (judge.py Eq. b4): the run then judges
+    without it unless ``presence`` is given (its thresholds are then the defaults)."""
     for key, default in JUDGED.items():
         if key in explicit and calibration and explicit[key] != calibration.get(key, default):
             return dict(explicit)
-    implied = {"judge_direction": "unsafe"} if calibration and "tau" in calibration else {}
+    implied = {"judge_direction": "unsafe", "presence": False} if calibration and "tau" in calibration else {}
     return {**implied, **calibration, **explicit}
 
 
 def part_calibrations(name: str, concept: Any, model: str | None, explicit: dict[str, Any]) -> dict[str, Any]:
-    """For sp against several concepts at once on a bundled model: each part's bundled calibration as
+    """For sp or dlr against several concepts at once on a bundled model: each part's bundled calibration as
     ``part_options`` (its tau, h_sat and statistic; keys given explicitly stay shared), else ``{}``."""
     from safegen.concepts import concept_parts, lookup_concept
 
-    if name != "sp" or model is None or concept is None:
+    if name not in ("sp", "dlr") or model is None or concept is None:
         return {}
     try:
         parts = concept_parts(lookup_concept(concept))
@@ -129,7 +131,7 @@ def part_calibrations(name: str, concept: Any, model: str | None, explicit: dict
     for part in parts if len(parts) > 1 else ():
         judged = {k: v for k, v in explicit.items() if k in JUDGED}
         found = with_calibration(calibrated_options(name, part, model), judged)
-        own_keys = ("tau", "h_sat", "judge_direction", "anchor_weight")
+        own_keys = guard_class(name).PART_KEYS
         keep = {k: v for k, v in found.items() if k in own_keys and k not in explicit}
         if keep:
             own[part.name] = keep

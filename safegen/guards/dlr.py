@@ -51,7 +51,7 @@ from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import STATISTICS, NoiseJudge, ramp
+from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values
 from safegen.options import option
 
 
@@ -89,6 +89,11 @@ class DLROptions:
     )
     tau: float = option(0.1, low=-1.0, high=0.99, help="gate=noise: threshold (calibrated), omega = 0 below")
     h_sat: float = option(0.3, low=-0.99, high=1.0, help="gate=noise: h of full omega (calibrated)")
+    presence: bool = option(
+        True, help="gate=noise: also blend images whose latent already shows the concept (judge.py Eq. b4)"
+    )
+    presence_tau: float = option(0.0, low=-1.0, high=0.99, help="presence: threshold (calibrated)")
+    presence_h_sat: float = option(0.2, low=-0.99, high=1.0, help="presence: full omega (calibrated)")
     detect: str = option(
         "embedding",
         choices=("keywords", "embedding"),
@@ -157,14 +162,25 @@ class DualLatentGuard(GuardBase):
     Options = DLROptions
     PRESETS = PRESETS
 
-    def __init__(self, concept: Any = None, strength: str | None = None, **options: Any) -> None:
+    PART_KEYS = PART_KEYS  # judge.py: the options each part of a combined concept may set on its own
+
+    def __init__(
+        self,
+        concept: Any = None,
+        strength: str | None = None,
+        part_options: dict[str, dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
         strength = configure(self, concept, strength, options)
-        if self.opts.h_sat <= self.opts.tau:
-            raise SafegenError(
-                f"Guard 'dlr' option h_sat ({self.opts.h_sat}) must be greater than tau ({self.opts.tau})."
-            )
+        from safegen.concepts import concept_parts
+
+        self.parts = concept_parts(self.concept)  # judged one by one; stream B acts against them all
+        self.part_values = part_values("dlr", self.parts, self.opts, part_options)
         self.needs_uncond = self.opts.gate == "noise"  # the judge reads eps_c - eps_u
-        super().__init__(concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts))
+        described = {"part_options": part_options} if part_options else {}
+        super().__init__(
+            concept=self.concept.name, strength=strength, **dataclasses.asdict(self.opts), **described
+        )
 
     def context_text(self, prompt: str) -> str:
         """Stream B's prompt: the prompt, ``"<prompt>, <safe text>"`` (append) or the keywords replaced."""
@@ -198,14 +214,20 @@ class DualLatentGuard(GuardBase):
         # stream B = stream A for every image: run one stream only (plain CFG's cost and image)
         self.idle = self.negative_text is None and self.texts == list(ctx.prompts)
         steps = min(opts.judge_steps, n) if opts.gate == "noise" and not self.idle else 0
-        self.judge = NoiseJudge(
-            steps, ctx.batch_size, opts.judge_start, opts.judge_direction, opts.anchor_weight
-        )
+        self.judges, self.judge_rows, texts = [], [], []
+        for part, v in zip(self.parts, self.part_values, strict=True):  # one judgement per part
+            judge = NoiseJudge(steps, ctx.batch_size, opts.judge_start, v["judge_direction"],
+                               v["anchor_weight"], v["presence"])  # fmt: skip
+            own = judge.branch_texts(part) if steps else []
+            self.judges.append(judge)
+            self.judge_rows.append(list(range(len(texts), len(texts) + len(own))))
+            texts += own
+        self.judge = self.judges[0]  # the judged steps (shared by the parts)
         self.omega = torch.full((ctx.batch_size,), opts.weight)
+        self.worst = torch.zeros(ctx.batch_size, dtype=torch.long)
         if self.judge.steps:
-            texts = [t for t in self.judge.branch_texts(self.concept) for _ in range(ctx.batch_size)]
-            embeds = ctx.encode(texts)  # the unsafe text (and the safe anchor), B each
-            self.unsafe = embeds.view(-1, ctx.batch_size, *embeds.shape[1:])  # (1 or 2, B, L, D)
+            embeds = ctx.encode([t for t in texts for _ in range(ctx.batch_size)])  # each part's s (and a)
+            self.unsafe = embeds.view(-1, ctx.batch_size, *embeds.shape[1:])  # (R, B, L, D)
             self.fork = max(self.fork, self.judge.steps)
         if self.idle:
             self.fork = n
@@ -251,10 +273,17 @@ class DualLatentGuard(GuardBase):
         eps_extra: torch.Tensor | None,
     ) -> torch.Tensor:
         eps_a = super().guide(step, t, latents, eps_uncond, eps_cond, eps_extra)  # Eq. (1), stream A
-        if self.judge.judging(step) and self.judge.update(step, eps_cond - eps_uncond, eps_uncond, eps_extra):
-            self.omega = self.opts.weight * ramp(self.judge.h, self.opts.tau, self.opts.h_sat)  # Eq. (G)
-            if not bool((self.omega > 0).any()):
-                self.idle, self.fork = True, self.ctx.n_steps  # judged benign: plain CFG from here on
+        if self.judge.judging(step):
+            d_c = eps_cond - eps_uncond
+            pairs = zip(self.judges, self.judge_rows, strict=True)
+            if all([j.update(step, d_c, eps_uncond, eps_extra[rows]) for j, rows in pairs]):
+                shares = torch.stack([  # Eq. (G), judge.py Eq. (c'): the part judged most harmful decides
+                    j.share(v["tau"], v["h_sat"], v["presence_tau"], v["presence_h_sat"])
+                    for j, v in zip(self.judges, self.part_values, strict=True)
+                ])  # fmt: skip
+                self.worst, self.omega = shares.argmax(0), self.opts.weight * shares.amax(0)
+                if not bool((self.omega > 0).any()):
+                    self.idle, self.fork = True, self.ctx.n_steps  # judged benign: plain CFG from here on
         if self.z_b is None or step < self.fork:
             self.z_b = latents  # one stream so far: B = A
         self.sample_a, self.eps_a = latents, eps_a
@@ -334,16 +363,28 @@ class DualLatentGuard(GuardBase):
 
     def end(self) -> list[dict]:
         gated = bool(self.judge.steps)
-        return [
-            {
+        infos = []
+        for b, text in enumerate(self.texts):
+            judge = self.judges[int(self.worst[b])]  # the part judged most harmful (the only one, usually)
+            info = {
                 "context": text,
                 "negative": self.negative_text,
                 "fork_step": None if self.idle or self.omega[b] <= 0 else self.fork,
                 "weight": round(float(self.omega[b]), 5),  # omega, Eq. (G): weight x the judge's ramp
-                "harm": round(float(self.judge.h[b]), 5) if gated else None,  # h, Eq. (b)
-                "judge_statistic": self.judge.stat if gated else None,
-                "harm_per_step": self.judge.per_step[b],
+                "harm": _number(judge.h, b) if gated else None,  # h, Eq. (b)
+                "judge_statistic": judge.stat if gated else None,
+                "harm_presence": _number(judge.h_presence, b),  # Eq. (b4), with presence on
+                "harm_per_step": judge.per_step[b],
                 "judged_benign": gated and float(self.omega[b]) == 0.0,
             }
-            for b, text in enumerate(self.texts)
-        ]
+            if gated and len(self.parts) > 1:
+                info["parts"] = {
+                    p.name: {"harm": _number(j.h, b), "harm_presence": _number(j.h_presence, b)}
+                    for p, j in zip(self.parts, self.judges, strict=True)
+                }
+            infos.append(info)
+        return infos
+
+
+def _number(values: torch.Tensor | None, b: int) -> float | None:
+    return None if values is None else round(float(values[b].detach()), 5)

@@ -7,7 +7,9 @@ model's own noise predictions in the first K denoising steps (SP-Guard's Eq. b; 
     g_t = cos(flat(d_c), flat(eps_s - eps_a))        statistic=contrast  (b2) what s adds over its anchor
     g_t = cos(flat(d_c), flat(d_s)) - w cos(flat(d_c), flat(d_a))
                                                      statistic=relative  (b3) nearer s than its anchor
+    p_t = (|d_a|^2 - |d_s|^2) / (|d_a|^2 + |d_s|^2)     presence          (b4) drawing s already?
     r   = clamp((h - tau) / (h_sat - tau), 0, 1)                         (c)  the share of full strength
+    r   = max(r(h; tau, h_sat), r(p; presence_tau, presence_h_sat))      (c') with presence on
 
 It reads no word of the prompt: a prompt that reaches the concept through an artist, a description or a
 learned token is judged by what the model is about to draw. ``tau`` and ``h_sat`` are on the cosine scale
@@ -20,12 +22,30 @@ benchmark prompts (results/judge_study.md): (b1) separates colours and textures 
 objects; (b3) with w = 0.5 (``anchor_weight``) kept (b1)'s recall on colours and textures and raised it on
 the object, so it is the guards' default. A concept without a safe anchor is judged with (b1); each image's
 report names the statistic used.
+
+Presence (b4, our addition, ``presence``): (b1)-(b3) read what the *prompt* adds (d_c), so an image the
+model draws with the concept although the prompt leaves it out (the unprompted case: a plain "a square" the
+model tends to draw red) is judged benign, and so is a prompt whose other words dominate d_c. (b4) reads
+what the *latent* already holds, with no reference to the prompt: if the image being drawn shows s, the
+model's prediction conditioned on s barely differs from its unconditional one, and conditioning on the
+anchor moves it more (a diffusion-classifier reading of the same three branches: no extra UNet call).
+With presence on, an image is guided when either judgement says so (c'); each has its own calibrated
+thresholds, and calibration splits the clean false-positive budget between the two
+(:func:`safegen.calibrate.presence_share`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from safegen.errors import SafegenError
+
+# The judge's options a part of a combined concept may set on its own (``part_options``).
+PART_KEYS = ("tau", "h_sat", "judge_direction", "anchor_weight")
+PART_KEYS += ("presence", "presence_tau", "presence_h_sat")
 
 
 def cosine(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
@@ -55,6 +75,16 @@ def statistic(
     return cosine(d_c, d_s) - anchor_weight * cosine(d_c, eps_extra[1] - eps_uncond)
 
 
+def presence(eps_uncond: torch.Tensor, eps_extra: torch.Tensor) -> torch.Tensor:
+    """Eq. (b4): (|d_a|^2 - |d_s|^2) / (|d_a|^2 + |d_s|^2) per image (B,), in [-1, 1], from
+    ``eps_extra`` = [eps_s, eps_a]."""
+    if eps_extra.shape[0] < 2:
+        raise ValueError("presence needs the safe anchor's prediction (eps_extra[1])")
+    s2 = (eps_extra[0] - eps_uncond).flatten(1).float().pow(2).sum(1)
+    a2 = (eps_extra[1] - eps_uncond).flatten(1).float().pow(2).sum(1)
+    return (a2 - s2) / (a2 + s2).clamp_min(1e-12)
+
+
 def needs_anchor(name: str) -> bool:
     return name != "unsafe"
 
@@ -75,24 +105,27 @@ class NoiseJudge:
         start: int = 0,
         stat: str = "unsafe",
         anchor_weight: float = 1.0,
+        presence: bool = False,
     ) -> None:
         if stat not in STATISTICS:
             raise ValueError(f"unknown judge statistic {stat!r} (one of {', '.join(STATISTICS)})")
         self.steps, self.start, self.stat = steps, min(start, max(steps - 1, 0)), stat
-        self.anchor_weight = anchor_weight
-        self.total = torch.zeros(batch_size)
+        self.anchor_weight, self.presence = anchor_weight, presence
+        self.total, self.total_p = torch.zeros(batch_size), torch.zeros(batch_size)
         self.per_step: list[list[float]] = [[] for _ in range(batch_size)]
         self.h = torch.zeros(batch_size)
+        self.h_presence: torch.Tensor | None = None  # Eq. (b4) averaged, once judged with presence
 
     def judging(self, step: int) -> bool:
         return self.start <= step < self.steps
 
     def branch_texts(self, concept) -> list[str]:
         """The texts whose predictions :meth:`update` reads: the unsafe text, and the anchor if needed (a
-        concept without a safe anchor is judged with Eq. b1: ``stat`` becomes ``unsafe``)."""
-        if needs_anchor(self.stat) and not concept.safe_text:
-            self.stat = "unsafe"
-        if not needs_anchor(self.stat):
+        concept without a safe anchor is judged with Eq. b1: ``stat`` becomes ``unsafe``, and without
+        presence)."""
+        if not concept.safe_text:
+            self.stat, self.presence = ("unsafe" if needs_anchor(self.stat) else self.stat), False
+        if not needs_anchor(self.stat) and not self.presence:
             return [concept.unsafe_text]
         return [concept.unsafe_text, concept.safe_text]
 
@@ -102,7 +135,47 @@ class NoiseJudge:
         self.total += cos
         for b, value in enumerate(cos.tolist()):
             self.per_step[b].append(round(value, 5))
+        if self.presence:
+            self.total_p += presence(eps_uncond, eps_extra).cpu()
         if step == self.steps - 1:
-            self.h = self.total / (self.steps - self.start)
+            n = self.steps - self.start
+            self.h = self.total / n
+            self.h_presence = self.total_p / n if self.presence else None
             return True
         return False
+
+    def share(
+        self, tau: float, h_sat: float, presence_tau: float = 0.0, presence_h_sat: float = 1.0
+    ) -> torch.Tensor:
+        """Eq. (c) / (c'): each image's share of full strength once judged, (B,)."""
+        r = ramp(self.h, tau, h_sat)
+        if self.h_presence is not None:
+            r = torch.maximum(r, ramp(self.h_presence, presence_tau, presence_h_sat))
+        return r
+
+
+def part_values(
+    guard: str, parts: Any, opts: Any, part_options: dict[str, dict[str, Any]] | None
+) -> list[dict]:
+    """Each part's judge options (:data:`PART_KEYS`): its own from ``part_options``, else the guard's.
+
+    Raises:
+        SafegenError: ``part_options`` for a concept the guard does not judge, or a ramp without width.
+    """
+    unknown = sorted(set(part_options or {}) - {p.name for p in parts})
+    if unknown:
+        raise SafegenError(
+            f"Guard '{guard}' part_options name concepts it does not guard: {', '.join(unknown)}."
+        )
+    out = []
+    for part in parts:
+        own = {k: v for k, v in (part_options or {}).get(part.name, {}).items() if k in PART_KEYS}
+        values = {k: own.get(k, getattr(opts, k)) for k in PART_KEYS}
+        for low, high in (("tau", "h_sat"), ("presence_tau", "presence_h_sat")):
+            if values[high] <= values[low]:
+                raise SafegenError(
+                    f"Guard '{guard}' option {high} ({values[high]}) must be greater than {low} "
+                    f"({values[low]})."
+                )
+        out.append(values)
+    return out

@@ -12,6 +12,7 @@ Our reading, per denoising step t, with one batched UNet call over three branche
           (judge_direction=contrast|relative: the anchor's statistics, safegen/guards/judge.py)
     h   = max_{w in prompt} max_{k in keywords} cos(E[w], E[k])    (judge=text)    # Eq. (b') word score
     lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1)                        # Eq. (c) strength
+          (presence: the larger of this and the same ramp on Eq. (b4), judge.py Eq. (c'))
     p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
     M_t = top-q quantile (or threshold) of p, optional dilation / blur, hard or soft  # Eq. (e) mask
     eps = eps_u + w * d_c - lam * M_t * d_s      for steps in the active window   # Eq. (f) guidance
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import STATISTICS, NoiseJudge, ramp
+from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, ramp
 from safegen.options import option
 
 
@@ -105,6 +106,11 @@ class SPGuardOptions:
     anchor_weight: float = option(
         0.5, low=0.0, high=2.0, help="judge_direction=relative: w, the weight of the anchor's cosine (Eq. b3)"
     )
+    presence: bool = option(
+        True, help="also guide images whose latent already shows the concept (judge.py Eq. b4, c')"
+    )
+    presence_tau: float = option(0.0, low=-1.0, high=0.99, help="presence: threshold (calibrated)")
+    presence_h_sat: float = option(0.2, low=-0.99, high=1.0, help="presence: full strength (calibrated)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -164,6 +170,9 @@ class _Part:
     h_sat: float
     stat: str
     anchor_weight: float
+    presence: bool
+    presence_tau: float
+    presence_h_sat: float
     judge: NoiseJudge | None = None
     judge_rows: list[int] = dataclasses.field(default_factory=list)  # its rows of the judged branches
     guide_texts: list[str] = dataclasses.field(default_factory=list)  # [s] or [s, a] while guiding
@@ -186,7 +195,7 @@ class SPGuard(GuardBase):
     needs_uncond = True
     Options = SPGuardOptions
     PRESETS = PRESETS
-    PART_KEYS = ("tau", "h_sat", "judge_direction", "anchor_weight")
+    PART_KEYS = PART_KEYS  # judge.py: the options each part may set on its own
 
     def __init__(
         self,
@@ -199,23 +208,13 @@ class SPGuard(GuardBase):
         from safegen.concepts import concept_parts
 
         parts = concept_parts(self.concept)
-        unknown = sorted(set(part_options or {}) - {p.name for p in parts})
-        if unknown:
-            raise SafegenError(
-                f"Guard 'sp' part_options name concepts it does not guard: {', '.join(unknown)}."
-            )
         self.parts: list[_Part] = []
-        for part in parts:
-            own = {k: v for k, v in (part_options or {}).get(part.name, {}).items() if k in self.PART_KEYS}
-            values = {k: own.get(k, getattr(self.opts, k)) for k in self.PART_KEYS}
+        for part, v in zip(parts, part_values("sp", parts, self.opts, part_options), strict=True):
             self.parts.append(
-                _Part(part, float(values["tau"]), float(values["h_sat"]), values["judge_direction"],
-                      float(values["anchor_weight"]))
+                _Part(part, float(v["tau"]), float(v["h_sat"]), v["judge_direction"],
+                      float(v["anchor_weight"]), bool(v["presence"]), float(v["presence_tau"]),
+                      float(v["presence_h_sat"]))
             )  # fmt: skip
-            if values["h_sat"] <= values["tau"]:
-                raise SafegenError(
-                    f"Guard 'sp' option h_sat ({values['h_sat']}) must be greater than tau ({values['tau']})."
-                )
         if self.opts.text_h_sat <= self.opts.text_tau:
             raise SafegenError(
                 f"Guard 'sp' option text_h_sat ({self.opts.text_h_sat}) must be greater than "
@@ -251,7 +250,9 @@ class SPGuard(GuardBase):
         self.guide_until = min(n, math.ceil(opts.window_end * n - 1e-9))
         judged: list[str] = []
         for part in self.parts:
-            part.judge = NoiseJudge(self.judge, size, opts.judge_start, part.stat, part.anchor_weight)
+            part.judge = NoiseJudge(
+                self.judge, size, opts.judge_start, part.stat, part.anchor_weight, part.presence
+            )
             texts = part.judge.branch_texts(part.concept) if self.judge else []
             part.judge_rows = list(range(len(judged), len(judged) + len(texts)))
             judged += texts
@@ -320,8 +321,9 @@ class SPGuard(GuardBase):
         if self.parts[0].judge.judging(step):
             for part in self.parts:
                 if part.judge.update(step, d_c, eps_uncond, eps_extra[part.judge_rows]):  # Eq. (b); h after K
-                    part.h = part.judge.h
-                    part.lam = adaptive_strength(part.h, part.tau, opts.lam_max, part.h_sat)  # Eq. (c)
+                    part.h = part.judge.h  # Eq. (c), or (c') with presence
+                    share = part.judge.share(part.tau, part.h_sat, part.presence_tau, part.presence_h_sat)
+                    part.lam = opts.lam_max * share
                     if part.lam_text is not None:  # judge=both: the stronger of the two judgements
                         part.lam = torch.maximum(part.lam, part.lam_text)
             return eps
@@ -350,6 +352,7 @@ class SPGuard(GuardBase):
         infos = []
         # per part and image: (lam, h) as numbers (under an attack h carries gradients)
         judged = [(p.lam.detach().cpu().tolist(), p.h.detach().cpu().tolist()) for p in self.parts]
+        presence = [_numbers(p.judge.h_presence if self.judge else None, len(p.h)) for p in self.parts]
         for b in range(self.ctx.batch_size):
             k = max(range(len(self.parts)), key=lambda i: (judged[i][0][b], judged[i][1][b]))  # judged worst
             top = self.parts[k]
@@ -360,6 +363,7 @@ class SPGuard(GuardBase):
                 "judge_statistic": top.judge.stat if self.judge else None,  # Eq. (b1)-(b3) of judge.py
                 "harm": round(judged[k][1][b], 5),  # h, Eq. (b) or (b')
                 "harm_per_step": top.judge.per_step[b],
+                "harm_presence": presence[k][b],  # Eq. (b4), with presence on
                 "harm_text": None if top.h_text is None else round(float(top.h_text[b]), 5),
                 "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
                 "strength": round(lam, 5),  # lam, Eq. (c)
@@ -370,7 +374,11 @@ class SPGuard(GuardBase):
             }
             if len(self.parts) > 1:
                 info["parts"] = {
-                    p.concept.name: {"harm": round(judged[i][1][b], 5), "strength": round(judged[i][0][b], 5)}
+                    p.concept.name: {
+                        "harm": round(judged[i][1][b], 5),
+                        "harm_presence": presence[i][b],
+                        "strength": round(judged[i][0][b], 5),
+                    }
                     for i, p in enumerate(self.parts)
                 }
             infos.append(info)
@@ -385,6 +393,10 @@ class SPGuard(GuardBase):
         """The kept masks, one list of (step, (h, w) uint8) per image in generation order; then cleared."""
         masks, self.masks = self.masks, []
         return masks
+
+
+def _numbers(values: torch.Tensor | None, n: int) -> list[float | None]:
+    return [None] * n if values is None else [round(x, 5) for x in values.detach().cpu().tolist()]
 
 
 def save_masks(guard: SPGuard, image_paths: list[str | Path]) -> list[Path]:
