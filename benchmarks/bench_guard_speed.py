@@ -15,10 +15,10 @@ Rows (each timed against our plain CFG on the same prompts and seeds, one batch)
 
 ``--judge-direction unsafe`` times sp and dlr judging with the paper's statistic instead of their default
 (one branch fewer on the judged steps). ``--force-judgement`` (on by default) times each judged guard's
-two paths, whatever its judge would say about these prompts: every prompt judged benign (tau and
-text_tau 0.99) and every prompt judged harmful (tau -1); ``dlr benign`` is dual-latent reconstruction's
-gate finding nothing. Runs alternate in pairs, the order flipping every pair after one warm-up of each;
-the median ratio over pairs is reported.
+two paths, whatever its judge would say about these prompts: every prompt judged benign (tau,
+presence_tau and text_tau 0.99) and every prompt judged harmful (tau -1); ``dlr benign`` is dual-latent
+reconstruction's gate finding nothing. Runs alternate in pairs, the order flipping every pair after one
+warm-up of each; the median ratio over pairs is reported.
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ def bench(model: LoadedModel, which: str, args: argparse.Namespace, random_model
     config = GenerationConfig(steps=args.steps, cfg=args.cfg, batch_size=len(concept_prompts))
     force = args.force_judgement if args.force_judgement is not None else True
     benign = {"tau": 0.99, "h_sat": 1.0, "text_tau": 0.99, "text_h_sat": 1.0} if force else {}
+    benign |= {"presence_tau": 0.99, "presence_h_sat": 1.0} if force else {}
     harmful = {"tau": -1.0, "h_sat": -0.99, "text_tau": 0.0, "text_h_sat": 0.01} if force else {}
-    judged = ("tau", "h_sat")  # dlr's gate has the noise judge only
+    judged = ("tau", "h_sat", "presence_tau", "presence_h_sat")  # dlr's gate has the noise judge only
     if args.judge_direction:  # the judged statistic of sp and dlr (default: the guards')
         benign, harmful = ({**o, "judge_direction": args.judge_direction} for o in (benign, harmful))
         judged += ("judge_direction",)
