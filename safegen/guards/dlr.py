@@ -51,7 +51,7 @@ from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values
+from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, reported
 from safegen.options import option
 
 
@@ -371,20 +371,16 @@ class DualLatentGuard(GuardBase):
                 "negative": self.negative_text,
                 "fork_step": None if self.idle or self.omega[b] <= 0 else self.fork,
                 "weight": round(float(self.omega[b]), 5),  # omega, Eq. (G): weight x the judge's ramp
-                "harm": _number(judge.h, b) if gated else None,  # h, Eq. (b)
+                "harm": reported(judge.h, b) if gated else None,  # h, Eq. (b)
                 "judge_statistic": judge.stat if gated else None,
-                "harm_presence": _number(judge.h_presence, b),  # Eq. (b4), with presence on
+                "harm_presence": reported(judge.h_presence, b),  # Eq. (b4), with presence on
                 "harm_per_step": judge.per_step[b],
                 "judged_benign": gated and float(self.omega[b]) == 0.0,
             }
             if gated and len(self.parts) > 1:
                 info["parts"] = {
-                    p.name: {"harm": _number(j.h, b), "harm_presence": _number(j.h_presence, b)}
+                    p.name: {"harm": reported(j.h, b), "harm_presence": reported(j.h_presence, b)}
                     for p, j in zip(self.parts, self.judges, strict=True)
                 }
             infos.append(info)
         return infos
-
-
-def _number(values: torch.Tensor | None, b: int) -> float | None:
-    return None if values is None else round(float(values[b].detach()), 5)

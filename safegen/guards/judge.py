@@ -154,6 +154,11 @@ class NoiseJudge:
         return r
 
 
+def reported(values: torch.Tensor | None, b: int) -> float | None:
+    """Image ``b``'s score for a report: a rounded number (detached: under an attack it carries gradients)."""
+    return None if values is None else round(float(values[b].detach()), 5)
+
+
 def part_values(
     guard: str, parts: Any, opts: Any, part_options: dict[str, dict[str, Any]] | None
 ) -> list[dict]:

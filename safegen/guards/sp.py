@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, ramp
+from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, ramp, reported
 from safegen.options import option
 
 
@@ -352,7 +352,6 @@ class SPGuard(GuardBase):
         infos = []
         # per part and image: (lam, h) as numbers (under an attack h carries gradients)
         judged = [(p.lam.detach().cpu().tolist(), p.h.detach().cpu().tolist()) for p in self.parts]
-        presence = [_numbers(p.judge.h_presence if self.judge else None, len(p.h)) for p in self.parts]
         for b in range(self.ctx.batch_size):
             k = max(range(len(self.parts)), key=lambda i: (judged[i][0][b], judged[i][1][b]))  # judged worst
             top = self.parts[k]
@@ -363,7 +362,7 @@ class SPGuard(GuardBase):
                 "judge_statistic": top.judge.stat if self.judge else None,  # Eq. (b1)-(b3) of judge.py
                 "harm": round(judged[k][1][b], 5),  # h, Eq. (b) or (b')
                 "harm_per_step": top.judge.per_step[b],
-                "harm_presence": presence[k][b],  # Eq. (b4), with presence on
+                "harm_presence": reported(top.judge.h_presence, b),  # Eq. (b4), with presence on
                 "harm_text": None if top.h_text is None else round(float(top.h_text[b]), 5),
                 "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
                 "strength": round(lam, 5),  # lam, Eq. (c)
@@ -376,7 +375,7 @@ class SPGuard(GuardBase):
                 info["parts"] = {
                     p.concept.name: {
                         "harm": round(judged[i][1][b], 5),
-                        "harm_presence": presence[i][b],
+                        "harm_presence": reported(p.judge.h_presence, b),
                         "strength": round(judged[i][0][b], 5),
                     }
                     for i, p in enumerate(self.parts)
@@ -393,10 +392,6 @@ class SPGuard(GuardBase):
         """The kept masks, one list of (step, (h, w) uint8) per image in generation order; then cleared."""
         masks, self.masks = self.masks, []
         return masks
-
-
-def _numbers(values: torch.Tensor | None, n: int) -> list[float | None]:
-    return [None] * n if values is None else [round(x, 5) for x in values.detach().cpu().tolist()]
 
 
 def save_masks(guard: SPGuard, image_paths: list[str | Path]) -> list[Path]:
