@@ -76,6 +76,27 @@ def scored(bench: dict[str, Any], targets: Mapping[str, float] = TARGETS) -> dic
     return row
 
 
+def erasure_row(bench: dict[str, Any]) -> dict[str, Any]:
+    """A guard or adapter's bench mini erasure metrics as a table row: UA (named, synonym, implicit), the
+    unprompted rate with the base model's, IRA and CRA as ratios to the base model's."""
+    e, b = bench["erasure"], bench["erasure"]["base"]
+    return {
+        **{k: e[k] for k in ("ua", "synonym_ua", "implicit_ua")},
+        "unprompted": e["unprompted_rate"],
+        "unprompted_base": b["unprompted_rate"],
+        "ira_ratio": e["ira"] / b["ira"] if b["ira"] else float("nan"),
+        "cra_ratio": e["cra"] / b["cra"] if b["cra"] else float("nan"),
+    }
+
+
+def metric_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of :func:`erasure_row`'s metrics (``n/a`` where a metric does not apply)."""
+    num = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+    cells = [num(row[k]) for k in ("ua", "synonym_ua", "implicit_ua")]
+    return cells + [f"{row['unprompted_base']:.3f} -> {row['unprompted']:.3f}", num(row["ira_ratio"]),
+                    num(row["cra_ratio"])]  # fmt: skip
+
+
 def gcd_all(values: list[int]) -> int:
     out = 0
     for v in values:

@@ -50,14 +50,33 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float(((pos > neg) + 0.5 * (pos == neg)).mean())
 
 
+RAMP_FLOORS = ("clean-spread", "to-median")
+
+
 def thresholds(
-    harmful: Sequence[float], clean: Sequence[float], target_fpr: float, sat_quantile: float = 0.10
+    harmful: Sequence[float],
+    clean: Sequence[float],
+    target_fpr: float,
+    sat_quantile: float = 0.10,
+    ramp_floor: str = "clean-spread",
 ) -> tuple[float, float]:
     """``tau`` at the clean scores' ``1 - target_fpr`` quantile, ``h_sat`` at the harmful scores'
-    ``sat_quantile`` quantile (kept above tau by a tenth of the clean spread, so the ramp has a width)."""
+    ``sat_quantile`` quantile, kept above tau so the ramp has a width (``ramp_floor``):
+
+    - ``clean-spread``: at least a tenth of the clean scores' range;
+    - ``to-median``: at least a tenth of the way from tau to the harmful scores' median (a hundredth of the
+      clean range where that median is not above tau), so a judge whose concept scores sit just above the
+      clean ones still reaches full strength on them.
+    """
+    if ramp_floor not in RAMP_FLOORS:
+        raise SafegenError(f"ramp_floor must be one of {', '.join(RAMP_FLOORS)}, got {ramp_floor!r}.")
     tau = min(float(np.quantile(clean, 1.0 - target_fpr)), 0.99)  # cosines: tau < h_sat <= 1
     spread = float(np.ptp(clean)) or 1e-3
-    return tau, min(max(float(np.quantile(harmful, sat_quantile)), tau + 0.1 * spread), 1.0)
+    if ramp_floor == "clean-spread":
+        width = 0.1 * spread
+    else:
+        width = max(0.1 * (float(np.median(harmful)) - tau), 0.01 * spread)
+    return tau, min(max(float(np.quantile(harmful, sat_quantile)), tau + width), 1.0)
 
 
 SHARES = (0.5, 0.25, 0.75, 0.0, 1.0)  # tried in this order: an uneven split must guide strictly more
@@ -102,11 +121,42 @@ def mini_clean_prompts(concept: Any) -> list[str]:
     return out
 
 
-def default_prompts(concept: Any) -> tuple[list[str], list[str]]:
+MINI_ARTIST_TEMPLATE = "{object}, {color}, by {artist}, plain background"
+
+
+def mini_concept_prompts(concept: Any) -> list[str]:
+    """Mini-world captions that show ``concept``, in the clean captions' phrasing: its value with every
+    other object x colour x texture (an artist: named, with every object x colour)."""
+    from itertools import product
+
+    from safegen.bench.mini_prompts import target_for
+    from safegen.mini.world import World
+
+    world, target = World.load(), target_for(concept)
+    if target.artist is not None:
+        return [
+            MINI_ARTIST_TEMPLATE.format(object=obj, color=color, artist=target.artist)
+            for obj, color in product(world.values["object"], world.values["color"])
+        ]
+    out = []
+    for obj, color, texture in product(
+        world.values["object"], world.values["color"], world.values["texture"]
+    ):
+        thing = {"object": obj, "color": color, "texture": texture}
+        if thing[target.axis] == target.value:
+            out.append(MINI_CLEAN_TEMPLATE.format(**thing))
+    return out
+
+
+def default_prompts(concept: Any, world_captions: bool = False) -> tuple[list[str], list[str]]:
+    """The concept prompts (its examples; on the mini world with ``world_captions``, also
+    :func:`mini_concept_prompts`) and the clean prompts a calibration uses when given none."""
     from safegen.bench.quality import caption_set
 
     harmful = list(concept.examples or [])
     mini = "mini" in (concept.detector or {})
+    if mini and world_captions:
+        harmful += [p for p in mini_concept_prompts(concept) if p not in harmful]
     clean = mini_clean_prompts(concept) if mini else caption_set("smoke")[0]
     return harmful, clean
 
@@ -123,6 +173,8 @@ def calibrate_guard(
     steps: int | None = None,
     target_fpr: float = 0.05,
     sat_quantile: float = 0.10,
+    ramp_floor: str = "clean-spread",
+    world_captions: bool = False,
     max_clean: int = 64,
     device: str = "auto",
     options: dict[str, Any] | None = None,
@@ -151,11 +203,13 @@ def calibrate_guard(
         raise SafegenError(f"target_fpr must be in (0, 0.5), got {target_fpr}.")
     if not 0.0 <= sat_quantile <= 1.0:
         raise SafegenError(f"sat_quantile must be in [0, 1], got {sat_quantile}.")
+    if ramp_floor not in RAMP_FLOORS:
+        raise SafegenError(f"ramp_floor must be one of {', '.join(RAMP_FLOORS)}, got {ramp_floor!r}.")
     if guard == "dlr" and judge != "noise":
         raise SafegenError("dlr's gate has the noise judge only; drop --judge.")
     if not 1 <= seeds <= 64:
         raise SafegenError(f"seeds must be in 1..64, got {seeds}.")
-    default_harmful, default_clean = default_prompts(concept)
+    default_harmful, default_clean = default_prompts(concept, world_captions)
     harmful = list(prompts) if prompts is not None else default_harmful
     clean = list(clean_prompts) if clean_prompts is not None else default_clean
     rng = np.random.default_rng(0)
@@ -195,6 +249,7 @@ def calibrate_guard(
         "steps": config.steps,
         "target_fpr": target_fpr,
         "sat_quantile": sat_quantile,
+        "ramp_floor": ramp_floor,
     }
     options_out: dict[str, Any] = {**judged, "judge_steps": guard_obj.opts.judge_steps}
     options_out["judge_start"] = guard_obj.opts.judge_start
@@ -217,7 +272,7 @@ def calibrate_guard(
         if any(s is None or not math.isfinite(s) for s in scores):
             continue
         on, off = scores[:n_harm], scores[n_harm:]
-        tau, h_sat = thresholds(on, off, fpr[key], sat_quantile)
+        tau, h_sat = thresholds(on, off, fpr[key], sat_quantile, ramp_floor)
         result[key] = {
             "auroc": auroc(on, off),
             "harmful": {"median": float(np.median(on)), "min": float(np.min(on)), "max": float(np.max(on))},

@@ -9,6 +9,7 @@ import pytest
 
 from safegen.calibrate import auroc, thresholds
 from safegen.cli import main
+from safegen.errors import SafegenError
 from safegen.guards.sp import SPGuardOptions
 
 
@@ -27,6 +28,45 @@ def test_thresholds_follow_the_clean_quantile_and_a_harmful_quantile():
     assert h_sat == pytest.approx(tau + 0.05)  # still a ramp of some width (a tenth of the spread) above tau
     tau, h_sat = thresholds([1.0, 1.0], [0.995, 1.0], target_fpr=0.05)  # kept inside the options' ranges
     assert tau <= 0.99 and h_sat <= 1.0
+
+
+def test_the_to_median_floor_keeps_full_strength_near_a_close_concept():
+    """ramp_floor=to-median: the ramp's least width is a tenth of the way from tau to the concept scores'
+    median, not a tenth of the clean range, so concept scores just above tau are at full strength."""
+    clean = [i / 200 for i in range(101)]  # 0 .. 0.5, range 0.5
+    harmful = [0.40, 0.50, 0.55, 0.60, 0.70]  # the 0.10 quantile (0.44) is below tau
+    tau, wide = thresholds(harmful, clean, 0.05)
+    assert wide == pytest.approx(tau + 0.05)  # clean-spread: a tenth of the clean range
+    tau2, narrow = thresholds(harmful, clean, 0.05, ramp_floor="to-median")
+    assert tau2 == tau and narrow == pytest.approx(tau + 0.1 * (0.55 - tau))
+    _, flat = thresholds([0.1, 0.2, 0.3], clean, 0.05, ramp_floor="to-median")  # median below tau
+    assert flat == pytest.approx(tau + 0.005)  # still a ramp: a hundredth of the clean range
+    with pytest.raises(SafegenError, match="ramp_floor"):
+        thresholds(harmful, clean, 0.05, ramp_floor="steep")
+
+
+def test_world_captions_show_the_concept_in_the_clean_phrasing():
+    from safegen.calibrate import (
+        MINI_CLEAN_TEMPLATE,
+        default_prompts,
+        mini_clean_prompts,
+        mini_concept_prompts,
+    )
+    from safegen.concepts import get_concept
+
+    square = get_concept("square")
+    shown = mini_concept_prompts(square)
+    assert len(shown) == 6 * 5 and all(p.startswith("square, ") for p in shown)  # every colour x texture
+    assert MINI_CLEAN_TEMPLATE.format(object="square", texture="outlined", color="orange") in shown
+    assert not set(shown) & set(mini_clean_prompts(square))
+    artist = mini_concept_prompts(get_concept("ines-quarry"))
+    assert len(artist) == 6 * 6 and all(p.endswith("by ines quarry, plain background") for p in artist)
+    examples, _ = default_prompts(square)
+    assert examples == list(square.examples)
+    both, _ = default_prompts(square, world_captions=True)
+    assert both == list(square.examples) + shown
+    nudity = get_concept("nudity")  # a real concept has no world: its examples only
+    assert default_prompts(nudity, world_captions=True)[0] == list(nudity.examples)
 
 
 def test_the_presence_share_goes_where_it_guides_more():
@@ -105,6 +145,7 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
         {"--judge": "text"},
         {"--prompts": "few"},  # fewer than 3 concept prompts
         {"--out": "exists"},
+        {"--ramp-floor": "steep"},  # not a floor rule
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(tiny_sd_dir, prompt_files, tmp_path, capsys, change):

@@ -62,6 +62,21 @@ def calibrate(
         float,
         typer.Option("--sat-quantile", help="Quantile of the concept prompts' h at full strength (h_sat)."),
     ] = 0.10,
+    ramp_floor: Annotated[
+        str,
+        typer.Option(
+            "--ramp-floor",
+            help="Least ramp width above tau: to-median (a tenth of the way to the concept prompts' median) "
+            "or clean-spread (a tenth of the clean range).",
+        ),
+    ] = "clean-spread",
+    world_captions: Annotated[
+        bool,
+        typer.Option(
+            "--world-captions/--examples-only",
+            help="Mini concepts without --prompts: add world captions showing the concept to its examples.",
+        ),
+    ] = False,
     guard_config: GuardConfigOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = Device.AUTO,
@@ -83,7 +98,8 @@ def calibrate(
     with progress_bar("Calibrating") as progress:
         result = calibrate_guard(
             guard, concept_obj, model, prompts=harmful, clean_prompts=clean, judge=judge, seeds=seeds,
-            steps=steps, target_fpr=target_fpr, sat_quantile=sat_quantile, device=device.value,
+            steps=steps, target_fpr=target_fpr, sat_quantile=sat_quantile, ramp_floor=ramp_floor,
+            world_captions=world_captions, device=device.value,
             options=options, progress=progress,
         )  # fmt: skip
     result["config"] = str(write_guard_config(result, out))
