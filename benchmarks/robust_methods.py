@@ -55,30 +55,26 @@ def measure(method: str, concept: str, seed: int, work: Path, ipp: int) -> list[
     for part, folder in bases.items():
         bench(model, part, folder, ipp)
     tag = concept.replace(",", "+")
+    run = work / f"{method}-{tag}-s{seed}"
+    reused = (run / "results.json").is_file()  # a finished run read back: its time is not this call's
     start = time.time()
     if method in GUARDS:
         kw: dict[str, Any] = {"guard": method}
     else:
         kw = {"adapter": erase(method, concept, work / f"erase-{method}-{tag}-s{seed}", seed)}
     if len(parts) == 1:
-        results = {
-            concept: bench(
-                model, concept, work / f"{method}-{tag}-s{seed}", ipp, base_from=bases[concept], **kw
-            )
-        }
+        results = {concept: bench(model, concept, run, ipp, base_from=bases[concept], **kw)}
     else:  # one run per part, the guard built on all of them: base_from holds a run per part
         linked = work / f"base-{model}-{tag}"
         linked.mkdir(parents=True, exist_ok=True)
         for part, folder in bases.items():
             if not (linked / part).exists():
                 (linked / part).symlink_to(folder.resolve())
-        results = bench(model, concept, work / f"{method}-{tag}-s{seed}", ipp, base_from=linked, **kw)[
-            "concepts"
-        ]
+        results = bench(model, concept, run, ipp, base_from=linked, **kw)["concepts"]
     seconds = time.time() - start
     return [
         {**row(part, method, model, results[part], seconds), "erased_with": tag, "seed": seed,
-         "split": split_of(concept, method)}
+         "split": split_of(concept, method)} | ({"seconds": None} if reused else {})
         for part in parts
     ]  # fmt: skip
 
@@ -123,7 +119,8 @@ def write_table(rows: list[dict[str, Any]], ipp: int) -> None:
         f"`python benchmarks/robust_methods.py --images-per-prompt {ipp}`: each method at its current "
         "defaults, `bench mini` against the unmodified model. `swept`: concepts the defaults were chosen "
         "on; `confirm`: concepts never looked at while choosing. Columns as in mini_first_measurement.md; "
-        "`targets`: every target of the robust-methods list met on this row (yes / no)."
+        "`targets`: every target of the robust-methods list met on this row (yes / no); `seconds`: n/a "
+        "where the row read back a run finished earlier (a sweep's run at the same settings)."
     )
     order = {m: i for i, m in enumerate(METHODS)}
     cells = []
@@ -133,7 +130,8 @@ def write_table(rows: list[dict[str, Any]], ipp: int) -> None:
         c = [r["split"], r["concept"], r["erased_with"], r["method"], str(r["seed"])]
         c += ["n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("ua", "synonym_ua", "implicit_ua")]
         c += [f"{r['unprompted_base']:.3f} -> {r['unprompted']:.3f}"]
-        c += [f"{r[k]:.3f}" for k in ("ira_ratio", "cra_ratio")] + [f"{r['seconds']:.0f}"]
+        c += [f"{r[k]:.3f}" for k in ("ira_ratio", "cra_ratio")]
+        c += ["n/a" if r["seconds"] is None else f"{r['seconds']:.0f}"]
         cells.append(c + ["yes" if met(r) else "no"])
     title = "Robust methods on the mini world: named, implicit and unprompted"
     print(write_markdown(RESULTS / "robust_methods.md", title, intro, head, cells))

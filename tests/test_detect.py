@@ -131,21 +131,34 @@ def test_sp_text_judge_options_are_checked() -> None:
 def test_dlr_embedding_rewrite_reaches_synonyms(mini: LoadedModel) -> None:
     cfg = GenerationConfig(steps=2)
     prompts = ["a crimson circle", "a blue star"]
-    keywords = generate(mini, prompts, config=cfg, guard=get_guard("dlr", concept="red", detect="keywords"))
-    embedding = generate(mini, prompts, config=cfg, guard=get_guard("dlr", concept="red"))  # the default
+    only = {"concept": "red", "context": "rewrite"}
+    keywords = generate(mini, prompts, config=cfg, guard=get_guard("dlr", detect="keywords", **only))
+    embedding = generate(mini, prompts, config=cfg, guard=get_guard("dlr", **only))  # detect=embedding
     assert [im.info["context"] for im in keywords] == prompts  # "crimson" is not a registry keyword
     assert [im.info["context"] for im in embedding] == ["a green circle", "a blue star"]
+
+
+def test_dlr_rewrite_append_names_the_safe_text_where_nothing_is_rewritten(mini: LoadedModel) -> None:
+    """context=rewrite-append: a prompt with a concept word is rewritten as with rewrite; an implicit one
+    (no word to replace) gets the safe text appended, so stream B still asks for the safe alternative."""
+    cfg = GenerationConfig(steps=2)
+    prompts = ["a red disc", "a red figure, shaped like a coin"]
+    guard = get_guard("dlr", concept="circle")  # context=rewrite-append, the default
+    contexts = [im.info["context"] for im in generate(mini, prompts, config=cfg, guard=guard)]
+    assert contexts == ["a red square", "a red figure, shaped like a coin, square"]
+    plain = get_guard("dlr", concept="circle", context="rewrite")  # the implicit prompt is its own context
+    assert generate(mini, prompts[1:], config=cfg, guard=plain)[0].info["context"] == prompts[1]
 
 
 def test_dlr_runs_one_stream_when_nothing_is_rewritten(tiny_sd: LoadedModel) -> None:
     cfg = GenerationConfig(steps=6)
     benign = ["a blue star", "a green square"]
     plain = pixels(generate(tiny_sd, benign, config=cfg))
-    guard = get_guard("dlr", concept="red", negative="empty", gate="none")  # context=rewrite (the default)
+    guard = get_guard("dlr", concept="red", context="rewrite", negative="empty", gate="none")
     assert unet_batches(tiny_sd, lambda: generate(tiny_sd, benign, config=cfg, guard=guard)) == [4] * 6
     images = generate(tiny_sd, benign, config=cfg, guard=guard)
     assert np.array_equal(pixels(images), plain) and all(im.info["fork_step"] is None for im in images)
-    strong = get_guard("dlr", concept="red", gate="none")  # negative=unsafe: stream B differs, both run
+    strong = get_guard("dlr", concept="red", context="rewrite", gate="none")  # negative=unsafe: both run
     assert unet_batches(tiny_sd, lambda: generate(tiny_sd, benign, config=cfg, guard=strong))[-1] == 8
 
 

@@ -28,9 +28,11 @@ stream A's noise (variance-preserving schedulers only: DDIM, DDPM, PNDM, DPM-Sol
 
 ``detect=embedding`` (our addition) rewrites every word whose token embedding is near the concept's
 keywords (:mod:`safegen.guards.detect`), so synonyms and misspellings the registry was not told are
-replaced too. With ``context=rewrite`` and ``negative=empty``, an image whose prompt has nothing to
-rewrite has stream B = stream A: when that holds for the whole batch, stream B is not run at all (a
-benign prompt costs plain CFG and gives plain CFG's image).
+replaced too. ``context=rewrite-append`` (the default, our addition) also appends the safe text to a
+prompt with nothing to rewrite (an implicit prompt, a caption that leaves the concept out), so stream B
+still asks for the safe alternative. With ``context=rewrite`` and ``negative=empty``, an image whose prompt
+has nothing to rewrite has stream B = stream A: when that holds for the whole batch, stream B is not run
+at all (a benign prompt costs plain CFG and gives plain CFG's image).
 
 Cost: the steps from the fork on run two UNet branches more, so about ``1 + (1 - tau_gc)`` x plain CFG
 (``negative=empty`` in step mode shares stream A's unconditional branch: ``1 + (1 - tau_gc) / 2``).
@@ -65,9 +67,10 @@ class DLROptions:
     space: str = option("latent", choices=("latent", "x0"), help="blend latents, or predicted clean latents")
     norm_correction: bool = option(True, help="rescale the blend to the streams' interpolated norm")
     context: str = option(
-        "rewrite",
-        choices=("prompt", "append", "rewrite"),
-        help="stream B's prompt: the prompt itself, prompt + safe text, or its concept words rewritten",
+        "rewrite-append",
+        choices=("prompt", "append", "rewrite", "rewrite-append"),
+        help="stream B's prompt: the prompt itself, prompt + safe text, its concept words rewritten, or "
+        "rewritten and, where it has none (an implicit prompt), the safe text appended",
     )
     negative: str = option(
         "unsafe", choices=("unsafe", "empty"), help="stream B's negative: the unsafe text, or the run's own"
@@ -183,14 +186,18 @@ class DualLatentGuard(GuardBase):
         )
 
     def context_text(self, prompt: str) -> str:
-        """Stream B's prompt: the prompt, ``"<prompt>, <safe text>"`` (append) or the keywords replaced."""
+        """Stream B's prompt: the prompt, ``"<prompt>, <safe text>"`` (append), the keywords replaced
+        (rewrite), or replaced where the prompt has them and appended where it has none (rewrite-append)."""
         if self.opts.context == "prompt":
             return prompt
-        if self.opts.context == "rewrite":
-            if self.opts.detect == "embedding":
-                return self.detector.rewrite(prompt, self.opts.detect_tau, self.concept.safe_text)
-            return rewrite(prompt, self.concept)
         safe = self.concept.safe_text
+        if self.opts.context.startswith("rewrite"):
+            if self.opts.detect == "embedding":
+                text = self.detector.rewrite(prompt, self.opts.detect_tau, safe)
+            else:
+                text = rewrite(prompt, self.concept)
+            if text != prompt or self.opts.context == "rewrite":
+                return text
         return f"{prompt}, {safe}" if safe else prompt
 
     def begin(self, ctx: RunContext) -> None:
@@ -203,7 +210,7 @@ class DualLatentGuard(GuardBase):
         self.step_kwargs = dict(ctx.step_kwargs)
         if "generator" in self.step_kwargs:
             self.step_kwargs["generator"] = [_clone(g) for g in ctx.generators]
-        if opts.context == "rewrite" and opts.detect == "embedding":
+        if opts.context.startswith("rewrite") and opts.detect == "embedding":
             if ctx.token_vectors is None:
                 raise SafegenError(
                     "Guard 'dlr' detect=embedding needs the model's token embeddings (none given)."
