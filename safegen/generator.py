@@ -191,7 +191,8 @@ def branch_predictions(
         (k, B, C, h, w) or None: what :meth:`Guard.guide` combines.
     """
     batch_size = latents.shape[0]
-    base = [ctx.negative_embeds, ctx.prompt_embeds] if ctx.do_cfg else [ctx.prompt_embeds]
+    negative, prompt = guard.conditioning(step) or (ctx.negative_embeds, ctx.prompt_embeds)
+    base = [negative, prompt] if ctx.do_cfg else [prompt]
     extra = guard.branches(step)  # (k, B, L, D) or None
     if extra is not None:
         extra = extra.unsqueeze(0) if extra.dim() == 3 else extra

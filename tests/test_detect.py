@@ -158,7 +158,7 @@ def test_dlr_runs_one_stream_when_nothing_is_rewritten(tiny_sd: LoadedModel) -> 
     assert unet_batches(tiny_sd, lambda: generate(tiny_sd, benign, config=cfg, guard=guard)) == [4] * 6
     images = generate(tiny_sd, benign, config=cfg, guard=guard)
     assert np.array_equal(pixels(images), plain) and all(im.info["fork_step"] is None for im in images)
-    strong = get_guard("dlr", concept="red", context="rewrite", gate="none")  # negative=unsafe: both run
+    strong = get_guard("dlr", concept="red", context="rewrite", weight=0.5, gate="none")  # negative=unsafe
     assert unet_batches(tiny_sd, lambda: generate(tiny_sd, benign, config=cfg, guard=strong))[-1] == 8
 
 

@@ -397,10 +397,12 @@ def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) ->
     zero = get_guard("dlr", concept="red", weight=0.0, tau_gc=0.5, gate="none")
     assert np.abs(run(tiny_sd, zero, steps=6) - plain).max() <= 1  # stream A only (batch rounding)
 
-    step = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", gate="none")
+    step = get_guard("dlr", concept="red", weight=0.75, tau_gc=0.5, negative="unsafe", gate="none")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, step, steps=6)) == [4] * 3 + [8] * 3
-    shared = get_guard("dlr", concept="red", tau_gc=0.5, negative="empty", gate="none")
+    shared = get_guard("dlr", concept="red", weight=0.75, tau_gc=0.5, negative="empty", gate="none")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, shared, steps=6)) == [4] * 3 + [6] * 3
+    whole = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", gate="none")  # omega 1: B alone
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, whole, steps=6)) == [4] * 6
     final = get_guard("dlr", concept="red", tau_gc=0.5, negative="unsafe", blend="final", gate="none")
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, final, steps=6)) == [4] * 3 + [4, 4] * 3
 
@@ -441,7 +443,7 @@ def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: Loade
     assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
     assert all(len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1 for im in images)
     harmful = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=-0.99, tau_gc=0.0)
-    assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [8] * 2 + [8] * 4
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [8] * 2 + [4] * 4  # omega 1
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
     assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
     assert np.abs(pixels(images) - plain).mean() > 0.05
@@ -450,6 +452,7 @@ def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: Loade
         im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=half)
     ]
     assert all(0 < w < 1 for w in weights)  # the ramp of Eq. (c): (h + 1) / 2
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, half, steps=6))[-1] == 8  # a true blend: both streams
 
 
 def test_dlr_x0_space_needs_a_variance_preserving_scheduler(tiny_sd_dir: Path) -> None:

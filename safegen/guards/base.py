@@ -94,6 +94,10 @@ class Guard(Protocol):
     def branches(self, step: int) -> torch.Tensor | None:
         """Extra prompt embeddings (k, B, L, D) evaluated in this step's UNet call, or None."""
 
+    def conditioning(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (negative, prompt) embeddings, each (B, L, D), of this step's two base branches, or None
+        for the run's own (a guard that runs some images on other texts from some step on)."""
+
     def guide(
         self,
         step: int,
@@ -149,6 +153,9 @@ class GuardBase:
         self.ctx = ctx
 
     def branches(self, step: int) -> torch.Tensor | None:
+        return None
+
+    def conditioning(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
 
     def guide(

@@ -35,7 +35,9 @@ has nothing to rewrite has stream B = stream A: when that holds for the whole ba
 at all (a benign prompt costs plain CFG and gives plain CFG's image).
 
 Cost: the steps from the fork on run two UNet branches more, so about ``1 + (1 - tau_gc)`` x plain CFG
-(``negative=empty`` in step mode shares stream A's unconditional branch: ``1 + (1 - tau_gc) / 2``).
+(``negative=empty`` in step mode shares stream A's unconditional branch: ``1 + (1 - tau_gc) / 2``). When
+every omega of the batch is 0 or 1 (blend=step, space=latent) the blend keeps one stream per image, so
+each image runs only its own stream's branches (:meth:`DualLatentGuard.conditioning`): plain CFG's cost.
 
     safegen generate "a photo of a nude woman" --model path/to/sd --guard dlr --concept nudity
     safegen bench mini --guard dlr --concept red --set weight=0.9 --set tau_gc=0.3
@@ -243,6 +245,7 @@ class DualLatentGuard(GuardBase):
             self.negative = ctx.encode([self.negative_text] * ctx.batch_size)
         else:
             self.negative = ctx.negative_embeds
+        self.swap: tuple[torch.Tensor, torch.Tensor] | None = None  # see conditioning()
         self.z_b: torch.Tensor | None = None  # stream B's latents before this step
         self.eps_b: torch.Tensor | None = None
         self.eps_a: torch.Tensor | None = None
@@ -260,10 +263,31 @@ class DualLatentGuard(GuardBase):
     def _uses_cfg(self) -> bool:
         return self.ctx.do_cfg
 
+    def _one_stream_each(self, step: int) -> bool:
+        """From the fork on, with every omega 0 or 1 and a step blend of latents, Eq. (3) keeps one stream
+        per image (z = z_A at 0, z_B at 1, Eq. (4) then changes nothing): each image runs only its own
+        stream's two branches, in the run's base rows (:meth:`conditioning`), stepped by the run's scheduler
+        (whose history and noise match stream B's: both streams took the same steps before the fork)."""
+        if self.idle or step < self.fork or self.opts.blend != "step" or self.opts.space != "latent":
+            return False
+        return bool(((self.omega == 0) | (self.omega == 1)).all())
+
+    def conditioning(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self._one_stream_each(step):
+            return None
+        if self.swap is None:
+            on = (self.omega == 1).to(self.context.device)[:, None, None]  # (B, 1, 1): stream B's images
+            ctx = self.ctx
+            self.swap = (
+                torch.where(on, self.negative, ctx.negative_embeds),
+                torch.where(on, self.context, ctx.prompt_embeds),
+            )
+        return self.swap
+
     def branches(self, step: int) -> torch.Tensor | None:
         if self.judge.judging(step):
             return self.unsafe  # eps_s, for the gate's judge
-        if self.idle or step < self.fork or self.opts.blend != "step":
+        if self.idle or step < self.fork or self.opts.blend != "step" or self._one_stream_each(step):
             return None
         rows = [] if self.opts.context == "prompt" else [self.context]  # context=prompt: eps_ctx = eps_c
         if self._uses_cfg() and self.negative_text is not None:
@@ -280,6 +304,8 @@ class DualLatentGuard(GuardBase):
         eps_extra: torch.Tensor | None,
     ) -> torch.Tensor:
         eps_a = super().guide(step, t, latents, eps_uncond, eps_cond, eps_extra)  # Eq. (1), stream A
+        if self._one_stream_each(step):
+            return eps_a  # Eq. (1) of each image's own stream (conditioning())
         if self.judge.judging(step):
             d_c = eps_cond - eps_uncond
             pairs = zip(self.judges, self.judge_rows, strict=True)
@@ -318,7 +344,7 @@ class DualLatentGuard(GuardBase):
         steps (Eq. 3) is stepping with ``(1 - omega) eps_A + omega eps_B`` for a scheduler linear in eps
         (DDIM, DPM-Solver's first order); our reading for attacks, without the norm correction."""
         eps_a = self.guide(step, t, latents, eps_uncond, eps_cond, eps_extra)
-        if self.idle or step < self.fork or self.opts.blend != "step":
+        if self.idle or step < self.fork or self.opts.blend != "step" or self._one_stream_each(step):
             return eps_a
         w = self.omega.to(eps_a.device, eps_a.dtype)[:, None, None, None]
         return (1 - w) * eps_a + w * self.eps_b
@@ -333,7 +359,7 @@ class DualLatentGuard(GuardBase):
         return self.ctx.unet(self.scheduler.scale_model_input(self.z_b, t), t, self.context)
 
     def after_step(self, step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        if self.idle:
+        if self.idle or self._one_stream_each(step):
             return latents
         if step < self.fork or self.opts.blend == "step":
             self.scheduler.scale_model_input(self.z_b, t)  # keeps step-indexed schedulers' state in line
