@@ -53,6 +53,12 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
 RAMP_FLOORS = ("clean-spread", "to-median")
 
 
+def check_ramp_floor(ramp_floor: str) -> None:
+    """Refuse a ramp floor rule :func:`thresholds` does not know (one line, before any work)."""
+    if ramp_floor not in RAMP_FLOORS:
+        raise SafegenError(f"ramp_floor must be one of {', '.join(RAMP_FLOORS)}, got {ramp_floor!r}.")
+
+
 def thresholds(
     harmful: Sequence[float],
     clean: Sequence[float],
@@ -68,8 +74,7 @@ def thresholds(
       clean range where that median is not above tau), so a judge whose concept scores sit just above the
       clean ones still reaches full strength on them.
     """
-    if ramp_floor not in RAMP_FLOORS:
-        raise SafegenError(f"ramp_floor must be one of {', '.join(RAMP_FLOORS)}, got {ramp_floor!r}.")
+    check_ramp_floor(ramp_floor)
     tau = min(float(np.quantile(clean, 1.0 - target_fpr)), 0.99)  # cosines: tau < h_sat <= 1
     spread = float(np.ptp(clean)) or 1e-3
     if ramp_floor == "clean-spread":
@@ -203,8 +208,7 @@ def calibrate_guard(
         raise SafegenError(f"target_fpr must be in (0, 0.5), got {target_fpr}.")
     if not 0.0 <= sat_quantile <= 1.0:
         raise SafegenError(f"sat_quantile must be in [0, 1], got {sat_quantile}.")
-    if ramp_floor not in RAMP_FLOORS:
-        raise SafegenError(f"ramp_floor must be one of {', '.join(RAMP_FLOORS)}, got {ramp_floor!r}.")
+    check_ramp_floor(ramp_floor)
     if guard == "dlr" and judge != "noise":
         raise SafegenError("dlr's gate has the noise judge only; drop --judge.")
     if not 1 <= seeds <= 64:
