@@ -178,6 +178,7 @@ def run_context(
         dtype=cond.dtype,
         options=config.to_dict(),
         token_vectors=lambda word: token_vectors(model, word),
+        scheduler=scheduler,
     )
 
 

@@ -288,6 +288,7 @@ def test_presence_acts_where_the_prompt_statistic_says_benign(tiny_sd: LoadedMod
     """tau = 0.99 makes every prompt benign by Eq. (b3); presence (Eq. b4, c') with its own thresholds
     guides them anyway, at no extra UNet branch; with a presence threshold out of reach nothing changes."""
     opts = dict(concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0)
+    opts |= {"speculate": False} if name == "dlr" else {}  # dlr's stream B waits for the judgement here
     caught = get_guard(name, presence_tau=-1.0, presence_h_sat=-0.99, **opts)
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, caught, steps=6))[:2] == [8, 8]  # [u, c, s, a]
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=caught)
@@ -326,14 +327,15 @@ def test_a_calibration_is_read_on_its_own_statistic_only() -> None:
 def test_anchor_statistics_judge_with_the_anchor_branch(tiny_sd: LoadedModel, name: str) -> None:
     """judge_direction=relative (the default): the judged steps run [u, c, s, a]; h is Eq. (b3) averaged
     over them, and differs from the paper's Eq. (b1), judged with [u, c, s]."""
+    wait = {"speculate": False} if name == "dlr" else {}  # dlr: no stream-B call before the judgement
     guard = get_guard(name, concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0,
-                      judge_direction="relative", presence=False)  # fmt: skip
+                      judge_direction="relative", presence=False, **wait)  # fmt: skip
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, guard, steps=6)) == [8] * 2 + [4] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
     for im in images:
         assert len(im.info["harm_per_step"]) == 2 and -2 <= im.info["harm"] <= 2
     paper = get_guard(name, concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0,
-                      judge_direction="unsafe", presence=False)  # fmt: skip
+                      judge_direction="unsafe", presence=False, **wait)  # fmt: skip
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, paper, steps=6)) == [6] * 2 + [4] * 4
     other = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=paper)
     assert [im.info["harm"] for im in images] != [im.info["harm"] for im in other]
@@ -430,29 +432,65 @@ def test_dlr_one_stream_before_the_fork_and_batch_sizes(tiny_sd: LoadedModel) ->
 
 
 def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: LoadedModel) -> None:
-    """gate=noise: the first K steps run [u, c, s] (the judge, Eq. b); images judged benign then run plain
-    CFG (stream B dropped); judged harmful, stream B forks at step K with omega = weight x ramp (Eq. G).
-    The judged steps run [u, c, s, a]: the default statistic reads the safe anchor (judge.py Eq. b3)."""
+    """gate=noise, speculate=false: the first K steps run [u, c, s] (the judge, Eq. b); images judged benign
+    then run plain CFG (stream B never runs); judged harmful, stream B forks at step K with omega = weight x
+    ramp (Eq. G). The judged steps run [u, c, s, a]: the default statistic reads the safe anchor (Eq. b3)."""
     plain = run(tiny_sd, steps=6)
-    benign = get_guard(
-        "dlr", concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0, presence=False
-    )
+    gate = {"judge_steps": 2, "judge_start": 0, "speculate": False}
+    benign = get_guard("dlr", concept="red", tau=0.99, h_sat=1.0, presence=False, **gate)
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [8] * 2 + [4] * 4
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
     assert np.abs(pixels(images) - plain).max() <= 1  # plain CFG's image (batch rounding)
     assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
     assert all(len(im.info["harm_per_step"]) == 2 and -1 <= im.info["harm"] <= 1 for im in images)
-    harmful = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=-0.99, tau_gc=0.0)
+    harmful = get_guard("dlr", concept="red", tau=-1.0, h_sat=-0.99, tau_gc=0.0, **gate)
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, harmful, steps=6)) == [8] * 2 + [4] * 4  # omega 1
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
     assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
     assert np.abs(pixels(images) - plain).mean() > 0.05
-    half = get_guard("dlr", concept="red", judge_steps=2, judge_start=0, tau=-1.0, h_sat=1.0, presence=False)
+    half = get_guard("dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, **gate)
     weights = [
         im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=half)
     ]
     assert all(0 < w < 1 for w in weights)  # the ramp of Eq. (c): (h + 1) / 2
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, half, steps=6))[-1] == 8  # a true blend: both streams
+
+
+SPECULATE = {"judge_steps": 2, "judge_start": 0, "tau_gc": 0.0, "speculate": True, "context": "append"}
+
+
+@pytest.mark.parametrize(
+    "scheduler", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler]
+)
+def test_dlr_speculate_keeps_stream_b_from_the_paper_fork(tiny_sd_dir: Path, scheduler: type) -> None:
+    """speculate: stream B forks at tau_gc (0 here) while the gate judges (K = 2), in a UNet call of its own.
+    Judged harmful at full weight, the image is stream B's from the fork, i.e. a plain run of the context
+    with the unsafe negative: after K it goes on in the run's scheduler, which must take stream B's solver
+    state (DPM-Solver's past outputs) and noise (Euler ancestral) for it to hold."""
+    model = own_model(tiny_sd_dir, scheduler)
+    harmful = get_guard("dlr", concept="red", tau=-1.0, h_sat=-0.99, norm_correction=False, **SPECULATE)
+    assert unet_batches(model, lambda: run(model, harmful, steps=6)) == [8, 4] * 2 + [4] * 4
+    images = generate(model, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
+    assert all(im.info["fork_step"] == 0 and im.info["weight"] == 1.0 for im in images)
+    alone = run(model, steps=6, prompts=[im.info["context"] for im in images], negative_prompt="red")
+    assert np.abs(pixels(images) - alone).max() <= 1
+
+
+def test_dlr_speculate_drops_stream_b_for_images_judged_benign(tiny_sd: LoadedModel) -> None:
+    """Judged benign at K, stream B's speculative steps are thrown away: plain CFG's image; without
+    speculation the same gate runs no stream-B call before K."""
+    plain = run(tiny_sd, steps=6)
+    benign = get_guard("dlr", concept="red", tau=0.99, h_sat=1.0, presence=False, **SPECULATE)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [8, 4, 8] + [4] * 4
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
+    assert np.abs(pixels(images) - plain).max() <= 1
+    assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
+    mixed = get_guard("dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, **SPECULATE)
+    weights = [
+        im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=mixed)
+    ]
+    assert all(0 < w < 1 for w in weights)  # a true blend at K, then both streams in the batch
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, mixed, steps=6)) == [8, 4] * 2 + [8] * 4
 
 
 def test_dlr_x0_space_needs_a_variance_preserving_scheduler(tiny_sd_dir: Path) -> None:

@@ -164,7 +164,7 @@ def test_dlr_judges_each_part_and_blends_by_the_worst(mini: LoadedModel) -> None
     harmful (its own thresholds from part_options), which each image's report names."""
     from test_guards import unet_batches
 
-    opts = dict(judge_steps=2, judge_start=0, presence=False, tau_gc=0.0)
+    opts = dict(judge_steps=2, judge_start=0, presence=False, tau_gc=0.0, speculate=False)
     parts = {"red": {"tau": 0.99, "h_sat": 1.0}, "circle": {"tau": -1.0, "h_sat": -0.99}}
     guard = get_guard("dlr", concept="red,circle", part_options=parts, **opts)
     assert unet_batches(mini, lambda: run(mini, guard))[:2] == [12, 12]  # [u, c, s_r, a_r, s_c, a_c] x 2

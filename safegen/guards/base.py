@@ -56,6 +56,8 @@ class RunContext:
         options: the generation settings (a dict of :class:`safegen.generator.GenerationConfig`).
         token_vectors: a word -> the text encoder's input embeddings of its tokens, (n_tokens, D)
             (no special tokens; what :class:`safegen.guards.detect.ConceptDetector` compares).
+        scheduler: the run's own scheduler instance (read-only, except for a guard that hands some images
+            over to a latent stream of its own and gives them that stream's solver state).
     """
 
     prompts: list[str]
@@ -75,6 +77,7 @@ class RunContext:
     dtype: torch.dtype
     options: dict[str, Any] = field(default_factory=dict)
     token_vectors: Callable[[str], torch.Tensor] | None = None
+    scheduler: Any = None
 
     @property
     def batch_size(self) -> int:

@@ -34,10 +34,20 @@ still asks for the safe alternative. With ``context=rewrite`` and ``negative=emp
 has nothing to rewrite has stream B = stream A: when that holds for the whole batch, stream B is not run
 at all (a benign prompt costs plain CFG and gives plain CFG's image).
 
+Gate and fork (``gate=noise``, our addition): omega comes from the noise judge (judge.py) at step K. With
+``speculate=false`` stream B forks there, not at tau_gc: by then a prompt that implies an object has laid
+out its shape, and stream B cannot redraw it. ``speculate`` (the default) forks stream B at tau_gc, as the
+paper does, while the gate judges: until step K it runs apart from stream A in a UNet call of its own; at
+K images judged benign drop it (their latents are stream A's, plain CFG's image) and the rest are
+blended with their omega (one at the default weight: the image of stream B since tau_gc, which goes on
+in the run's scheduler with stream B's solver state, :func:`adopt_rows`). It costs two branches more over
+the steps between tau_gc and K, for every image.
+
 Cost: the steps from the fork on run two UNet branches more, so about ``1 + (1 - tau_gc)`` x plain CFG
 (``negative=empty`` in step mode shares stream A's unconditional branch: ``1 + (1 - tau_gc) / 2``). When
 every omega of the batch is 0 or 1 (blend=step, space=latent) the blend keeps one stream per image, so
-each image runs only its own stream's branches (:meth:`DualLatentGuard.conditioning`): plain CFG's cost.
+each image runs only its own stream's branches (:meth:`DualLatentGuard.conditioning`): plain CFG's cost
+from the judgement on; with ``speculate``, stream B's branches before it come on top, for every image.
 
     safegen generate "a photo of a nude woman" --model path/to/sd --guard dlr --concept nudity
     safegen bench mini --guard dlr --concept red --set weight=0.9 --set tau_gc=0.3
@@ -82,9 +92,7 @@ class DLROptions:
         choices=("noise", "none"),
         help="omega per image scaled by the noise judge's harmfulness (Eq. G), or the same for every image",
     )
-    judge_steps: int = option(
-        6, low=1, high=1000, help="gate=noise: h is read by step K (fork at K or later)"
-    )
+    judge_steps: int = option(6, low=1, high=1000, help="gate=noise: h is read by step K (omega known there)")
     judge_start: int = option(4, low=0, high=999, help="gate=noise: S, first judged step, at most K-1")
     judge_direction: str = option(
         "relative", choices=STATISTICS, help="gate=noise: the judged statistic (judge.py Eq. b1-b3)"
@@ -105,6 +113,11 @@ class DLROptions:
         help="context=rewrite: replace the registry's keywords, or every word near them (Eq. D1-D3)",
     )
     detect_tau: float = option(0.6, low=0.0, high=0.99, help="detect=embedding: word score replaced from")
+    speculate: bool = option(
+        True,
+        help="gate=noise: fork stream B at tau_gc while the gate judges (its own UNet call until step K); "
+        "images judged benign drop it, the rest keep it from there",
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,6 +163,28 @@ def predicted_x0(scheduler: Any, sample: torch.Tensor, output: torch.Tensor, t: 
     else:
         raise SafegenError(f"Guard 'dlr' space=x0 does not know prediction_type '{kind}'.")
     return x0.to(sample.dtype)
+
+
+def adopt_rows(dst: Any, src: Any, rows: torch.Tensor, shape: torch.Size) -> None:
+    """Give scheduler ``dst`` the per-image solver state of ``src`` (two instances of one class at the same
+    step) for the images in ``rows`` (B,) bool: every tensor of the latents' ``shape`` they hold, alone or in
+    a list (a multistep solver's past outputs, a last sample). After a speculative fork the images whose
+    stream B was kept go on in the run's scheduler with stream B's history."""
+    if dst is None:
+        raise SafegenError("Guard 'dlr' speculate needs the run's scheduler (RunContext.scheduler).")
+    mask = rows.to(torch.bool).reshape(-1, *([1] * (len(shape) - 1)))
+
+    def pick(mine: Any, theirs: Any) -> Any:
+        if isinstance(mine, torch.Tensor) and mine.shape == shape and isinstance(theirs, torch.Tensor):
+            return torch.where(mask.to(mine.device), theirs.to(mine.dtype), mine)
+        return mine
+
+    for name, value in list(vars(dst).items()):
+        other = getattr(src, name, None)
+        if isinstance(value, list) and isinstance(other, list) and len(value) == len(other):
+            setattr(dst, name, [pick(v, o) for v, o in zip(value, other, strict=True)])
+        else:
+            setattr(dst, name, pick(value, other))
 
 
 def _clone(generator: torch.Generator) -> torch.Generator:
@@ -234,10 +269,12 @@ class DualLatentGuard(GuardBase):
         self.judge = self.judges[0]  # the judged steps (shared by the parts)
         self.omega = torch.full((ctx.batch_size,), opts.weight)
         self.worst = torch.zeros(ctx.batch_size, dtype=torch.long)
+        self.decided = self.fork  # steps [fork, decided): stream B runs apart, omega not known yet
         if self.judge.steps:
             embeds = ctx.encode([t for t in texts for _ in range(ctx.batch_size)])  # each part's s (and a)
             self.unsafe = embeds.view(-1, ctx.batch_size, *embeds.shape[1:])  # (R, B, L, D)
-            self.fork = max(self.fork, self.judge.steps)
+            self.decided = max(self.fork, self.judge.steps)
+            self.fork = self.fork if opts.speculate else self.decided
         if self.idle:
             self.fork = n
         self.context = ctx.encode(self.texts)  # (B, L, D)
@@ -263,12 +300,16 @@ class DualLatentGuard(GuardBase):
     def _uses_cfg(self) -> bool:
         return self.ctx.do_cfg
 
+    def _pending(self, step: int) -> bool:
+        """speculate: stream B has forked but the gate has not judged yet (it runs apart, own UNet call)."""
+        return self.fork <= step < self.decided and not self.idle
+
     def _one_stream_each(self, step: int) -> bool:
         """From the fork on, with every omega 0 or 1 and a step blend of latents, Eq. (3) keeps one stream
         per image (z = z_A at 0, z_B at 1, Eq. (4) then changes nothing): each image runs only its own
         stream's two branches, in the run's base rows (:meth:`conditioning`), stepped by the run's scheduler
         (whose history and noise match stream B's: both streams took the same steps before the fork)."""
-        if self.idle or step < self.fork or self.opts.blend != "step" or self.opts.space != "latent":
+        if self.idle or step < self.decided or self.opts.blend != "step" or self.opts.space != "latent":
             return False
         return bool(((self.omega == 0) | (self.omega == 1)).all())
 
@@ -287,7 +328,7 @@ class DualLatentGuard(GuardBase):
     def branches(self, step: int) -> torch.Tensor | None:
         if self.judge.judging(step):
             return self.unsafe  # eps_s, for the gate's judge
-        if self.idle or step < self.fork or self.opts.blend != "step" or self._one_stream_each(step):
+        if self.idle or step < self.decided or self.opts.blend != "step" or self._one_stream_each(step):
             return None
         rows = [] if self.opts.context == "prompt" else [self.context]  # context=prompt: eps_ctx = eps_c
         if self._uses_cfg() and self.negative_text is not None:
@@ -322,7 +363,7 @@ class DualLatentGuard(GuardBase):
         self.sample_a, self.eps_a = latents, eps_a
         if step < self.fork or self.idle:
             self.eps_b = eps_a
-        elif self.opts.blend == "step":  # stream B's branches came with the batched call
+        elif self.opts.blend == "step" and not self._pending(step):  # B's branches came with the batch
             extra = list(eps_extra) if eps_extra is not None else []
             eps_ctx = eps_cond if self.opts.context == "prompt" else extra.pop(0)
             eps_n = extra.pop(0) if extra else eps_uncond
@@ -344,8 +385,8 @@ class DualLatentGuard(GuardBase):
         steps (Eq. 3) is stepping with ``(1 - omega) eps_A + omega eps_B`` for a scheduler linear in eps
         (DDIM, DPM-Solver's first order); our reading for attacks, without the norm correction."""
         eps_a = self.guide(step, t, latents, eps_uncond, eps_cond, eps_extra)
-        if self.idle or step < self.fork or self.opts.blend != "step" or self._one_stream_each(step):
-            return eps_a
+        if self.idle or step < self.decided or self.opts.blend != "step" or self._one_stream_each(step):
+            return eps_a  # speculate: before the judgement the run's latents are stream A's
         w = self.omega.to(eps_a.device, eps_a.dtype)[:, None, None, None]
         return (1 - w) * eps_a + w * self.eps_b
 
@@ -361,7 +402,8 @@ class DualLatentGuard(GuardBase):
     def after_step(self, step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         if self.idle or self._one_stream_each(step):
             return latents
-        if step < self.fork or self.opts.blend == "step":
+        pending = self._pending(step)
+        if step < self.fork or (self.opts.blend == "step" and not pending):
             self.scheduler.scale_model_input(self.z_b, t)  # keeps step-indexed schedulers' state in line
         step_b = self.scheduler.step(self.eps_b, t, self.z_b, **self.step_kwargs, return_dict=False)
         z_b = step_b[0]  # Eq. (2), stream B
@@ -369,11 +411,13 @@ class DualLatentGuard(GuardBase):
         if step < self.fork:
             self.z_b = latents  # identical to z_b: one stream
             return latents
-        if self.opts.blend == "final" and not last:
+        if (self.opts.blend == "final" or pending and step + 1 < self.decided) and not last:
             self.z_b = z_b
             return latents
-        z = self._blend(step, t, latents, z_b)
+        z = self._blend(step, t, latents, z_b)  # speculate: the first blend, once the gate has judged
         self.z_b = z  # blend=step: both streams go on from the blend
+        if pending and self._one_stream_each(step + 1):
+            adopt_rows(self.ctx.scheduler, self.scheduler, self.omega == 1, z.shape)
         return z
 
     def _blend(self, step: int, t: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,108 @@
+"""VCE's retention on the mini world: the retain term and its data, one factor at a time (mini-ar).
+
+    python benchmarks/sweep_vce_retain.py                     # -> benchmarks/results/sweep_vce_retain.md
+    python benchmarks/sweep_vce_retain.py --concepts circle --variants centre,retain=1 --seeds 0,1,2
+
+At its defaults VCE erases red and the artist ines-quarry on named, implicit and unprompted prompts but
+costs in-domain retention (`robust_methods.md`: IRA 0.81-0.87 x base on red, 0.67-0.74 on the artist):
+after erasing red the model draws green things blue, after erasing the artist it draws other textures
+solid. The retain term (``retain_weight``: the NLL of the base model's own samples of clean prompts, in
+expectation a KL to the base model on them) was left off when every mini prompt named its concept, since
+32 samples were memorised. Here it is measured again with more retain data (``n_clean_prompts``,
+``retain_seeds``) and weights. Each variant erases the
+concept on ``mini-ar`` with the other defaults and runs ``bench mini`` (one image per prompt) against
+the base images of ``robust_methods.py``'s work folder. ``split``: red and striped are the concepts VCE's
+defaults were chosen on (``swept``); circle and ines-quarry confirm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from helpers import ROOT, add_row, erasure_row, metric_cells, result_rows, write_markdown
+from mini_first_measurement import bench
+from robust_methods import SWEPT, met
+
+RESULTS = ROOT / "benchmarks" / "results"
+SMALL = {"n_clean_prompts": 32, "retain_seeds": 1}  # the retain data before this sweep
+VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults does not change a variant
+    "centre": {"retain_weight": 0.0, **SMALL},
+    "retain=1": {"retain_weight": 1.0, **SMALL},
+    "retain=1+clean=128x2": {"retain_weight": 1.0, "n_clean_prompts": 128, "retain_seeds": 2},
+    "retain=0.3+clean=128x2": {"retain_weight": 0.3, "n_clean_prompts": 128, "retain_seeds": 2},
+    "retain=3+clean=128x2": {"retain_weight": 3.0, "n_clean_prompts": 128, "retain_seeds": 2},
+    "retain=0.1+clean=128x2": {"retain_weight": 0.1, "n_clean_prompts": 128, "retain_seeds": 2},
+    "retain=0.3+clean=128x2+steps=400": {
+        "retain_weight": 0.3,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "steps": 400,
+    },
+}
+
+
+def erase(concept: str, variant: str, seed: int, out: Path) -> str:
+    """The adapter of one VCE run with the variant's options (reused when it finished earlier)."""
+    from safegen.methods import get_method
+
+    if not (out / "adapter.json").is_file():
+        entry = get_method("vce")
+        config = entry.config_class()(seed=seed, **VARIANTS[variant])
+        resume = (out / "manifest.json").is_file()
+        entry.load()(concept, model="mini-ar", config=config, out=out, resume=resume)
+    return str(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concepts", default="red,striped")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-vce-retain")
+    parser.add_argument("--base-work", type=Path, default=ROOT / "runs" / "robust-methods")
+    args = parser.parse_args()
+    rows_file = RESULTS / "sweep_vce_retain.jsonl"
+    rows = result_rows(rows_file)
+    done = {(r["concept"], r["variant"], r["seed"]) for r in rows}
+    for concept in args.concepts.split(","):
+        base = args.base_work / f"base-mini-ar-{concept}"
+        bench("mini-ar", concept, base, 1)
+        for variant in args.variants.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                if (concept, variant, seed) in done:
+                    continue
+                start = time.time()
+                tag = f"{concept}-{variant.replace('+', '-')}-s{seed}"
+                adapter = erase(concept, variant, seed, args.work / f"erase-{tag}")
+                out = args.work / f"vce-{tag}"
+                result = bench("mini-ar", concept, out, 1, adapter=adapter, base_from=base)
+                split = "swept" if concept in SWEPT else "confirm"
+                row = {"concept": concept, "variant": variant, "seed": seed, "split": split}
+                row |= erasure_row(result) | {"seconds": round(time.time() - start, 1)}
+                add_row(rows_file, rows, row)
+    write_table(rows)
+
+
+def write_table(rows: list[dict[str, Any]]) -> None:
+    head = ["split", "concept", "variant", "seed", "UA", "synonym UA", "implicit UA"]
+    head += ["unprompted (base -> vce)", "IRA / base", "CRA / base", "targets"]
+    names = list(VARIANTS)
+    key = lambda r: (r["split"] != "swept", r["concept"], names.index(r["variant"]), r["seed"])  # noqa: E731
+    cells = [
+        [r["split"], r["concept"], r["variant"], str(r["seed"]), *metric_cells(r), "yes" if met(r) else "no"]
+        for r in sorted(rows, key=key)
+    ]
+    intro = (
+        "`python benchmarks/sweep_vce_retain.py`: VCE on `mini-ar` (1 image per prompt) with the retain "
+        "term and its data varied one factor at a time around the defaults (`centre`: retain_weight 0, "
+        "32 clean prompts x 1 sample). `clean=128x2`: n_clean_prompts 128, retain_seeds 2. `targets`: "
+        "every robust-methods target met on the row."
+    )
+    print(write_markdown(RESULTS / "sweep_vce_retain.md", "VCE retention sweep", intro, head, cells))
+
+
+if __name__ == "__main__":
+    main()
