@@ -477,8 +477,8 @@ def test_dlr_speculate_keeps_stream_b_from_the_paper_fork(tiny_sd_dir: Path, sch
 
 
 def test_dlr_speculate_drops_stream_b_for_images_judged_benign(tiny_sd: LoadedModel) -> None:
-    """Judged benign at K, stream B's speculative steps are thrown away: plain CFG's image; without
-    speculation the same gate runs no stream-B call before K."""
+    """Judged benign at K, stream B's speculative steps are thrown away: plain CFG's image. A partial omega
+    blends the two streams at K, and both run on from there."""
     plain = run(tiny_sd, steps=6)
     benign = get_guard("dlr", concept="red", tau=0.99, h_sat=1.0, presence=False, **SPECULATE)
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, benign, steps=6)) == [8, 4, 8] + [4] * 4
@@ -491,6 +491,25 @@ def test_dlr_speculate_drops_stream_b_for_images_judged_benign(tiny_sd: LoadedMo
     ]
     assert all(0 < w < 1 for w in weights)  # a true blend at K, then both streams in the batch
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, mixed, steps=6)) == [8, 4] * 2 + [8] * 4
+
+
+def test_dlr_speculate_hands_over_only_the_images_judged_harmful(tiny_sd_dir: Path) -> None:
+    """One image judged harmful, one benign (tau between their h, a ramp of width 1e-6): with DPM-Solver
+    the harmful one is stream B's image from the fork, the benign one plain CFG's, in the same batch."""
+    model = own_model(tiny_sd_dir, DPMSolverMultistepScheduler)
+    opts = {"presence": False, "norm_correction": False, **SPECULATE}
+    probe = generate(model, PROMPTS, config=GenerationConfig(steps=6), guard=get_guard("dlr", concept="red",
+                     tau=-1.0, h_sat=1.0, **opts))  # fmt: skip
+    harms = [im.info["harm"] for im in probe]
+    tau = sum(harms) / 2
+    guard = get_guard("dlr", concept="red", tau=tau, h_sat=tau + 1e-6, **opts)
+    images = generate(model, PROMPTS, config=GenerationConfig(steps=6), guard=guard)
+    hot = int(np.argmax(harms))
+    assert [im.info["weight"] for im in images] == [float(i == hot) for i in range(2)]
+    alone = run(model, steps=6, prompts=[im.info["context"] for im in images], negative_prompt="red")
+    plain = run(model, steps=6)
+    assert np.abs(pixels(images)[hot] - alone[hot]).max() <= 1
+    assert np.abs(pixels(images)[1 - hot] - plain[1 - hot]).max() <= 1
 
 
 def test_dlr_x0_space_needs_a_variance_preserving_scheduler(tiny_sd_dir: Path) -> None:

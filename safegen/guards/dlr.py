@@ -308,7 +308,8 @@ class DualLatentGuard(GuardBase):
         """From the fork on, with every omega 0 or 1 and a step blend of latents, Eq. (3) keeps one stream
         per image (z = z_A at 0, z_B at 1, Eq. (4) then changes nothing): each image runs only its own
         stream's two branches, in the run's base rows (:meth:`conditioning`), stepped by the run's scheduler
-        (whose history and noise match stream B's: both streams took the same steps before the fork)."""
+        (whose history and noise match stream B's: both streams took the same steps before the fork; after a
+        speculative fork the run's scheduler is given stream B's state for its images, :func:`adopt_rows`)."""
         if self.idle or step < self.decided or self.opts.blend != "step" or self.opts.space != "latent":
             return False
         return bool(((self.omega == 0) | (self.omega == 1)).all())
