@@ -89,6 +89,11 @@ def erasure_row(bench: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def metric_head(who: str) -> list[str]:
+    """The column names of :func:`metric_cells`; ``who`` names the method in the unprompted column."""
+    return ["UA", "synonym UA", "implicit UA", f"unprompted (base -> {who})", "IRA / base", "CRA / base"]
+
+
 def metric_cells(row: dict[str, Any]) -> list[str]:
     """The cells of :func:`erasure_row`'s metrics (``n/a`` where a metric does not apply)."""
     num = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, result_rows, write_markdown
+from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
 from mini_first_measurement import bench
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -104,8 +104,7 @@ def main() -> None:
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:
-    head = ["split", "concept", "variant", "share", "tau / h_sat", "presence tau / h_sat", "UA"]
-    head += ["synonym UA", "implicit UA", "unprompted (base -> sp)", "IRA / base", "CRA / base"]
+    head = ["split", "concept", "variant", "share", "tau / h_sat", "presence tau / h_sat", *metric_head("sp")]
     order = list(VARIANTS)
     cells = [
         [r["split"], r["concept"], r["variant"], f"{r['presence_share']:g}",

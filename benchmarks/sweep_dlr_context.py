@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, result_rows, write_markdown
+from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
 from mini_first_measurement import bench
 from robust_methods import GUARD_SWEPT
 from sweep_calibration import options_for, scores
@@ -67,8 +67,7 @@ def main() -> None:
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:
-    head = ["split", "concept", "context", "UA", "synonym UA", "implicit UA", "unprompted (base -> dlr)"]
-    head += ["IRA / base", "CRA / base"]
+    head = ["split", "concept", "context", *metric_head("dlr")]
     key = lambda r: (r["split"] != "swept", r["concept"], CONTEXTS.index(r["context"]))  # noqa: E731
     cells = [[r["split"], r["concept"], r["context"]] + metric_cells(r) for r in sorted(rows, key=key)]
     intro = (

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, result_rows, write_markdown
+from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
 from mini_first_measurement import bench
 from robust_methods import GUARD_SWEPT, met
 from sweep_dlr_context import CONCEPTS, calibration
@@ -50,23 +50,22 @@ def main() -> None:
             if (concept, variant) in done:
                 continue
             start = time.time()
-            options = calibration(concept) | VARIANTS[variant]
-            out = args.work / f"dlr-{concept}-{variant}"
-            if variant == "off" and args.off_from:
+            read = variant == "off" and args.off_from is not None
+            if read:
                 out = args.off_from / f"dlr-{concept}-rewrite-append"
                 result = json.loads((out / "results.json").read_text())
             else:
+                options = calibration(concept) | VARIANTS[variant]
+                out = args.work / f"dlr-{concept}-{variant}"
                 result = bench("mini", concept, out, 1, guard="dlr", guard_options=options, base_from=base)
             split = "swept" if concept in GUARD_SWEPT else "confirm"
             row = {"concept": concept, "variant": variant, "split": split, **erasure_row(result)}
-            read = variant == "off" and args.off_from is not None
             add_row(rows_file, rows, row | {"seconds": None if read else round(time.time() - start, 1)})
     write_table(rows)
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:
-    head = ["split", "concept", "fork", "UA", "synonym UA", "implicit UA", "unprompted (base -> dlr)"]
-    head += ["IRA / base", "CRA / base", "targets"]
+    head = ["split", "concept", "fork", *metric_head("dlr"), "targets"]
     key = lambda r: (r["split"] != "swept", r["concept"], list(VARIANTS).index(r["variant"]))  # noqa: E731
     cells = [
         [r["split"], r["concept"], r["variant"]] + metric_cells(r) + ["yes" if met(r) else "no"]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, result_rows, write_markdown
+from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
 from mini_first_measurement import bench
 from robust_methods import SWEPT, met
 
@@ -87,8 +87,7 @@ def main() -> None:
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:
-    head = ["split", "concept", "variant", "seed", "UA", "synonym UA", "implicit UA"]
-    head += ["unprompted (base -> vce)", "IRA / base", "CRA / base", "targets"]
+    head = ["split", "concept", "variant", "seed", *metric_head("vce"), "targets"]
     names = list(VARIANTS)
     key = lambda r: (r["split"] != "swept", r["concept"], names.index(r["variant"]), r["seed"])  # noqa: E731
     cells = [

@@ -369,8 +369,8 @@ class DualLatentGuard(GuardBase):
             eps_ctx = eps_cond if self.opts.context == "prompt" else extra.pop(0)
             eps_n = extra.pop(0) if extra else eps_uncond
             self.eps_b = eps_ctx if eps_n is None else eps_n + self.ctx.cfg * (eps_ctx - eps_n)  # Eq. (1)
-        else:
-            self.eps_b = self._stream_b_eps(t)
+        else:  # stream B's own UNet call, made in after_step: only a real step uses it
+            self.eps_b = None
         return eps_a
 
     def effective_eps(
@@ -406,6 +406,8 @@ class DualLatentGuard(GuardBase):
         pending = self._pending(step)
         if step < self.fork or (self.opts.blend == "step" and not pending):
             self.scheduler.scale_model_input(self.z_b, t)  # keeps step-indexed schedulers' state in line
+        if self.eps_b is None:
+            self.eps_b = self._stream_b_eps(t)  # blend=final, or speculative steps before the judgement
         step_b = self.scheduler.step(self.eps_b, t, self.z_b, **self.step_kwargs, return_dict=False)
         z_b = step_b[0]  # Eq. (2), stream B
         last = step == self.ctx.n_steps - 1
