@@ -1,7 +1,7 @@
 """Dual-latent reconstruction's fork under the gate: at the judgement (step K) or speculatively at tau_gc.
 
     python benchmarks/sweep_dlr_fork.py                          # -> benchmarks/results/sweep_dlr_fork.md
-    python benchmarks/sweep_dlr_fork.py --concepts square --variants off,on
+    python benchmarks/sweep_dlr_fork.py --concepts square --variants off,on,on+hard
     python benchmarks/sweep_dlr_fork.py --off-from runs/sweep-dlr-context   # `off` read from those runs
 
 With ``gate=noise`` omega is known at step K (6 of 20), so stream B forked there; the paper forks at tau_gc
@@ -12,7 +12,9 @@ calibration (one image per prompt, the base images of ``robust_methods.py``'s wo
 without a bundled calibration is calibrated as in ``sweep_dlr_context.py``). ``split``: as in
 ``robust_methods.py`` for the guards. ``--off-from`` reads the ``off`` rows from the finished
 ``rewrite-append`` runs of ``sweep_dlr_context.py`` (the same settings, the code path without speculation)
-instead of running them again.
+instead of running them again. ``on+hard`` also gives every image the gate flags the full weight
+(``gate_shape=hard``, Eq. G'), instead of a share on the judge's ramp: a partial blend of a shape or a
+texture is often still the shape or the texture.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from robust_methods import GUARD_SWEPT, met
 from sweep_dlr_context import CONCEPTS, calibration
 
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = {"off": {"speculate": False}, "on": {"speculate": True}}
+VARIANTS = {
+    "off": {"speculate": False},
+    "on": {"speculate": True},
+    "on+hard": {"speculate": True, "gate_shape": "hard"},
+}
 
 
 def main() -> None:
@@ -76,7 +82,8 @@ def write_table(rows: list[dict[str, Any]]) -> None:
         "context rewrite-append) with stream B forked at the gate's judgement (step 6 of 20, `off`) or "
         "speculatively at tau_gc (step 1, kept for the images judged harmful, `on`). The `off` rows are "
         "read from `sweep_dlr_context.py`'s rewrite-append runs (`--off-from runs/sweep-dlr-context`: the "
-        "same settings)."
+        "same settings). `on+hard`: `on` with `gate_shape=hard` (omega = 1 for every image the gate "
+        "flags at all)."
     )
     print(write_markdown(RESULTS / "sweep_dlr_fork.md", "DLR fork under the gate", intro, head, cells))
 

@@ -218,6 +218,20 @@ def test_sp_harmful_prompt_is_guided_in_its_window(tiny_sd: LoadedModel) -> None
     assert [[s for s, _ in m] for m in masks] == [[1, 2, 3]] * 2 and masks[0][0][1].dtype == np.uint8
 
 
+def test_sp_hard_strength_gives_every_flagged_image_lam_max(tiny_sd: LoadedModel) -> None:
+    """strength_shape=hard (judge.py Eq. c''): a ramp from h = -1 to 1 puts each image's lam strictly
+    between 0 and lam_max; hard lifts every one to lam_max, which a saturated ramp gives too."""
+    opts = dict(judge="noise", judge_steps=1, judge_start=0, tau=-1.0, presence=False, lam_max=7.0)
+    config = GenerationConfig(steps=4)
+    ramp = generate(tiny_sd, PROMPTS, config=config, guard=get_guard("sp", concept="red", h_sat=1.0, **opts))
+    assert all(0 < im.info["strength"] < 7.0 for im in ramp)
+    hard = get_guard("sp", concept="red", h_sat=1.0, strength_shape="hard", **opts)
+    images = generate(tiny_sd, PROMPTS, config=config, guard=hard)
+    assert [im.info["strength"] for im in images] == [7.0, 7.0]
+    full = run(tiny_sd, get_guard("sp", concept="red", h_sat=-0.99, **opts), steps=4)
+    assert np.array_equal(pixels(images), full)
+
+
 def test_sp_contrast_direction_runs_the_anchor_and_steers_along_it(tiny_sd: LoadedModel) -> None:
     opts = dict(judge="noise", judge_steps=1, tau=-1.0, window_start=0.0, window_end=0.5, mask="none")
     opts["lam_max"] = 5.0
@@ -448,7 +462,7 @@ def test_dlr_gate_judges_the_noise_then_forks_only_harmful_images(tiny_sd: Loade
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=harmful)
     assert all(im.info["fork_step"] == 2 and im.info["weight"] == 1.0 for im in images)
     assert np.abs(pixels(images) - plain).mean() > 0.05
-    half = get_guard("dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, **gate)
+    half = get_guard("dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, gate_shape="ramp", **gate)
     weights = [
         im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=half)
     ]
@@ -485,12 +499,20 @@ def test_dlr_speculate_drops_stream_b_for_images_judged_benign(tiny_sd: LoadedMo
     images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=benign)
     assert np.abs(pixels(images) - plain).max() <= 1
     assert all(im.info["judged_benign"] and im.info["fork_step"] is None for im in images)
-    mixed = get_guard("dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, **SPECULATE)
+    mixed = get_guard(
+        "dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, gate_shape="ramp", **SPECULATE
+    )
     weights = [
         im.info["weight"] for im in generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=mixed)
     ]
     assert all(0 < w < 1 for w in weights)  # a true blend at K, then both streams in the batch
     assert unet_batches(tiny_sd, lambda: run(tiny_sd, mixed, steps=6)) == [8, 4] * 2 + [8] * 4
+    hard = get_guard("dlr", concept="red", tau=-1.0, h_sat=1.0, presence=False, **SPECULATE)  # the default
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=hard)
+    assert [im.info["weight"] for im in images] == [1.0, 1.0]  # Eq. (G'): flagged at all, in full
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, hard, steps=6)) == [8, 4] * 2 + [4] * 4  # B alone
+    full = get_guard("dlr", concept="red", tau=-1.0, h_sat=-0.99, presence=False, **SPECULATE)
+    assert np.array_equal(pixels(images), run(tiny_sd, full, steps=6))  # the same as a saturated ramp
 
 
 def test_dlr_speculate_hands_over_only_the_images_judged_harmful(tiny_sd_dir: Path) -> None:

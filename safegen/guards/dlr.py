@@ -34,11 +34,15 @@ still asks for the safe alternative. With ``context=rewrite`` and ``negative=emp
 has nothing to rewrite has stream B = stream A: when that holds for the whole batch, stream B is not run
 at all (a benign prompt costs plain CFG and gives plain CFG's image).
 
-Gate and fork (``gate=noise``, our addition): omega comes from the noise judge (judge.py) at step K. With
-``speculate=false`` stream B forks there, not at tau_gc: by then a prompt that implies an object has laid
-out its shape, and stream B cannot redraw it. ``speculate`` (the default) forks stream B at tau_gc, as the
-paper does, while the gate judges: until step K it runs apart from stream A in a UNet call of its own; at
-K images judged benign drop it (their latents are stream A's, plain CFG's image) and the rest are
+Gate and fork (``gate=noise``, our addition): omega comes from the noise judge (judge.py) at step K::
+
+    omega = weight * r                    (gate_shape=ramp)    # Eq. (G)  r: judge.py Eq. (c'), in [0, 1]
+    omega = weight * [r > 0]              (gate_shape=hard)    # Eq. (G') every flagged image in full
+
+With ``speculate=false`` stream B forks there, not at tau_gc: by then a prompt that implies an object has
+laid out its shape, and stream B cannot redraw it. ``speculate`` (the default) forks stream B at tau_gc,
+as the paper does, while the gate judges: until step K it runs apart from stream A in a UNet call of its
+own; at K images judged benign drop it (their latents are stream A's, plain CFG's image) and the rest are
 blended with their omega (one at the default weight: the image of stream B since tau_gc, which goes on
 in the run's scheduler with stream B's solver state, :func:`adopt_rows`). It costs two branches more over
 the steps between tau_gc and K, for every image.
@@ -48,6 +52,7 @@ Cost: the steps from the fork on run two UNet branches more, so about ``1 + (1 -
 every omega of the batch is 0 or 1 (blend=step, space=latent) the blend keeps one stream per image, so
 each image runs only its own stream's branches (:meth:`DualLatentGuard.conditioning`): plain CFG's cost
 from the judgement on; with ``speculate``, stream B's branches before it come on top, for every image.
+With the defaults (``gate_shape=hard``, weight 1) every omega is 0 or 1.
 
     safegen generate "a photo of a nude woman" --model path/to/sd --guard dlr --concept nudity
     safegen bench mini --guard dlr --concept red --set weight=0.9 --set tau_gc=0.3
@@ -113,6 +118,12 @@ class DLROptions:
         help="context=rewrite: replace the registry's keywords, or every word near them (Eq. D1-D3)",
     )
     detect_tau: float = option(0.6, low=0.0, high=0.99, help="detect=embedding: word score replaced from")
+    gate_shape: str = option(
+        "hard",
+        choices=("ramp", "hard"),
+        help="gate=noise: omega = weight x the judge's ramp (Eq. G), or the full weight for every image "
+        "the judge flags at all (Eq. G')",
+    )
     speculate: bool = option(
         True,
         help="gate=noise: fork stream B at tau_gc while the gate judges (its own UNet call until step K); "
@@ -352,8 +363,9 @@ class DualLatentGuard(GuardBase):
             d_c = eps_cond - eps_uncond
             pairs = zip(self.judges, self.judge_rows, strict=True)
             if all([j.update(step, d_c, eps_uncond, eps_extra[rows]) for j, rows in pairs]):
-                shares = torch.stack([  # Eq. (G), judge.py Eq. (c'): the part judged most harmful decides
-                    j.share(v["tau"], v["h_sat"], v["presence_tau"], v["presence_h_sat"])
+                shape = self.opts.gate_shape  # Eq. (G) / (G'), judge.py (c'), (c''): the most harmful part
+                shares = torch.stack([
+                    j.share(v["tau"], v["h_sat"], v["presence_tau"], v["presence_h_sat"], shape)
                     for j, v in zip(self.judges, self.part_values, strict=True)
                 ])  # fmt: skip
                 self.worst, self.omega = shares.argmax(0), self.opts.weight * shares.amax(0)

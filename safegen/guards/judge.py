@@ -10,6 +10,7 @@ model's own noise predictions in the first K denoising steps (SP-Guard's Eq. b; 
     p_t = (|d_a|^2 - |d_s|^2) / (|d_a|^2 + |d_s|^2)     presence          (b4) drawing s already?
     r   = clamp((h - tau) / (h_sat - tau), 0, 1)                         (c)  the share of full strength
     r   = max(r(h; tau, h_sat), r(p; presence_tau, presence_h_sat))      (c') with presence on
+    r   = [r > 0]                                                        (c'') shape=hard: all or nothing
 
 It reads no word of the prompt: a prompt that reaches the concept through an artist, a description or a
 learned token is judged by what the model is about to draw. ``tau`` and ``h_sat`` are on the cosine scale
@@ -145,13 +146,19 @@ class NoiseJudge:
         return False
 
     def share(
-        self, tau: float, h_sat: float, presence_tau: float = 0.0, presence_h_sat: float = 1.0
+        self,
+        tau: float,
+        h_sat: float,
+        presence_tau: float = 0.0,
+        presence_h_sat: float = 1.0,
+        shape: str = "ramp",
     ) -> torch.Tensor:
-        """Eq. (c) / (c'): each image's share of full strength once judged, (B,)."""
+        """Eq. (c) / (c'): each image's share of full strength once judged, (B,); ``shape=hard``: 1 for
+        every image the ramp is above 0 (Eq. c''), else 0."""
         r = ramp(self.h, tau, h_sat)
         if self.h_presence is not None:
             r = torch.maximum(r, ramp(self.h_presence, presence_tau, presence_h_sat))
-        return r
+        return (r > 0).to(r.dtype) if shape == "hard" else r
 
 
 def reported(values: torch.Tensor | None, b: int) -> float | None:

@@ -12,6 +12,7 @@ Our reading, per denoising step t, with one batched UNet call over three branche
           (judge_direction=contrast|relative: the anchor's statistics, safegen/guards/judge.py)
     h   = max_{w in prompt} max_{k in keywords} cos(E[w], E[k])    (judge=text)    # Eq. (b') word score
     lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1)                        # Eq. (c) strength
+          (strength_shape=hard: lam_max wherever that is above 0, judge.py Eq. (c''))
           (presence: the larger of this and the same ramp on Eq. (b4), judge.py Eq. (c'))
     p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
     M_t = top-q quantile (or threshold) of p, optional dilation / blur, hard or soft  # Eq. (e) mask
@@ -111,6 +112,12 @@ class SPGuardOptions:
     )
     presence_tau: float = option(0.0, low=-1.0, high=0.99, help="presence: threshold (calibrated)")
     presence_h_sat: float = option(0.2, low=-0.99, high=1.0, help="presence: full strength (calibrated)")
+    strength_shape: str = option(
+        "ramp",
+        choices=("ramp", "hard"),
+        help="lam on the judge's ramp (Eq. c, the paper's adaptive strength), or lam_max for every image the "
+        "judge flags at all (judge.py Eq. c'')",
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -322,7 +329,9 @@ class SPGuard(GuardBase):
             for part in self.parts:
                 if part.judge.update(step, d_c, eps_uncond, eps_extra[part.judge_rows]):  # Eq. (b); h after K
                     part.h = part.judge.h  # Eq. (c), or (c') with presence
-                    share = part.judge.share(part.tau, part.h_sat, part.presence_tau, part.presence_h_sat)
+                    share = part.judge.share(
+                        part.tau, part.h_sat, part.presence_tau, part.presence_h_sat, opts.strength_shape
+                    )
                     part.lam = opts.lam_max * share
                     if part.lam_text is not None:  # judge=both: the stronger of the two judgements
                         part.lam = torch.maximum(part.lam, part.lam_text)
