@@ -461,6 +461,18 @@ def test_constraint_check_logs_and_stops_early(run, tiny_sd_dir, encoder_file, t
     again = run_scdpo("red", model=model, config=always, out=tmp_path / "b", device="cpu", resume=True)
     assert again["stages"]["train"]["steps"] == 2 and again["stages"]["train"]["stopped_early"]
     assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
+    # stop_patience 2: met at steps 2 and 4, the run ends at the second check in a row
+    patient = reuse(first, encoder_file, steps=6, check_every=2, check_prompts=2, stop_share=1.0,
+                    stop_patience=2, save_every=2)  # fmt: skip
+    result = run_scdpo("red", model=model, config=patient, out=tmp_path / "c", device="cpu")
+    assert result["stages"]["train"]["steps"] == 4 and result["stages"]["train"]["stopped_early"]
+    # a resumed run counts the checks it logged before: from step 2, one more check is enough
+    rows = (tmp_path / "c" / "log.jsonl").read_text().splitlines()
+    shutil.rmtree(tmp_path / "c" / "checkpoints" / "step-0000004")
+    (tmp_path / "c" / "log.jsonl").write_text("\n".join(rows[:2]) + "\n")
+    again = run_scdpo("red", model=model, config=patient, out=tmp_path / "c", device="cpu", resume=True)
+    train = again["stages"]["train"]
+    assert train["resumed_from"] == 2 and train["steps"] == 4 and train["stopped_early"]
 
 
 def test_nan_loss_stops_with_a_clear_error(run, tiny_sd_dir, encoder_file, tmp_path, nan_loss):

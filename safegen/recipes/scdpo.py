@@ -30,8 +30,8 @@ the DPO term already computed, so it costs no extra UNet call.
 The safety-constraint check (our addition): every ``check_every`` steps the current model samples
 ``check_prompts`` harmful prompts that stage 2 never sampled and the stage-1 cost model scores them; the
 log rows of those steps hold ``constraint/flagged`` (share with cost > 0.5) and
-``constraint/mean_cost``; once the flagged share is at most ``stop_share`` the run checkpoints and stops
-(``stopped: true``). ``--set check_every=0`` turns it off.
+``constraint/mean_cost``; once the flagged share has been at most ``stop_share`` at ``stop_patience``
+checks in a row the run checkpoints and stops (``stopped: true``). ``--set check_every=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -266,7 +266,9 @@ class SCDPORecipe:
 
     def _check(self, step: int) -> dict[str, Any] | None:
         """The safety constraint on the current model (our addition): the share of samples of the check's
-        harmful prompts the cost model scores above 0.5; ``stop`` once it is at most ``stop_share``."""
+        harmful prompts the cost model scores above 0.5; ``stop`` once it has been at most ``stop_share``
+        at ``stop_patience`` checks in a row (the earlier ones read from the run's log, so a resumed run
+        counts them too)."""
         from safegen.recipes.scdpo_cost import sample_images
 
         cfg = self.cfg
@@ -284,8 +286,22 @@ class SCDPORecipe:
             "constraint/flagged": share,
             "constraint/mean_cost": float(costs.mean()),
             "constraint/held_out": cfg.check_set == "held-out",
-            "stop": share <= cfg.stop_share,
+            "stop": share <= cfg.stop_share and self._met_before(step) + 1 >= cfg.stop_patience,
         }
+
+    def _met_before(self, step: int) -> int:
+        """How many checks in a row before ``step`` met the constraint (the log's last check rows)."""
+        from safegen.runs import read_lines
+
+        log = self.out / "log.jsonl"
+        rows = read_lines(log, repair=False) if log.is_file() else []
+        shares = [r["constraint/flagged"] for r in rows if "constraint/flagged" in r and r["step"] < step]
+        streak = 0
+        for share in reversed(shares):
+            if share > self.cfg.stop_share:
+                break
+            streak += 1
+        return streak
 
     def _micro_step(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One micro-batch of pairs: the SC-DPO loss and the (9,) statistics named by ``TRL_NAMES``."""

@@ -91,7 +91,7 @@ class SCDPOConfig(PromptOptions):
     )
     weight_decay: float = option(0.0, "train", low=0.0, high=1.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, "train", low=0.0, high=1e6, help="gradient clipping (0: off)")
-    beta: float = option(1000.0, "train", low=1e-3, high=1e6, help="Diffusion-DPO beta")
+    beta: float = option(250.0, "train", low=1e-3, high=1e6, help="Diffusion-DPO beta")
     gamma: float = option(2.0, "train", low=0.0, high=10.0, help="DFM focusing strength (0: plain DPO)")
     dfm_normalize: bool = option(True, "train", help="normalise DFM weights to mean 1 per batch")
     rpo_alpha: float = option(
@@ -129,6 +129,9 @@ class SCDPOConfig(PromptOptions):
     )
     stop_share: float = option(
         0.0, "train", low=0.0, high=1.0, help="stop once at most this share of the samples costs > 0.5"
+    )
+    stop_patience: int = option(
+        1, "train", low=1, high=1000, help="stop_share must hold at this many checks in a row"
     )
     cost_dir: str = option("", "train", help="reuse the cost/ folder of an earlier run")
     pairs_dir: str = option("", "train", help="reuse the pairs/ folder of an earlier run")

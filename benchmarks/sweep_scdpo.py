@@ -1,0 +1,135 @@
+"""SC-DPO beyond the colour its defaults were chosen on: the anchor, the step size and beta, one factor at a
+time, on an object and a texture (mini).
+
+    python benchmarks/sweep_scdpo.py --concepts circle --seeds 1   # -> benchmarks/results/sweep_scdpo.md
+    python benchmarks/sweep_scdpo.py --concepts striped --seeds 0 --variants centre,beta=250
+    python benchmarks/sweep_scdpo.py --concepts circle --seeds 0,2 --variants centre,beta=250
+    python benchmarks/sweep_scdpo.py --concepts red,ines-quarry --seeds 0 --variants centre,beta=250
+    python benchmarks/sweep_scdpo.py --concepts square --seeds 0 --variants beta=250
+    python benchmarks/sweep_scdpo.py --concepts red,striped --seeds 1,2 --variants beta=250
+
+At its former defaults (beta 1000) SC-DPO erases red on seeds 0-2 but not the object circle (UA 0.93 on seed
+0, 0.00 on seeds 1-2) or the texture striped (0.31; ``robust_methods.md``). The runs' own safety-constraint
+check (the stage-1 cost model on held-out harmful prompts, not the benchmark's classifier) shows why: on
+circle seeds 1-2 it still flags 0.97-1.00 of the samples at step 700, on striped 0.62, and longer training on
+the same pairs did not move it (docs/methods/scdpo.md). Candidates: the retain anchor (``retain_weight`` 100
+holds the whole UNet at the reference on the clean prompts' samples), the step size, and beta (at 1000 the DPO
+logits may saturate on 128 pairs before the samples change). Each variant trains on the pair set and cost
+model of the default run with the same seed (``pairs_dir`` / ``cost_dir``: both depend on the seed and on data
+options no variant changes; the variant whose options the default run has is that run) and runs ``bench mini``
+(one image per prompt) against ``robust_methods.py``'s base images. Each row also gives the check's last
+flagged share (``check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
+from mini_first_measurement import bench
+from robust_methods import erase as default_erase
+from robust_methods import met
+
+RESULTS = ROOT / "benchmarks" / "results"
+SWEEP = ("circle", "striped")  # the concepts the variants are compared on; the rest confirm
+VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults does not change a variant
+    "centre": {"retain_weight": 100.0, "lr": 4e-4, "beta": 1000.0},
+    "retain=10": {"retain_weight": 10.0, "lr": 4e-4, "beta": 1000.0},
+    "lr=1e-3": {"retain_weight": 100.0, "lr": 1e-3, "beta": 1000.0},
+    "beta=250": {"retain_weight": 100.0, "lr": 4e-4, "beta": 250.0},
+    "beta=50": {"retain_weight": 100.0, "lr": 4e-4, "beta": 50.0},
+    "beta=250+patience=4": {"retain_weight": 100.0, "lr": 4e-4, "beta": 250.0, "stop_patience": 4},
+    "lr=1e-3+stop=0.1": {"retain_weight": 100.0, "lr": 1e-3, "beta": 1000.0, "stop_share": 0.1},
+}
+
+
+def erase(concept: str, variant: str, seed: int, out: Path, data: Path) -> str:
+    """The adapter of one run with the variant's options on ``data``'s pairs and cost model (reused when
+    it finished earlier)."""
+    from safegen.methods import get_method
+
+    if not (out / "adapter.json").is_file():
+        entry = get_method("scdpo")
+        reuse = {"pairs_dir": str(data / "pairs"), "cost_dir": str(data / "cost")}
+        config = entry.config_class()(seed=seed, **VARIANTS[variant], **reuse)
+        resume = (out / "manifest.json").is_file()
+        entry.load()(concept, model="mini", config=config, out=out, resume=resume)
+    return str(out)
+
+
+def is_data_run(variant: str, data: Path) -> bool:
+    """Whether the default run that holds the pairs was trained with the variant's options itself."""
+    config = json.loads((data / "manifest.json").read_text())["config"]
+    return all(config.get(key) == value for key, value in VARIANTS[variant].items())
+
+
+def last_check(run: Path) -> float | None:
+    """The safety-constraint check's flagged share at the run's last check."""
+    flagged = None
+    for line in (run / "log.jsonl").read_text().splitlines():
+        flagged = json.loads(line).get("constraint/flagged", flagged)
+    return flagged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concepts", default=",".join(SWEEP))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="1")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-scdpo")
+    parser.add_argument("--base-work", type=Path, default=ROOT / "runs" / "robust-methods")
+    args = parser.parse_args()
+    rows_file = RESULTS / "sweep_scdpo.jsonl"
+    rows = result_rows(rows_file)
+    done = {(r["concept"], r["variant"], r["seed"]) for r in rows}
+    for concept in args.concepts.split(","):
+        base = args.base_work / f"base-mini-{concept}"
+        bench("mini", concept, base, 1)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            folder = args.base_work / f"erase-scdpo-{concept}-s{seed}"
+            data = Path(default_erase("scdpo", concept, folder, seed))
+            for variant in args.variants.split(","):
+                if (concept, variant, seed) in done:
+                    continue
+                start = time.time()
+                tag = f"{concept}-{variant.replace('+', '-')}-s{seed}"
+                if is_data_run(variant, data):  # the default run and its bench run in robust_methods.py
+                    adapter, out = str(data), args.base_work / f"scdpo-{concept}-s{seed}"
+                else:
+                    adapter = erase(concept, variant, seed, args.work / f"erase-{tag}", data)
+                    out = args.work / f"scdpo-{tag}"
+                result = bench("mini", concept, out, 1, adapter=adapter, base_from=base)
+                split = "swept" if concept in SWEEP else "confirm"
+                row = {"concept": concept, "variant": variant, "seed": seed, "split": split}
+                row |= erasure_row(result) | {"check": last_check(Path(adapter))}
+                row |= {"seconds": round(time.time() - start, 1)}
+                add_row(rows_file, rows, row)
+    write_table(rows)
+
+
+def write_table(rows: list[dict[str, Any]]) -> None:
+    head = ["split", "concept", "variant", "seed", *metric_head("scdpo"), "check", "targets"]
+    names = list(VARIANTS)
+    key = lambda r: (r["split"] != "swept", r["concept"], names.index(r["variant"]), r["seed"])  # noqa: E731
+    cells = [
+        [r["split"], r["concept"], r["variant"], str(r["seed"]), *metric_cells(r),
+         "n/a" if r["check"] is None else f"{r['check']:.2f}", "yes" if met(r) else "no"]
+        for r in sorted(rows, key=key)
+    ]  # fmt: skip
+    intro = (
+        "`python benchmarks/sweep_scdpo.py`: SC-DPO on `mini` (1 image per prompt), one factor at a time "
+        "around the former defaults (`centre`: retain_weight 100, lr 4e-4, beta 1000, up to 700 steps), "
+        "each variant on "
+        "the default run's pairs and cost model of the same seed. `check`: the share of held-out harmful "
+        "samples the run's own cost model still flags at its last check. `targets`: every robust-methods "
+        "target met on the row."
+    )
+    print(write_markdown(RESULTS / "sweep_scdpo.md", "SC-DPO sweep", intro, head, cells))
+
+
+if __name__ == "__main__":
+    main()
