@@ -12,8 +12,8 @@ Our reading, per denoising step t, with one batched UNet call over three branche
           (judge_direction=contrast|relative: the anchor's statistics, safegen/guards/judge.py)
     h   = max_{w in prompt} max_{k in keywords} cos(E[w], E[k])    (judge=text)    # Eq. (b') word score
     lam = lam_max * clamp((h - tau) / (h_sat - tau), 0, 1)                        # Eq. (c) strength
-          (strength_shape=hard: lam_max wherever that is above 0, judge.py Eq. (c''))
           (presence: the larger of this and the same ramp on Eq. (b4), judge.py Eq. (c'))
+          (strength_shape=hard: lam_max wherever that is above 0, judge.py Eq. (c''))
     p   = relu(<d_c, d_s>_channels / |d_s|_channels)     per latent location     # Eq. (d) projection
     M_t = top-q quantile (or threshold) of p, optional dilation / blur, hard or soft  # Eq. (e) mask
     eps = eps_u + w * d_c - lam * M_t * d_s      for steps in the active window   # Eq. (f) guidance
