@@ -6,7 +6,8 @@ time, on an object and a texture (mini).
     python benchmarks/sweep_scdpo.py --concepts circle --seeds 0,2 --variants centre,beta=250
     python benchmarks/sweep_scdpo.py --concepts red,ines-quarry --seeds 0 --variants centre,beta=250
     python benchmarks/sweep_scdpo.py --concepts square --seeds 0 --variants beta=250
-    python benchmarks/sweep_scdpo.py --concepts red,striped --seeds 1,2 --variants beta=250
+    python benchmarks/sweep_scdpo.py --concepts red --seeds 1,2 --variants beta=250
+    python benchmarks/sweep_scdpo.py --concepts striped --seeds 1 --variants beta=250
 
 At its former defaults (beta 1000) SC-DPO erases red on seeds 0-2 but not the object circle (UA 0.93 on seed
 0, 0.00 on seeds 1-2) or the texture striped (0.31; ``robust_methods.md``). The runs' own safety-constraint
