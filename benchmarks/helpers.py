@@ -102,6 +102,18 @@ def metric_cells(row: dict[str, Any]) -> list[str]:
                     num(row["cra_ratio"])]  # fmt: skip
 
 
+def variant_cells(
+    rows: list[dict[str, Any]], variants: Sequence[str], met: Callable[[dict[str, Any]], bool]
+) -> list[list[str]]:
+    """The cells of a guard sweep's table, one row per (concept, variant): swept concepts first, then by
+    concept and by the order of ``variants``; ``met`` says whether a row meets every target."""
+    key = lambda r: (r["split"] != "swept", r["concept"], list(variants).index(r["variant"]))  # noqa: E731
+    return [
+        [r["split"], r["concept"], r["variant"]] + metric_cells(r) + ["yes" if met(r) else "no"]
+        for r in sorted(rows, key=key)
+    ]
+
+
 def gcd_all(values: list[int]) -> int:
     out = 0
     for v in values:

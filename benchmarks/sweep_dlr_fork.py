@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
+from helpers import ROOT, add_row, erasure_row, metric_head, result_rows, variant_cells, write_markdown
 from mini_first_measurement import bench
 from robust_methods import GUARD_SWEPT, met
 from sweep_dlr_context import CONCEPTS, calibration
@@ -72,11 +72,7 @@ def main() -> None:
 
 def write_table(rows: list[dict[str, Any]]) -> None:
     head = ["split", "concept", "fork", *metric_head("dlr"), "targets"]
-    key = lambda r: (r["split"] != "swept", r["concept"], list(VARIANTS).index(r["variant"]))  # noqa: E731
-    cells = [
-        [r["split"], r["concept"], r["variant"]] + metric_cells(r) + ["yes" if met(r) else "no"]
-        for r in sorted(rows, key=key)
-    ]
+    cells = variant_cells(rows, list(VARIANTS), met)
     intro = (
         "`python benchmarks/sweep_dlr_fork.py`: dlr on `mini` (1 image per prompt, bundled calibrations, "
         "context rewrite-append) with stream B forked at the gate's judgement (step 6 of 20, `off`) or "

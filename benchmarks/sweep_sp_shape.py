@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
+from helpers import ROOT, add_row, erasure_row, metric_head, result_rows, variant_cells, write_markdown
 from mini_first_measurement import bench
 from robust_methods import GUARD_SWEPT, met
 
@@ -61,11 +61,7 @@ def main() -> None:
 
 def write_table(rows: list[dict[str, Any]]) -> None:
     head = ["split", "concept", "strength", *metric_head("sp"), "targets"]
-    key = lambda r: (r["split"] != "swept", r["concept"], list(VARIANTS).index(r["variant"]))  # noqa: E731
-    cells = [
-        [r["split"], r["concept"], r["variant"]] + metric_cells(r) + ["yes" if met(r) else "no"]
-        for r in sorted(rows, key=key)
-    ]
+    cells = variant_cells(rows, list(VARIANTS), met)
     intro = (
         "`python benchmarks/sweep_sp_shape.py`: sp on `mini` (1 image per prompt, bundled calibrations) with "
         "lam on the judge's ramp (`ramp`, read from `robust_methods.py`'s sp runs) or lam_max for every "
