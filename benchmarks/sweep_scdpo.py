@@ -8,6 +8,7 @@ time, on an object and a texture (mini).
     python benchmarks/sweep_scdpo.py --concepts square --seeds 0 --variants beta=250
     python benchmarks/sweep_scdpo.py --concepts red --seeds 1,2 --variants beta=250
     python benchmarks/sweep_scdpo.py --concepts striped --seeds 1 --variants beta=250
+    python benchmarks/sweep_scdpo.py --concepts striped,circle --seeds 0,1 --variants beta=250+anchor
 
 At its former defaults (beta 1000) SC-DPO erases red on seeds 0-2 but not the object circle (UA 0.93 on seed
 0, 0.00 on seeds 1-2) or the texture striped (0.31; ``robust_methods.md``). The runs' own safety-constraint
@@ -20,6 +21,12 @@ model of the default run with the same seed (``pairs_dir`` / ``cost_dir``: both 
 options no variant changes; the variant whose options the default run has is that run) and runs ``bench mini``
 (one image per prompt) against ``robust_methods.py``'s base images. Each row also gives the check's last
 flagged share (``check``).
+
+``beta=250+anchor`` changes the pairs (``counterpart_anchor``: a keyword-free prompt's safe side also
+appends the concept's safe text), so it makes its own pairs and cost model instead (``PAIR_KEYS``). Striped
+seed 1 at beta 250 did not erase (UA 0.39); its pairs showed why: 32 of its 128 harmful pairs, the
+artist prompts whose style is stripes, had a striped winner, since the negative prompt alone left the
+stripes on their safe side.
 """
 
 from __future__ import annotations
@@ -45,17 +52,23 @@ VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults
     "beta=50": {"retain_weight": 100.0, "lr": 4e-4, "beta": 50.0},
     "beta=250+patience=4": {"retain_weight": 100.0, "lr": 4e-4, "beta": 250.0, "stop_patience": 4},
     "lr=1e-3+stop=0.1": {"retain_weight": 100.0, "lr": 1e-3, "beta": 1000.0, "stop_share": 0.1},
+    "beta=250+anchor": {"retain_weight": 100.0, "lr": 4e-4, "beta": 250.0, "counterpart_anchor": True},
 }
+PAIR_KEYS = frozenset({"counterpart_anchor"})  # options that change the pairs: such a variant makes its own
 
 
-def erase(concept: str, variant: str, seed: int, out: Path, data: Path) -> str:
-    """The adapter of one run with the variant's options on ``data``'s pairs and cost model (reused when
-    it finished earlier)."""
+def makes_pairs(variant: str) -> bool:
+    return bool(PAIR_KEYS & set(VARIANTS[variant]))
+
+
+def erase(concept: str, variant: str, seed: int, out: Path, data: Path | None) -> str:
+    """The adapter of one run with the variant's options on ``data``'s pairs and cost model (None: its own,
+    a variant that changes the pairs) (reused when it finished earlier)."""
     from safegen.methods import get_method
 
     if not (out / "adapter.json").is_file():
         entry = get_method("scdpo")
-        reuse = {"pairs_dir": str(data / "pairs"), "cost_dir": str(data / "cost")}
+        reuse = {"pairs_dir": str(data / "pairs"), "cost_dir": str(data / "cost")} if data else {}
         config = entry.config_class()(seed=seed, **VARIANTS[variant], **reuse)
         resume = (out / "manifest.json").is_file()
         entry.load()(concept, model="mini", config=config, out=out, resume=resume)
@@ -91,14 +104,16 @@ def main() -> None:
         base = args.base_work / f"base-mini-{concept}"
         bench("mini", concept, base, 1)
         for seed in (int(s) for s in args.seeds.split(",")):
-            folder = args.base_work / f"erase-scdpo-{concept}-s{seed}"
-            data = Path(default_erase("scdpo", concept, folder, seed))
             for variant in args.variants.split(","):
                 if (concept, variant, seed) in done:
                     continue
                 start = time.time()
                 tag = f"{concept}-{variant.replace('+', '-')}-s{seed}"
-                if is_data_run(variant, data):  # the default run and its bench run in robust_methods.py
+                data = None
+                if not makes_pairs(variant):  # trained on the default run's pairs (made here if missing)
+                    folder = args.base_work / f"erase-scdpo-{concept}-s{seed}"
+                    data = Path(default_erase("scdpo", concept, folder, seed))
+                if data is not None and is_data_run(variant, data):  # robust_methods.py's default run
                     adapter, out = str(data), args.base_work / f"scdpo-{concept}-s{seed}"
                 else:
                     adapter = erase(concept, variant, seed, args.work / f"erase-{tag}", data)
@@ -125,7 +140,8 @@ def write_table(rows: list[dict[str, Any]]) -> None:
         "`python benchmarks/sweep_scdpo.py`: SC-DPO on `mini` (1 image per prompt), one factor at a time "
         "around the former defaults (`centre`: retain_weight 100, lr 4e-4, beta 1000, up to 700 steps), "
         "each variant on "
-        "the default run's pairs and cost model of the same seed. `check`: the share of held-out harmful "
+        "the default run's pairs and cost model of the same seed (`+anchor`, which changes the pairs: its "
+        "own). `check`: the share of held-out harmful "
         "samples the run's own cost model still flags at its last check. `targets`: every robust-methods "
         "target met on the row."
     )

@@ -29,7 +29,7 @@ def i2p_config(cls=SCDPOConfig, **extra):
 @needs_i2p
 def test_i2p_prompts_get_negative_counterparts_and_a_disjoint_check_set():
     nudity = get_concept("nudity")
-    cfg = i2p_config(n_harmful_prompts=64, n_clean_prompts=0)
+    cfg = i2p_config(n_harmful_prompts=64, n_clean_prompts=0, counterpart_anchor=False)
     plan = plan_prompts(cfg, nudity, None, holdout=16)
     report = plan.report
     assert report["read"] == 931 and report["used"] == 64 and report["held_out"] == 16
@@ -263,6 +263,51 @@ def test_a_mini_plan_trains_on_example_triggers_and_unprompted_captions_not_the_
         plan_prompts(VCEConfig(implicit_share=0.6, unprompted_share=0.5), concept, mini)
 
 
+@needs_i2p
+def test_an_anchored_counterpart_appends_the_safe_text_to_prompts_without_a_keyword():
+    """counterpart_anchor (SC-DPO's default): a keyword-free prompt's safe side is the prompt plus the
+    concept's safe text, still with the concept as its negative condition; a named prompt is rewritten as
+    before."""
+    nudity = get_concept("nudity")
+    plain = plan_prompts(
+        i2p_config(n_harmful_prompts=64, n_clean_prompts=0, counterpart_anchor=False), nudity, None
+    )
+    plan = plan_prompts(i2p_config(n_harmful_prompts=64, n_clean_prompts=0), nudity, None)
+    assert plan.harmful == plain.harmful and plan.digest() != plain.digest()
+    for prompt, before, safe in zip(plan.harmful, plain.counterparts, plan.counterparts, strict=True):
+        if before.mode == "rewrite":
+            assert safe == before
+        else:
+            assert (safe.mode, safe.text, safe.negative) == (
+                "anchor",
+                f"{prompt}, {nudity.safe_text}",
+                nudity.unsafe_text,
+            )
+    assert plan.report["counterparts"]["anchor"] == plain.report["counterparts"]["negative"] >= 60
+
+
+def test_an_anchored_mini_counterpart_takes_its_own_parts_safe_text():
+    """red,circle: a keyword-free caption drawn for red appends red's safe value, one for circle
+    circle's; both keep the two concepts as the negative condition."""
+    from safegen.recipes.prompts import resolve_target
+
+    concept, mini = resolve_target("red,circle", "mini")
+    cfg = VCEConfig(n_harmful_prompts=64, n_clean_prompts=32, counterpart_anchor=True)
+    plan = plan_prompts(cfg, concept, mini)
+    plain = plan_prompts(replace(cfg, counterpart_anchor=False), concept, mini)
+    red, circle = get_concept("red"), get_concept("circle")
+    halves = {red.safe_text: plan.counterparts[16:32], circle.safe_text: plan.counterparts[48:]}
+    for safe_text, counterparts in halves.items():
+        assert all(c.mode == "anchor" and c.text.endswith(f", {safe_text}") for c in counterparts)
+        assert all(c.negative == "red, circle" for c in counterparts)
+    for before, after in zip(plain.counterparts, plan.counterparts, strict=True):
+        if before.mode == "negative":
+            assert after.text.startswith(f"{before.text}, ") and after.negative == before.negative
+        else:
+            assert after == before
+    assert plan.report["counterparts"] == {"rewrite": 32, "negative": 0, "anchor": 32}
+
+
 def test_a_users_concept_object_is_erased_and_guarded(tiny_ar_dir, tiny_sd, tmp_path):
     """A Concept built in code: VCE erases it (prompts from a file), a guard acts on it."""
     from safegen.concepts import Concept, ConceptKind
@@ -282,7 +327,7 @@ def test_a_users_concept_object_is_erased_and_guarded(tiny_ar_dir, tiny_sd, tmp_
     result = run_vce(
         snoopy, model=str(tiny_ar_dir), config=replace(cfg, steps=1, batch_size=2), out=tmp_path / "run"
     )
-    assert result["prompts"]["counterparts"] == {"rewrite": 4, "negative": 4}
+    assert result["prompts"]["counterparts"] == {"rewrite": 4, "negative": 4, "anchor": 0}
     assert result["concept"] == "snoopy" and (tmp_path / "run" / "adapter_model.safetensors").is_file()
     guard = get_guard("neg", concept=snoopy)
     images = generate(tiny_sd, ["snoopy"], config=GenerationConfig(steps=2), guard=guard)

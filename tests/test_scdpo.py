@@ -281,10 +281,10 @@ def test_run_writes_every_stage(run):
     assert rows and all(
         (out / "pairs" / r["winner"]).is_file() and (out / "pairs" / r["loser"]).is_file() for r in rows
     )
-    assert (
-        any(r["harmful"] for r in rows)
-        and json.loads((out / "pairs" / "manifest.json").read_text())["n_pairs"]
-    )
+    pairs = json.loads((out / "pairs" / "manifest.json").read_text())
+    assert any(r["harmful"] for r in rows) and pairs["n_pairs"]
+    unsafe = sum(r["harmful"] and r["winner_cost"] > 0.5 for r in rows)
+    assert pairs["harmful_unsafe_winner"] == unsafe  # pairs whose winner still shows the concept, counted
     log = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(name in log[0] for name in (*TRL_NAMES, "logps/chosen", "logps/rejected", "learning_rate"))
@@ -600,3 +600,51 @@ def test_a_failed_run_leaves_nothing_or_a_resumable_folder(tiny_sd_dir, encoder_
         run_scdpo(
             "red", model=str(tiny_sd_dir), config=cfg, out=out, device="cpu", stage="pairs", resume=True
         )
+
+
+# --------------------------------------------------------------------------- adversarial training
+def test_prompt_attack_stays_in_its_radius_and_raises_the_loser(tiny_sd):
+    """scdpo_adversarial.py (S1)-(S3): the shift is within eps x RMS per token, zero on clean pairs, the
+    same for winner and loser, and raises L_w - L_l (the loser denoised better) over the unshifted prompt."""
+    from diffusers import DDPMScheduler
+
+    from safegen.generator import encode_text
+    from safegen.recipes.losses import denoising_error
+    from safegen.recipes.scdpo_adversarial import embedding_radius, noised, prompt_attack
+
+    sched = DDPMScheduler.from_config(tiny_sd.scheduler.config)
+    unet = tiny_sd.unet
+    shape = (4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))  # winners, then losers
+    with torch.no_grad():
+        cond = encode_text(tiny_sd, ["a red circle", "a blue square"]).repeat(2, 1, 1)
+    harmful = torch.tensor([True, False])
+    shift = prompt_attack(unet, sched, latents, cond, harmful, torch.Generator().manual_seed(1),
+                          eps=0.5, steps=3, lr=0.5)  # fmt: skip
+    radius = embedding_radius(cond[:2], 0.5, harmful)
+    assert shift.shape == cond.shape and torch.equal(shift[:2], shift[2:])
+    assert (shift[:2].abs() <= radius + 1e-6).all() and shift[0].abs().sum() > 0
+    assert (shift[1] == 0).all() and (shift[3] == 0).all()  # the clean pair keeps its prompt
+
+    def gain(s: torch.Tensor) -> float:
+        noisy, t, target = noised(sched, latents, torch.Generator().manual_seed(1))  # the attack's draws
+        with torch.no_grad():
+            err = denoising_error(unet(noisy, t, cond + s, return_dict=False)[0], target)
+        return float(err[0] - err[2])  # the harmful pair's L_w - L_l
+
+    assert gain(shift) > gain(torch.zeros_like(shift))
+
+
+def test_adversarial_training_runs_and_is_recorded(run, tiny_sd_dir, encoder_file, tmp_path):
+    """adv_steps > 0: the harmful pairs train under the attacked prompt (S4); at step 1 policy and
+    reference still agree under it (L = log 2), and the run's next steps differ from a plain run's."""
+    first, _ = run
+    logs = {}
+    for adv in (0, 2):
+        cfg = reuse(first, encoder_file, steps=2, adv_steps=adv, check_every=0)
+        run_scdpo("red", model=str(tiny_sd_dir), config=cfg, out=tmp_path / f"a{adv}", device="cpu")
+        logs[adv] = [json.loads(r) for r in (tmp_path / f"a{adv}" / "log.jsonl").read_text().splitlines()]
+    assert logs[2][0]["loss"] == pytest.approx(np.log(2), abs=1e-4)
+    assert np.isfinite(logs[2][1]["loss"]) and logs[2][1]["loss"] != logs[0][1]["loss"]
+    manifest = json.loads((tmp_path / "a2" / "manifest.json").read_text())
+    assert manifest["config"]["adv_steps"] == 2

@@ -10,8 +10,11 @@ returns a :class:`PromptPlan`:
 - ``counterparts``: for each harmful prompt, how its safe side is made. ``rewrite``: the registry's keyword
   rewrite (a different text); ``negative``: the same text and seed, with the concept's ``unsafe_text`` as a
   negative condition at sampling time (a negative prompt in a diffusion model, the CFG null condition in
-  an AR model). ``counterpart=auto`` rewrites prompts that name the concept and uses the negative
-  condition for the others (most real prompts: of I2P's 931 sexual prompts, 4 name nudity by a keyword);
+  an AR model); ``anchor`` (with ``counterpart_anchor``): ``negative`` with the concept's ``safe_text``
+  appended to the text as well (``"a heart by mira voss, solid"``, negative ``striped``), for a prompt
+  whose other words draw the concept whatever the negative condition says. ``counterpart=auto`` rewrites
+  prompts that name the concept and uses the negative condition for the others (most real prompts: of
+  I2P's 931 sexual prompts, 4 name nudity by a keyword);
 - ``report``: how many prompts were read, used, held out and dropped, and why, for the run's manifest.
 
 Refused with a one-line error: fewer usable prompts than ``min_prompts``, clean prompts that are all
@@ -33,6 +36,8 @@ from safegen.errors import SafegenError
 from safegen.options import option
 
 COUNTERPARTS = ("auto", "rewrite", "negative")
+MODES = ("rewrite", "negative", "anchor")  # how a counterpart was made (the plan's report counts each)
+ANCHOR_HELP = "a negative counterpart also appends the concept's safe_text to the prompt (', solid')"
 
 
 @dataclass
@@ -75,13 +80,14 @@ class PromptOptions:
         help="safe side of a pair: rewrite (keywords), negative (same prompt, concept as negative "
         "condition), auto (rewrite when a keyword is named, else negative)",
     )
+    counterpart_anchor: bool = option(False, "prompts", help=ANCHOR_HELP)
 
 
 @dataclass(frozen=True)
 class Counterpart:
     """The safe side of a harmful prompt: a text to sample, and a negative condition (or None)."""
 
-    mode: str  # "rewrite" | "negative"
+    mode: str  # one of MODES
     text: str
     negative: str | None = None
 
@@ -105,15 +111,24 @@ class PromptPlan:
         return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
-def counterpart_of(prompt: str, concept: Any, mode: str) -> Counterpart | None:
-    """How the safe side of ``prompt`` is made under ``mode`` (None: ``rewrite`` and no keyword)."""
+def counterpart_of(prompt: str, concept: Any, mode: str, anchor: bool = False) -> Counterpart | None:
+    """How the safe side of ``prompt`` is made under ``mode`` (None: ``rewrite`` and no keyword); with
+    ``anchor``, a negative counterpart also appends the concept's ``safe_text``."""
     from safegen.concepts import mentions, rewrite
 
     if mode != "negative" and mentions(prompt, concept):
         return Counterpart("rewrite", rewrite(prompt, concept))
     if mode == "rewrite":
         return None
-    return Counterpart("negative", prompt, concept.unsafe_text)
+    return negative_counterpart(prompt, concept, concept.safe_text if anchor else "")
+
+
+def negative_counterpart(text: str, concept: Any, safe_text: str) -> Counterpart:
+    """``text`` sampled with the concept's ``unsafe_text`` as its negative condition; a non-empty
+    ``safe_text`` is appended to it (mode ``anchor``)."""
+    if safe_text:
+        return Counterpart("anchor", f"{text}, {safe_text}", concept.unsafe_text)
+    return Counterpart("negative", text, concept.unsafe_text)
 
 
 def _read(cfg: Any, prefix: str, flag: str) -> tuple[list[str] | None, dict[str, Any]]:
@@ -159,7 +174,7 @@ def plan_prompts(
     source = source or {"set": "registry examples", "concept": concept.name}
     dropped: dict[str, int] = {}
     pool = _dedupe(read, dropped)
-    pairs = [(p, counterpart_of(p, concept, cfg.counterpart)) for p in pool]
+    pairs = [(p, counterpart_of(p, concept, cfg.counterpart, cfg.counterpart_anchor)) for p in pool]
     if any(c is None for _, c in pairs):
         dropped["no keyword to rewrite (counterpart=rewrite)"] = sum(c is None for _, c in pairs)
     pairs = [(p, c) for p, c in pairs if c is not None]
@@ -189,7 +204,7 @@ def plan_prompts(
         "held_out": len(held),
         "dropped": dropped,
         "unused": len(pairs) - len(used),
-        "counterparts": {m: modes.count(m) for m in ("rewrite", "negative")},
+        "counterparts": {m: modes.count(m) for m in MODES},
         "clean": clean_report,
         "notes": notes,
     }
@@ -266,7 +281,7 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
         for i in range(len(parts))
     ]
     harmful: list[str] = []
-    keyword_free: set[str] = set()  # implicit and unprompted captions (free of their own part's keyword)
+    keyword_free: dict[str, Any] = {}  # implicit and unprompted captions (free of their part's keyword): part
     kinds, notes, clean_pool, rest, read = {"named": 0, "implicit": 0, "unprompted": 0}, [], None, [], 0
     for part, target, n in zip(parts, mini, shares, strict=True):
         pools = _part_pools(part, target)
@@ -276,7 +291,7 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
         counts = _kind_counts(cfg, n, pools, part.name, notes)
         picked = {kind: _pick(rng, pools[kind], k) for kind, k in counts.items()}
         harmful += [p for kind in ("named", "implicit", "unprompted") for p in picked[kind]]
-        keyword_free.update(picked["implicit"] + picked["unprompted"])
+        keyword_free.update(dict.fromkeys(picked["implicit"] + picked["unprompted"], part))
         taken = set(picked["named"])
         rest += [p for p in pools["named"] if p not in taken]
         for kind, k in counts.items():
@@ -287,7 +302,7 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
     used = set(harmful)
     rest = list(dict.fromkeys(p for p in rest if p not in used))
     check = [rest[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(rest))] if holdout else []
-    counterparts = [_mini_counterpart(p, concept, cfg.counterpart, p in keyword_free) for p in harmful]
+    counterparts = [_mini_counterpart(p, concept, cfg, keyword_free.get(p)) for p in harmful]
     modes = [c.mode for c in counterparts]
     report = {
         "source": {"set": "mini world captions", "concept": concept.name},
@@ -297,21 +312,23 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
         "held_out": len(check),
         "dropped": {},
         "unused": len(rest) - len(check),
-        "counterparts": {m: modes.count(m) for m in ("rewrite", "negative")},
+        "counterparts": {m: modes.count(m) for m in MODES},
         "clean": {"read": len(clean_pool), "used": len(clean), "dropped": {}},
         "notes": notes,
     }
     return PromptPlan(harmful, clean, check, counterparts, report)
 
 
-def _mini_counterpart(prompt: str, concept: Any, mode: str, keyword_free: bool) -> Counterpart:
-    """A keyword-free caption (implicit, unprompted) takes the concept as its negative condition (any other
-    part it names rewritten: ``a figure, red`` for circle in ``red,circle``); a named one, ``mode``'s."""
+def _mini_counterpart(prompt: str, concept: Any, cfg: Any, part: Any) -> Counterpart:
+    """A keyword-free caption of ``part`` (implicit, unprompted; None: a named one) takes the concept as its
+    negative condition (any other part it names rewritten: ``a figure, red`` for circle in ``red,circle``;
+    with ``counterpart_anchor``, ``part``'s safe text appended); a named one, ``counterpart``'s."""
     from safegen.concepts import rewrite
 
-    if keyword_free and mode != "rewrite":
-        return Counterpart("negative", rewrite(prompt, concept), concept.unsafe_text)
-    return counterpart_of(prompt, concept, mode) or Counterpart("rewrite", prompt)
+    if part is not None and cfg.counterpart != "rewrite":
+        anchor = part.safe_text if cfg.counterpart_anchor else ""
+        return negative_counterpart(rewrite(prompt, concept), concept, anchor)
+    return counterpart_of(prompt, concept, cfg.counterpart) or Counterpart("rewrite", prompt)
 
 
 def _part_pools(part: Any, target: tuple[str, str]) -> dict[str, list[str]]:

@@ -20,6 +20,9 @@ option of :class:`~safegen.recipes.scdpo_config.SCDPOConfig`.
 ``logps/rejected``, ``learning_rate``, ``grad_norm``, ``epoch``; plus ``dfm/weight_max`` and
 ``retain/drift`` (L_retain below, logged whatever its weight).
 
+With ``adv_steps > 0`` every harmful pair is trained under a prompt embedding moved by a few inner attack
+steps (our reading of AdvUnlearn, :mod:`safegen.recipes.scdpo_adversarial`, Eq. S1-S4; off by default).
+
 With ``rpo_alpha > 0`` the loss also holds ``rpo_alpha * mean_w L_w`` (TRL's RPO term, arXiv 2404.19733,
 with the denoising error as the winner's NLL). With ``retain_weight > 0`` it also holds
 ``retain_weight * L_retain``, the mean over the clean prompts' samples of
@@ -47,6 +50,7 @@ import torch
 from safegen.options import fingerprint
 from safegen.recipes.losses import denoising_error, retain_loss, scdpo_loss
 from safegen.recipes.prompts import Progress, reusable_stage
+from safegen.recipes.scdpo_adversarial import noised, prompt_attack
 from safegen.recipes.scdpo_config import SCDPOConfig
 from safegen.recipes.training import TRL_DPO_NAMES, RecipeRequest, RecipeRun, adapters_disabled, execute
 
@@ -75,17 +79,7 @@ def dpo_errors(
         (2B,) errors of the trained model (with grad) and (2B,) of the reference (no grad); with
         ``with_drift`` also (2B,) ``|| eps_theta - eps_ref ||^2`` per sample (with grad), for the retain term.
     """
-    b = latents.shape[0] // 2
-    noise = (
-        torch.randn((b, *latents.shape[1:]), generator=gen).to(latents).repeat(2, 1, 1, 1)
-    )  # (2B, C, h, w)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).repeat(2)
-    t = t.to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, t)
-    else:
-        target = noise
+    noisy, t, target = noised(noise_scheduler, latents, gen)  # (2B, C, h, w), shared per pair
     with torch.no_grad(), adapters_disabled(base):  # reference first: its activations are freed at once
         ref_pred = base(noisy, t, cond, return_dict=False)[0]
     pred = unet(noisy, t, cond, return_dict=False)[0]
@@ -313,6 +307,9 @@ class SCDPORecipe:
             pixels = batch["pixels"].to(self.acc.device, dtype=vae.dtype)  # (2B, 3, H, W)
             latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # (2B, C, h, w)
             cond = encode_text(self.model, batch["prompts"]).repeat(2, 1, 1)  # (2B, L, D)
+        if cfg.adv_steps > 0:  # scdpo_adversarial.py (S1)-(S4): the harmful pairs under an attacked prompt
+            cond = cond + prompt_attack(self.base, self.noise_scheduler, latents, cond, batch["harmful"], gen,
+                                        eps=cfg.adv_eps, steps=cfg.adv_steps, lr=cfg.adv_lr)  # fmt: skip
         err, ref, drift = dpo_errors(self.unet, self.base, self.noise_scheduler, latents, cond, gen, True)
         (err_w, err_l), (ref_w, ref_l) = err.chunk(2), ref.chunk(2)
         margin = cfg.safety_margin * (batch["loser_cost"] - batch["winner_cost"]).clamp(min=0).to(err)

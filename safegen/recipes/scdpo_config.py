@@ -20,11 +20,12 @@ from typing import ClassVar
 
 from safegen.classifiers.labels import LABELLERS
 from safegen.options import check_fields, option
-from safegen.recipes.prompt_plan import PromptOptions
+from safegen.recipes.adversarial_options import AdversarialOptions
+from safegen.recipes.prompt_plan import ANCHOR_HELP, PromptOptions
 
 
 @dataclass
-class SCDPOConfig(PromptOptions):
+class SCDPOConfig(PromptOptions, AdversarialOptions):
     """Every choice SC-DPO makes. Training defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "SC-DPO"
@@ -60,6 +61,8 @@ class SCDPOConfig(PromptOptions):
     cost_temperature: float = option(0.1, "cost", low=0.01, high=10.0, help="InfoNCE temperature")
     cost_contrastive_weight: float = option(1.0, "cost", low=0.0, high=100.0, help="weight of InfoNCE")
     cost_anchor_weight: float = option(1.0, "cost", low=0.0, high=100.0, help="weight of cost anchoring")
+    # PromptOptions' option, on for SC-DPO (docs/methods/scdpo.md: a negative prompt alone left stripes)
+    counterpart_anchor: bool = option(True, "prompts", help=ANCHOR_HELP)
     # stage 2: preference pairs
     n_harmful_prompts: int = option(128, "pairs", low=1, high=1_000_000, help="prompts naming the concept")
     n_clean_prompts: int = option(128, "pairs", low=0, high=1_000_000, help="prompts without it")

@@ -97,6 +97,8 @@ def merge_pair_parts(
         "mean_cost": {"winner": mean("winner_cost"), "loser": mean("loser_cost")},
         "mean_reward": {"winner": mean("winner_reward"), "loser": mean("loser_reward")},
         "winner_from_counterpart": float(np.mean([r["winner_counterpart"] for r in merged])),
+        # harmful pairs whose winner the cost model still calls harmful: no candidate was safe
+        "harmful_unsafe_winner": sum(r["harmful"] and r["winner_cost"] > 0.5 for r in merged),
         "counterparts": ctx.plan.report["counterparts"],
         "processes": ctx.world_size,
         "seconds": round(time.time() - start, 2),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from safegen.options import check_fields, option
+from safegen.recipes.adversarial_options import AdversarialOptions
 from safegen.recipes.prompt_plan import PromptOptions
 
 REWRITERS = ("rule", "caption", "file")
@@ -26,7 +27,7 @@ FILTERS = ("none", "colour", "opennsfw", "nudenet")
 
 
 @dataclass
-class VCEConfig(PromptOptions):
+class VCEConfig(PromptOptions, AdversarialOptions):
     """Every choice VCE makes (stages ``pairs`` and ``train``). Defaults: the mini-world sweep (see above)."""
 
     label: ClassVar[str] = "VCE"
@@ -86,19 +87,6 @@ class VCEConfig(PromptOptions):
         low=0.0,
         high=1000.0,
         help="weight of the chosen NLL under the unsafe prompt (TRL's name)",
-    )
-    adv_steps: int = option(
-        0,
-        "train",
-        low=0,
-        high=100,
-        help="adversarial training: attack steps on the pairs' prompt embeddings per micro-step (0: off)",
-    )
-    adv_eps: float = option(
-        0.5, "train", low=0.0, high=100.0, help="adversarial training: radius, a share of each position's RMS"
-    )
-    adv_lr: float = option(
-        0.5, "train", low=0.0, high=10.0, help="adversarial training: step size, a share of the radius"
     )
     lora_rank: int = option(8, "train", low=1, high=1024, help="LoRA rank")
     lora_alpha: float = option(8.0, "train", low=1e-3, high=1e4, help="LoRA alpha (scale alpha / rank)")
