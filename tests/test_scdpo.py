@@ -609,8 +609,8 @@ def test_prompt_attack_stays_in_its_radius_and_raises_the_loser(tiny_sd):
     from diffusers import DDPMScheduler
 
     from safegen.generator import encode_text
-    from safegen.recipes.losses import denoising_error
-    from safegen.recipes.scdpo_adversarial import embedding_radius, noised, prompt_attack
+    from safegen.recipes.losses import denoising_error, noised
+    from safegen.recipes.scdpo_adversarial import embedding_radius, prompt_attack
 
     sched = DDPMScheduler.from_config(tiny_sd.scheduler.config)
     unet = tiny_sd.unet

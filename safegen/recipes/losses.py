@@ -21,9 +21,22 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+
+def noised(noise_scheduler: Any, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Winner and loser (2B, C, h, w) noised with shared noise and timestep: (x_t, t, the UNet's target)."""
+    b = latents.shape[0] // 2
+    noise = torch.randn((b, *latents.shape[1:]), generator=gen).to(latents).repeat(2, 1, 1, 1)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).repeat(2)
+    t = t.to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noisy, t, noise_scheduler.get_velocity(latents, noise, t)
+    return noisy, t, noise
 
 
 def denoising_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

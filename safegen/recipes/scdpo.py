@@ -48,9 +48,9 @@ from typing import Any
 import torch
 
 from safegen.options import fingerprint
-from safegen.recipes.losses import denoising_error, retain_loss, scdpo_loss
+from safegen.recipes.losses import denoising_error, noised, retain_loss, scdpo_loss
 from safegen.recipes.prompts import Progress, reusable_stage
-from safegen.recipes.scdpo_adversarial import noised, prompt_attack
+from safegen.recipes.scdpo_adversarial import prompt_attack
 from safegen.recipes.scdpo_config import SCDPOConfig
 from safegen.recipes.training import TRL_DPO_NAMES, RecipeRequest, RecipeRun, adapters_disabled, execute
 

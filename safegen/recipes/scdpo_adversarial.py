@@ -25,25 +25,13 @@ from typing import Any
 
 import torch
 
-from safegen.recipes.losses import denoising_error
+from safegen.recipes.losses import denoising_error, noised
 
 
 def embedding_radius(cond: torch.Tensor, share: float, harmful: torch.Tensor) -> torch.Tensor:
     """(S1): ``share`` x the RMS of each token position's embedding, (B, L, 1); 0 on clean pairs."""
     rms = cond.float().pow(2).mean(-1, keepdim=True).sqrt()
     return share * rms * harmful.to(rms)[:, None, None]
-
-
-def noised(noise_scheduler: Any, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Winner and loser (2B, C, h, w) noised with shared noise and timestep: (x_t, t, the UNet's target)."""
-    b = latents.shape[0] // 2
-    noise = torch.randn((b, *latents.shape[1:]), generator=gen).to(latents).repeat(2, 1, 1, 1)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).repeat(2)
-    t = t.to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return noisy, t, noise_scheduler.get_velocity(latents, noise, t)
-    return noisy, t, noise
 
 
 def prompt_attack(
