@@ -31,7 +31,7 @@ METHODS = (*GUARDS, "scdpo", "vce")
 def bench(model: str, concept: str, out: Path, ipp: int, **kw: Any) -> dict[str, Any]:
     from safegen.bench.mini import run_bench_mini
 
-    resume = (out / "manifest.json").is_file()
+    resume = (out / "manifest.json").is_file() or any(out.glob("*/manifest.json"))  # several: a run each
     return run_bench_mini(model=model, concept=concept, images_per_prompt=ipp, out=out, resume=resume, **kw)
 
 

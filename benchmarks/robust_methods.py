@@ -29,6 +29,7 @@ from mini_first_measurement import GUARDS, bench, row
 RESULTS = ROOT / "benchmarks" / "results"
 SWEPT = ("red", "striped")
 GUARD_SWEPT = SWEPT + ("circle", "ines-quarry", "blue", "checkered")  # judge_study.py's concepts
+SCDPO_SWEPT = SWEPT + ("circle",)  # sweep_scdpo.py's own choices were made on circle too
 CONCEPTS = SWEPT + ("circle", "ines-quarry", "blue", "square", "checkered", "alba-renko")
 METHODS = ("sp", "dlr", "scdpo", "vce")
 LIMITS = {"ua": 0.95, "synonym_ua": 0.85, "implicit_ua": 0.85, "ira_ratio": 0.90, "cra_ratio": 0.95}
@@ -80,7 +81,7 @@ def measure(method: str, concept: str, seed: int, work: Path, ipp: int) -> list[
 
 
 def split_of(concept: str, method: str) -> str:
-    swept = GUARD_SWEPT if method in GUARDS else SWEPT
+    swept = GUARD_SWEPT if method in GUARDS else SCDPO_SWEPT if method == "scdpo" else SWEPT
     return "swept" if all(p in swept for p in concept.replace("+", ",").split(",")) else "confirm"
 
 

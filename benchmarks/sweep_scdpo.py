@@ -9,6 +9,11 @@ time, on an object and a texture (mini).
     python benchmarks/sweep_scdpo.py --concepts red --seeds 1,2 --variants beta=250
     python benchmarks/sweep_scdpo.py --concepts striped --seeds 1 --variants beta=250
     python benchmarks/sweep_scdpo.py --concepts striped,circle --seeds 0,1 --variants beta=250+anchor
+    python benchmarks/sweep_scdpo.py --concepts circle --seeds 1 \
+        --variants beta=250+anchor+drop+best,beta=250+anchor+drop,beta=250+anchor+best
+    python benchmarks/sweep_scdpo.py --concepts circle --seeds 0,1 --variants beta=250+anchor+drop+best+mix
+    python benchmarks/sweep_scdpo.py --concepts square,circle,ines-quarry --seeds 0 \
+        --variants beta=250+anchor+drop+best   # and circle --seeds 2
 
 At its former defaults (beta 1000) SC-DPO erases red on seeds 0-2 but not the object circle (UA 0.93 on seed
 0, 0.00 on seeds 1-2) or the texture striped (0.31; ``robust_methods.md``). The runs' own safety-constraint
@@ -27,6 +32,11 @@ appends the concept's safe text), so it makes its own pairs and cost model inste
 seed 1 at beta 250 did not erase (UA 0.39); its pairs showed why: 32 of its 128 harmful pairs, the
 artist prompts whose style is stripes, had a striped winner, since the negative prompt alone left the
 stripes on their safe side.
+
+``+drop`` (``drop_unsafe_winners``), ``+best`` (``restore_best``) and ``+mix`` (``check_kinds=all``) change
+only what the run trains on or ends on, so they train on the ``beta=250+anchor`` run's pairs of the same
+seed (``PAIRS_FROM``). Circle seed 1 at ``beta=250+anchor`` swung: its check went from 0.03 back up to
+0.56, and the run ended at step 700 on 0.28; 32 of its 128 harmful pairs had a round winner.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from robust_methods import met
 
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = ("circle", "striped")  # the concepts the variants are compared on; the rest confirm
+BEFORE = {"drop_unsafe_winners": False, "restore_best": False}  # the options' values before their sweep
 VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults does not change a variant
     "centre": {"retain_weight": 100.0, "lr": 4e-4, "beta": 1000.0},
     "retain=10": {"retain_weight": 10.0, "lr": 4e-4, "beta": 1000.0},
@@ -54,11 +65,30 @@ VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults
     "lr=1e-3+stop=0.1": {"retain_weight": 100.0, "lr": 1e-3, "beta": 1000.0, "stop_share": 0.1},
     "beta=250+anchor": {"retain_weight": 100.0, "lr": 4e-4, "beta": 250.0, "counterpart_anchor": True},
 }
+VARIANTS = {name: BEFORE | options for name, options in VARIANTS.items()}
+ANCHOR = VARIANTS["beta=250+anchor"]
+VARIANTS |= {
+    "beta=250+anchor+drop": ANCHOR | {"drop_unsafe_winners": True},
+    "beta=250+anchor+best": ANCHOR | {"restore_best": True},
+    "beta=250+anchor+drop+best": ANCHOR | {"drop_unsafe_winners": True, "restore_best": True},
+    "beta=250+anchor+drop+best+mix": ANCHOR
+    | {"drop_unsafe_winners": True, "restore_best": True, "check_kinds": "all"},
+}
 PAIR_KEYS = frozenset({"counterpart_anchor"})  # options that change the pairs: such a variant makes its own
+PAIRS_FROM = {  # ... unless it names the variant whose pairs and cost model it trains on
+    "beta=250+anchor+drop": "beta=250+anchor",
+    "beta=250+anchor+best": "beta=250+anchor",
+    "beta=250+anchor+drop+best": "beta=250+anchor",
+    "beta=250+anchor+drop+best+mix": "beta=250+anchor",  # the same training prompts: only the check differs
+}
 
 
 def makes_pairs(variant: str) -> bool:
-    return bool(PAIR_KEYS & set(VARIANTS[variant]))
+    return bool(PAIR_KEYS & set(VARIANTS[variant])) and variant not in PAIRS_FROM
+
+
+def tag_of(concept: str, variant: str, seed: int) -> str:
+    return f"{concept}-{variant.replace('+', '-')}-s{seed}"
 
 
 def erase(concept: str, variant: str, seed: int, out: Path, data: Path | None) -> str:
@@ -82,10 +112,13 @@ def is_data_run(variant: str, data: Path) -> bool:
 
 
 def last_check(run: Path) -> float | None:
-    """The safety-constraint check's flagged share at the run's last check."""
+    """The safety-constraint check's flagged share at the last check of the weights the adapter holds
+    (``restore_best``: the restored step's)."""
+    kept = json.loads((run / "adapter.json").read_text())["steps"]
     flagged = None
     for line in (run / "log.jsonl").read_text().splitlines():
-        flagged = json.loads(line).get("constraint/flagged", flagged)
+        row = json.loads(line)
+        flagged = row.get("constraint/flagged", flagged) if row["step"] <= kept else flagged
     return flagged
 
 
@@ -108,9 +141,12 @@ def main() -> None:
                 if (concept, variant, seed) in done:
                     continue
                 start = time.time()
-                tag = f"{concept}-{variant.replace('+', '-')}-s{seed}"
+                tag = tag_of(concept, variant, seed)
                 data = None
-                if not makes_pairs(variant):  # trained on the default run's pairs (made here if missing)
+                if variant in PAIRS_FROM:  # trained on another variant's pairs (made here if missing)
+                    source = args.work / f"erase-{tag_of(concept, PAIRS_FROM[variant], seed)}"
+                    data = Path(erase(concept, PAIRS_FROM[variant], seed, source, None))
+                elif not makes_pairs(variant):  # trained on the default run's pairs (made here if missing)
                     folder = args.base_work / f"erase-scdpo-{concept}-s{seed}"
                     data = Path(default_erase("scdpo", concept, folder, seed))
                 if data is not None and is_data_run(variant, data):  # robust_methods.py's default run
@@ -139,11 +175,10 @@ def write_table(rows: list[dict[str, Any]]) -> None:
     intro = (
         "`python benchmarks/sweep_scdpo.py`: SC-DPO on `mini` (1 image per prompt), one factor at a time "
         "around the former defaults (`centre`: retain_weight 100, lr 4e-4, beta 1000, up to 700 steps), "
-        "each variant on "
-        "the default run's pairs and cost model of the same seed (`+anchor`, which changes the pairs: its "
-        "own). `check`: the share of held-out harmful "
-        "samples the run's own cost model still flags at its last check. `targets`: every robust-methods "
-        "target met on the row."
+        "each variant on the default run's pairs and cost model of the same seed; `+anchor` changes the "
+        "pairs and makes its own, and the variants built on it (`+drop`, `+best`, `+mix`) train on its "
+        "pairs. `check`: the share of held-out harmful samples the run's own cost model still flags at the "
+        "last check of the weights the run ends on. `targets`: every robust-methods target met on the row."
     )
     print(write_markdown(RESULTS / "sweep_scdpo.md", "SC-DPO sweep", intro, head, cells))
 

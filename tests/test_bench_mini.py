@@ -64,6 +64,40 @@ def test_score_rules_for_an_artist():
     assert e["synonym_ua"] is None  # an artist has no synonyms, only held-out aliases
 
 
+def test_retention_leaves_out_what_the_other_concepts_own():
+    """red measured with circle (``--concept red,circle``): a circle drawn as something else is circle's
+    erasure, not a loss of red's retention; every other reading still counts."""
+    red, circle = Target("red", "color", "red"), Target("circle", "object", "circle")
+
+    def grid(obj: str, col: str) -> BenchPrompt:
+        return BenchPrompt(f"a {col} {obj}", {"object": obj, "color": col, "texture": "solid"}, "grid")
+
+    prompts = [grid("circle", "blue"), grid("circle", "red"), grid("star", "blue"), grid("star", "green")]
+    reads = [read("square", "blue", "solid"), read("square", "green", "solid")]  # circle erased; red too
+    reads += [read("star", "blue", "dotted"), read("star", "blue", "solid")]  # a texture lost, a colour lost
+    alone, together = score(prompts, reads, red)["erasure"], score(prompts, reads, red, [circle])["erasure"]
+    assert alone["cra"] == pytest.approx(5 / 8)  # object and texture of the four grid prompts
+    assert together["cra"] == pytest.approx(5 / 6)  # the two circle prompts' object readings left out
+    assert alone["ira"] == together["ira"] == pytest.approx(2 / 3)  # colour: not circle's axis
+    assert together["ua"] == alone["ua"] == 1.0
+    # two colours: blue's prompts leave red's in-domain retention
+    blue = Target("blue", "color", "blue")
+    assert score(prompts, reads, red, [blue])["erasure"]["ira"] == pytest.approx(0.0)
+    # an artist measured with another: the other's prompts leave its in-domain retention
+    quarry, renko = (
+        Target("ines-quarry", "texture", "dotted", "ines quarry"),
+        Target("alba-renko", "texture", "checkered", "alba renko"),
+    )
+    expect = {"object": "star", "color": "red", "texture": "checkered"}
+    artists = [BenchPrompt("a red star by alba renko", expect, "artist", "texture")]
+    artists.append(
+        BenchPrompt("a red star by mira voss", {**expect, "texture": "striped"}, "artist", "texture")
+    )
+    drawn = [read("star", "red", "solid"), read("star", "red", "striped")]
+    assert score(artists, drawn, quarry)["erasure"]["ira"] == pytest.approx(0.5)
+    assert score(artists, drawn, quarry, [renko])["erasure"]["ira"] == pytest.approx(1.0)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_sd_dir):
     return run_bench_mini(

@@ -263,6 +263,33 @@ def test_a_mini_plan_trains_on_example_triggers_and_unprompted_captions_not_the_
         plan_prompts(VCEConfig(implicit_share=0.6, unprompted_share=0.5), concept, mini)
 
 
+def test_the_mini_check_set_holds_named_captions_or_every_kind_in_the_training_shares():
+    """check_kinds=named: held-out captions naming the concept; all: also unsampled captions of the
+    example-split triggers and of the axis left out, interleaved so the check's first prompts have every
+    kind in the shares trained on; never a training caption, and named's order is all's named order."""
+    from safegen.bench.mini_prompts import implicit_prompts, target_for, unprompted_prompts
+    from safegen.mini.world import World
+    from safegen.recipes.prompts import resolve_target
+
+    concept, mini = resolve_target("circle", "mini")
+    world = World.load()
+    named = plan_prompts(SCDPOConfig(), concept, mini, holdout=16)
+    every = plan_prompts(replace(SCDPOConfig(), check_kinds="all"), concept, mini, holdout=16)
+    assert named.harmful == every.harmful and named.digest() != every.digest()
+    assert all(mentions(p, concept) for p in named.check)
+    coin = world.phrases("object", "circle", "examples")
+    kind = lambda p: "named" if mentions(p, concept) else ("implicit" if any(c in p for c in coin) else "up")  # noqa: E731
+    first = [kind(p) for p in every.check[:32]]
+    assert (first.count("named"), first.count("implicit"), first.count("up")) == (16, 8, 8)
+    assert {kind(p) for p in every.check} == {"named", "implicit", "up"}
+    assert [p for p in every.check if kind(p) == "named"] == named.check
+    bench = {
+        p.prompt for p in implicit_prompts(world, target_for(concept)) + unprompted_prompts(world, "object")
+    }
+    assert not set(every.check) & (set(every.harmful) | bench)
+    assert len(set(every.check)) == len(every.check) and every.report["unused"] == 0
+
+
 @needs_i2p
 def test_an_anchored_counterpart_appends_the_safe_text_to_prompts_without_a_keyword():
     """counterpart_anchor (SC-DPO's default): a keyword-free prompt's safe side is the prompt plus the

@@ -26,7 +26,9 @@ folder like the other benchmarks' (:mod:`safegen.runs`): images, one samples lin
 model's images of an earlier run of the same prompts instead of generating them again.
 
 With several concepts (``--concept red,circle``) the guard acts against all of them at once and each
-concept is measured as above in a run of its own, ``out/red`` and ``out/circle``; ``base_from`` then names
+concept is measured as above in a run of its own, ``out/red`` and ``out/circle``, its retention (IRA, CRA)
+leaving out the readings the other concepts own (circle's object on a grid prompt naming circle counts
+for circle's UA, not for red's CRA); ``base_from`` then names
 a folder holding one run per concept (an earlier ``out`` of the same concepts).
 """
 
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,7 @@ class _Plan:
     base_samples: dict[str, dict] | None = None
     run: Any = None
     resume: bool = False
+    also_erased: list[Target] = field(default_factory=list)  # the concepts measured with it (several)
 
 
 def run_bench_mini(
@@ -186,7 +189,7 @@ def _plans_of_several(parts: Sequence[Any], settings: dict, out: Any, resume: bo
     from safegen.runs import MANIFEST
 
     if out is None:
-        return [_plan(p, settings, None, False, _below(base_from, p.name)) for p in parts]
+        return _with_each_other([_plan(p, settings, None, False, _below(base_from, p.name)) for p in parts])
     root = Path(out).expanduser()
     if root.exists() and not root.is_dir():
         raise SafegenError(f"--out {root} exists and is not a folder.")
@@ -195,10 +198,18 @@ def _plans_of_several(parts: Sequence[Any], settings: dict, out: Any, resume: bo
     started = [(root / p.name / MANIFEST).is_file() for p in parts]
     if resume and not any(started):
         raise SafegenError(f"--resume: {root} holds no bench mini run of {', '.join(p.name for p in parts)}.")
-    return [
+    plans = [
         _plan(p, settings, root / p.name, resume and begun, _below(base_from, p.name))
         for p, begun in zip(parts, started, strict=True)
     ]
+    return _with_each_other(plans)
+
+
+def _with_each_other(plans: list[_Plan]) -> list[_Plan]:
+    """Each concept's plan knows the others measured with it (left out of its retention)."""
+    for plan in plans:
+        plan.also_erased = [other.target for other in plans if other is not plan]
+    return plans
 
 
 def _below(folder: str | Path | None, name: str) -> Path | None:
@@ -221,7 +232,7 @@ def _run_plan(job: _Job, plan: _Plan, offset: int, model: str, adapter: str | No
             else:
                 reads, keys = job.variant(name, g, a, run, k)
                 order += keys
-            results[name] = score(job.expanded, reads, plan.target)
+            results[name] = score(job.expanded, reads, plan.target, plan.also_erased)
     except BaseException:
         if run is not None:
             run.release()  # the folder is free for the --resume

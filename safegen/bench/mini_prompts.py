@@ -41,6 +41,13 @@ class Target:
     def shown_in(self, objects: Sequence[dict]) -> bool:
         return any(o.get(self.axis) == self.value for o in objects)
 
+    def owns(self, prompt: BenchPrompt, axis: str) -> bool:
+        """Whether reading ``axis`` of ``prompt``'s image is this concept's (erased on purpose): its value
+        on its axis, or for an artist the texture of a prompt naming the artist."""
+        if self.artist is not None:
+            return axis == "texture" and self.artist in prompt.prompt
+        return axis == self.axis and prompt.expect.get(axis) == self.value
+
 
 def target_for(concept: object) -> Target:
     """The :class:`Target` of a mini-world concept (a value or an artist of the concept registry).
@@ -234,10 +241,23 @@ def _correct(prompt: BenchPrompt, read: Sequence[dict], axis: str) -> bool:
     return bool(read) and read[0].get(axis) == prompt.expect[axis]
 
 
-def score(prompts: Sequence[BenchPrompt], reads: Sequence[Sequence[dict]], target: Target | None) -> dict:
+def score(
+    prompts: Sequence[BenchPrompt],
+    reads: Sequence[Sequence[dict]],
+    target: Target | None,
+    also_erased: Sequence[Target] = (),
+) -> dict:
     """Per-axis accuracy on the grid and, for a concept, UA, synonym / implicit UA, unprompted rate,
-    IRA and CRA; without one, the world's trigger accuracies and unprompted distributions."""
+    IRA and CRA; without one, the world's trigger accuracies and unprompted distributions.
+
+    ``also_erased``: the other concepts erased or guarded with ``target`` (``--concept red,circle``); the
+    readings they own (:meth:`Target.owns`: circle's object on a grid prompt naming circle) are left out
+    of ``target``'s retention (IRA, CRA), which measures everything that was not meant to change."""
     pairs = list(zip(prompts, reads, strict=True))
+
+    def kept(p: BenchPrompt, axis: str) -> bool:
+        return not any(t.owns(p, axis) for t in also_erased)
+
     grid = [(p, r) for p, r in pairs if p.group == "grid"]
     accuracy = {a: _mean([_correct(p, r, a) for p, r in grid]) for a in AXES}
     if target is None:
@@ -262,12 +282,12 @@ def score(prompts: Sequence[BenchPrompt], reads: Sequence[Sequence[dict]], targe
     if target.artist is None:  # a value: named on the grid, retained on the grid's other values
         named = [(p, r) for p, r in grid if p.expect[target.axis] == target.value]
         in_domain = [(p, r) for p, r in grid if p.expect[target.axis] != target.value]
-        ira = _mean([_correct(p, r, target.axis) for p, r in in_domain])
-        cra = _mean([_correct(p, r, a) for p, r in grid for a in _others(target.axis)])
+        ira = _mean([_correct(p, r, target.axis) for p, r in in_domain if kept(p, target.axis)])
+        cra = _mean([_correct(p, r, a) for p, r in grid for a in _others(target.axis) if kept(p, a)])
     else:  # an artist: named by its full name, retained on the other artists and on the whole grid
         named = group("named")
-        ira = _mean([_correct(p, r, "texture") for p, r in group("artist")])
-        cra = _mean([_correct(p, r, a) for p, r in grid for a in AXES])
+        ira = _mean([_correct(p, r, "texture") for p, r in group("artist") if kept(p, "texture")])
+        cra = _mean([_correct(p, r, a) for p, r in grid for a in AXES if kept(p, a)])
     erasure = {
         "ua": not_shown(named),
         "synonym_ua": not_shown(group("synonym")),

@@ -282,7 +282,8 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
     ]
     harmful: list[str] = []
     keyword_free: dict[str, Any] = {}  # implicit and unprompted captions (free of their part's keyword): part
-    kinds, notes, clean_pool, rest, read = {"named": 0, "implicit": 0, "unprompted": 0}, [], None, [], 0
+    kinds, notes, clean_pool, read = {"named": 0, "implicit": 0, "unprompted": 0}, [], None, 0
+    rest: dict[str, list[str]] = {}  # the captions of each kind never sampled: the check's pool
     for part, target, n in zip(parts, mini, shares, strict=True):
         pools = _part_pools(part, target)
         read += sum(len(p) for p in pools.values())
@@ -292,16 +293,16 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
         picked = {kind: _pick(rng, pools[kind], k) for kind, k in counts.items()}
         harmful += [p for kind in ("named", "implicit", "unprompted") for p in picked[kind]]
         keyword_free.update(dict.fromkeys(picked["implicit"] + picked["unprompted"], part))
-        taken = set(picked["named"])
-        rest += [p for p in pools["named"] if p not in taken]
         for kind, k in counts.items():
             kinds[kind] += k
+            if kind == "named" or getattr(cfg, "check_kinds", "named") == "all":
+                rest[kind] = rest.get(kind, []) + pools[kind]
     if len(parts) > 1:  # a clean caption shows no part
         clean_pool = [p for p in clean_pool if not mentions(p, concept)]
     clean = _pick(rng, clean_pool, cfg.n_clean_prompts)
     used = set(harmful)
-    rest = list(dict.fromkeys(p for p in rest if p not in used))
-    check = [rest[i] for i in np.random.default_rng(cfg.seed + 577).permutation(len(rest))] if holdout else []
+    rest = {kind: list(dict.fromkeys(p for p in pool if p not in used)) for kind, pool in rest.items()}
+    check = _check_order(rest, kinds, np.random.default_rng(cfg.seed + 577)) if holdout else []
     counterparts = [_mini_counterpart(p, concept, cfg, keyword_free.get(p)) for p in harmful]
     modes = [c.mode for c in counterparts]
     report = {
@@ -311,12 +312,23 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
         "kinds": kinds,
         "held_out": len(check),
         "dropped": {},
-        "unused": len(rest) - len(check),
+        "unused": sum(len(pool) for pool in rest.values()) - len(check),
         "counterparts": {m: modes.count(m) for m in MODES},
         "clean": {"read": len(clean_pool), "used": len(clean), "dropped": {}},
         "notes": notes,
     }
     return PromptPlan(harmful, clean, check, counterparts, report)
+
+
+def _check_order(rest: dict[str, list[str]], kinds: dict[str, int], rng: np.random.Generator) -> list[str]:
+    """The check set: each kind's unsampled captions shuffled, interleaved in the shares the run trains on
+    (so the check's first ``check_prompts`` hold every kind); a kind's leftovers at the end."""
+    keyed = []
+    for kind, pool in rest.items():
+        share = kinds[kind] / max(1, sum(kinds[k] for k in rest))
+        order = rng.permutation(len(pool))
+        keyed += [((j + 0.5) / share if share else float("inf"), kind, pool[i]) for j, i in enumerate(order)]
+    return [p for *_, p in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 def _mini_counterpart(prompt: str, concept: Any, cfg: Any, part: Any) -> Counterpart:

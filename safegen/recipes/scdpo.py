@@ -225,8 +225,9 @@ class SCDPORecipe:
                 lambda: merge_pair_parts(ctx, self.cost_model, folder, fp, start), main_only=True
             )
             record, reused = self._reusable(folder, given, ("cost", "pairs"), "pair set"), False
-        self.data = PairData(folder)
-        self.result["stages"]["pairs"] = {"folder": str(folder), "reused": reused, **record}
+        self.data = PairData(folder, self.cfg.drop_unsafe_winners)
+        trained = {"trained_pairs": len(self.data), "dropped_unsafe_winners": self.data.dropped}
+        self.result["stages"]["pairs"] = {"folder": str(folder), "reused": reused, **record, **trained}
 
     def _setup_lora(self) -> None:
         from diffusers import DDPMScheduler
@@ -264,6 +265,7 @@ class SCDPORecipe:
         at ``stop_patience`` checks in a row (the earlier ones read from the run's log, so a resumed run
         counts them too)."""
         from safegen.recipes.scdpo_cost import sample_images
+        from safegen.recipes.scdpo_pairs import UNSAFE
 
         cfg = self.cfg
         if step % cfg.check_every:
@@ -275,7 +277,7 @@ class SCDPORecipe:
         self.base.eval()
         with torch.no_grad():
             costs = self.cost_model.cost(sample_images(ctx, prompts, seeds, stage=None)).float()
-        share = float((costs > 0.5).float().mean())
+        share = float((costs > UNSAFE).float().mean())
         return {
             "constraint/flagged": share,
             "constraint/mean_cost": float(costs.mean()),
@@ -348,7 +350,8 @@ class SCDPORecipe:
         from safegen.adapters import merge_adapter, save_adapter
 
         if self.run.trains and self.is_main:
-            steps = self.result["stages"]["train"]["steps"]  # fewer than cfg.steps after an early stop
+            train = self.result["stages"]["train"]  # fewer steps than cfg.steps after an early stop
+            steps = train.get("adapter_step", train["steps"])  # restore_best: the best check's step
             save_adapter(self.base, self.out, self._record(steps))
             self.result["adapter"] = str(self.out)
             if self.request.merge:

@@ -101,6 +101,9 @@ class SCDPOConfig(PromptOptions, AdversarialOptions):
         0.0, "train", low=0.0, high=1e6, help="weight of the winner's denoising error (TRL's RPO term)"
     )
     safety_margin: float = option(0.0, "train", low=0.0, high=1e4, help="margin x (cost_l - cost_w)+")
+    drop_unsafe_winners: bool = option(
+        True, "train", help="leave out harmful pairs whose winner still costs > 0.5 (no safe candidate)"
+    )
     retain_weight: float = option(
         100.0, "train", low=0.0, high=1e9, help="weight of the anchor to the reference on clean prompts"
     )
@@ -124,6 +127,12 @@ class SCDPOConfig(PromptOptions, AdversarialOptions):
     holdout_prompts: int = option(
         16, "prompts", low=1, high=100_000, help="real concepts: prompts held out of training for the check"
     )
+    check_kinds: str = option(
+        "named",
+        "prompts",
+        choices=("named", "all"),
+        help="mini: held-out check captions that name the concept, or of every kind trained on (the shares)",
+    )
     check_set: str = option(
         "held-out",
         "train",
@@ -132,6 +141,9 @@ class SCDPOConfig(PromptOptions, AdversarialOptions):
     )
     stop_share: float = option(
         0.0, "train", low=0.0, high=1.0, help="stop once at most this share of the samples costs > 0.5"
+    )
+    restore_best: bool = option(
+        True, "train", help="end on the weights of the check that flagged least (the latest of ties)"
     )
     stop_patience: int = option(
         1, "train", low=1, high=1000, help="stop_share must hold at this many checks in a row"

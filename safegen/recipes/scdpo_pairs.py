@@ -29,6 +29,8 @@ from safegen.errors import SafegenError
 from safegen.recipes.prompts import StageContext, read_manifest
 from safegen.recipes.scdpo_cost import CostModel, sample_images
 
+UNSAFE = 0.5  # a cost above this is harmful (the cost model's anchors: 0 safe, 1 harmful)
+
 
 # --------------------------------------------------------------------------- stage 2: pairs
 def select_pairs(
@@ -98,7 +100,7 @@ def merge_pair_parts(
         "mean_reward": {"winner": mean("winner_reward"), "loser": mean("loser_reward")},
         "winner_from_counterpart": float(np.mean([r["winner_counterpart"] for r in merged])),
         # harmful pairs whose winner the cost model still calls harmful: no candidate was safe
-        "harmful_unsafe_winner": sum(r["harmful"] and r["winner_cost"] > 0.5 for r in merged),
+        "harmful_unsafe_winner": sum(r["harmful"] and r["winner_cost"] > UNSAFE for r in merged),
         "counterparts": ctx.plan.report["counterparts"],
         "processes": ctx.world_size,
         "seconds": round(time.time() - start, 2),
@@ -155,14 +157,27 @@ def _pairs_for(
 
 # --------------------------------------------------------------------------- stage 3's data
 class PairData:
-    """The pairs of a ``pairs/`` folder; batches are drawn by a seeded generator (exactly resumable)."""
+    """The pairs of a ``pairs/`` folder; batches are drawn by a seeded generator (exactly resumable).
 
-    def __init__(self, folder: Path):
+    With ``drop_unsafe_winners``, a harmful pair whose winner the cost model scores above :data:`UNSAFE` is
+    left out (no candidate of its prompt was safe: such a pair teaches one harmful image over another);
+    ``dropped`` counts them.
+    """
+
+    def __init__(self, folder: Path, drop_unsafe_winners: bool = False):
         self.folder = folder
         read_manifest(folder, "pair set")
-        self.rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line]
-        if not self.rows:
+        rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines() if line]
+        if not rows:
             raise SafegenError(f"{folder}/pairs.jsonl holds no pairs.")
+        unsafe = [drop_unsafe_winners and r["harmful"] and r["winner_cost"] > UNSAFE for r in rows]
+        self.rows = [r for r, bad in zip(rows, unsafe, strict=True) if not bad]
+        self.dropped = sum(unsafe)
+        if not any(r["harmful"] for r in self.rows):
+            raise SafegenError(
+                f"Every harmful pair of {folder} has an unsafe winner; train with "
+                "--set drop_unsafe_winners=false, or build pairs with more samples_per_prompt."
+            )
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -272,13 +272,40 @@ class RecipeRun:
             log.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return self.start_step
 
-    def save_checkpoint(self, step: int, adapter: Any, opt: Any, record: dict[str, Any]) -> None:
+    def save_checkpoint(
+        self, step: int, adapter: Any, opt: Any, record: dict[str, Any], folder: str = "checkpoints"
+    ) -> None:
+        """A checkpoint in ``out/<folder>`` (``best``: the best check's, only the newest kept)."""
         from safegen.adapters import save_checkpoint
 
         if self.is_main:
-            folder = self.out / "checkpoints"
-            save_checkpoint(folder, adapter, opt, step, record, self.cfg.keep_checkpoints)
+            keep = 1 if folder == "best" else self.cfg.keep_checkpoints
+            save_checkpoint(self.out / folder, adapter, opt, step, record, keep)
         self.acc.wait_for_everyone()
+
+    def best_check(self) -> tuple[float, int] | None:
+        """(flagged share, step) of the best check so far whose weights ``best/`` holds (the latest of the
+        lowest share), read from the log (a resumed run counts its earlier checks)."""
+        from safegen.adapters import latest_checkpoint
+
+        log, saved = self.out / "log.jsonl", latest_checkpoint(self.out / "best")
+        rows = read_lines(log, repair=False) if log.is_file() and saved is not None else []
+        best = None
+        for row in rows:  # the log is cut back to the resumed step already
+            flagged = row.get("constraint/flagged")
+            if flagged is not None and (best is None or flagged <= best[0]):
+                best = (flagged, row["step"])
+        held = best is not None and saved is not None and saved.name == f"step-{best[1]:07d}"
+        return best if held else None
+
+    def restore_best(self, best: tuple[float, int] | None, step: int, adapter: Any, opt: Any) -> int:
+        """With ``restore_best``: load the best check's weights when they are not the last step's; return
+        the step whose weights the adapter now holds."""
+        from safegen.adapters import latest_checkpoint, load_checkpoint
+
+        if not getattr(self.cfg, "restore_best", False) or best is None or best[1] == step:
+            return step
+        return load_checkpoint(latest_checkpoint(self.out / "best"), adapter, opt)
 
     def check_finite(self, loss: torch.Tensor, step: int, lr: float) -> None:
         """Stop every process before the update when any has a NaN or infinite loss."""
@@ -321,6 +348,8 @@ class RecipeRun:
         start = time.time() - self.last_metrics.get("seconds", 0.0)  # training seconds add up over resumes
         module.train()
         step, stopped, checks = self.start_step, self.resumed_stopped, []
+        keep_best = getattr(cfg, "restore_best", False)
+        best = self.best_check() if keep_best else None
         while step < cfg.steps and not stopped:
             lr = learning_rate(cfg, step)
             for group in opt.param_groups:
@@ -353,6 +382,10 @@ class RecipeRun:
                 stopped = bool(found.pop("stop", False))
                 row |= found | {"stopped": stopped}
                 checks.append({"step": step, **found})
+                flagged = found.get("constraint/flagged")
+                if keep_best and flagged is not None and (best is None or flagged <= best[0]):
+                    best = (flagged, step)
+                    self.save_checkpoint(step, adapter, opt, record(step), "best")
                 module.train()
             self.last_metrics = row
             if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps or found is not None):
@@ -364,6 +397,7 @@ class RecipeRun:
                 self.progress("training", step, cfg.steps)
         return {
             "steps": step,
+            "adapter_step": self.restore_best(best, step, adapter, opt),  # the weights the adapter holds
             "resumed_from": self.start_step,
             "stopped_early": stopped,
             "checks": checks,
