@@ -288,6 +288,10 @@ def test_the_mini_check_set_holds_named_captions_or_every_kind_in_the_training_s
     }
     assert not set(every.check) & (set(every.harmful) | bench)
     assert len(set(every.check)) == len(every.check) and every.report["unused"] == 0
+    # two parts share captions ("a red figure shaped like a coin" names red and implies circle): once each
+    both, mini2 = resolve_target("red,circle", "mini")
+    two = plan_prompts(replace(SCDPOConfig(), check_kinds="all"), both, mini2, holdout=16)
+    assert len(set(two.check)) == len(two.check) and not set(two.check) & set(two.harmful)
 
 
 @needs_i2p

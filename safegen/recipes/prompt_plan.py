@@ -300,8 +300,10 @@ def _mini_plan(cfg: Any, concept: Any, mini: tuple[tuple[str, str], ...], holdou
     if len(parts) > 1:  # a clean caption shows no part
         clean_pool = [p for p in clean_pool if not mentions(p, concept)]
     clean = _pick(rng, clean_pool, cfg.n_clean_prompts)
-    used = set(harmful)
-    rest = {kind: list(dict.fromkeys(p for p in pool if p not in used)) for kind, pool in rest.items()}
+    seen = set(harmful)  # a caption is checked once, never one trained on (parts may share captions)
+    for kind, pool in rest.items():
+        rest[kind] = [p for p in dict.fromkeys(pool) if p not in seen]
+        seen.update(rest[kind])
     check = _check_order(rest, kinds, np.random.default_rng(cfg.seed + 577)) if holdout else []
     counterparts = [_mini_counterpart(p, concept, cfg, keyword_free.get(p)) for p in harmful]
     modes = [c.mode for c in counterparts]
