@@ -19,6 +19,7 @@ from helpers import ROOT, write_markdown
 
 FOLDER = ROOT / "safegen" / "assets" / "mini-sd" / "calibration"
 CONCEPTS = ("red", "striped", "circle", "ines-quarry", "blue", "square", "checkered", "alba-renko")
+CONCEPTS += ("triangle", "heart")  # two more objects
 
 
 def recorded(text: str, options: dict) -> dict:

@@ -1,18 +1,18 @@
-"""VCE's retention on the mini world: the retain term and its data, one factor at a time (mini-ar).
+"""VCE's retention on the mini world: the retain term, its data and the DPO beta (mini-ar).
 
     python benchmarks/sweep_vce_retain.py                     # -> benchmarks/results/sweep_vce_retain.md
     python benchmarks/sweep_vce_retain.py --concepts circle --variants centre,retain=1 --seeds 0,1,2
 
-At its defaults VCE erases red and the artist ines-quarry on named, implicit and unprompted prompts but
-costs in-domain retention (`robust_methods.md`: IRA 0.81-0.87 x base on red, 0.67-0.74 on the artist):
-after erasing red the model draws green things blue, after erasing the artist it draws other textures
-solid. The retain term (``retain_weight``: the NLL of the base model's own samples of clean prompts, in
-expectation a KL to the base model on them) was left off when every mini prompt named its concept, since
-32 samples were memorised. Here it is measured again with more retain data (``n_clean_prompts``,
-``retain_seeds``) and weights. Each variant erases the
-concept on ``mini-ar`` with the other defaults and runs ``bench mini`` (one image per prompt) against
+Without the retain term VCE erased red and the artist ines-quarry on named, implicit and unprompted
+prompts but cost in-domain retention (IRA 0.81-0.87 x base on red, 0.67-0.74 on the artist). The retain
+term (``retain_weight``: the NLL of the base model's own samples of clean prompts, in expectation a KL to
+the base model on them) is measured here with more retain data (``n_clean_prompts``, ``retain_seeds``),
+weights, steps, the DPO beta, TRL's RPO term and more harmful prompts. Each variant erases the concept on
+``mini-ar`` with the other options at their defaults (the variants name every option this sweep moved, so
+a change of the defaults does not change a variant) and runs ``bench mini`` (one image per prompt) against
 the base images of ``robust_methods.py``'s work folder. ``split``: red and striped are the concepts VCE's
-defaults were chosen on (``swept``); circle and ines-quarry confirm.
+defaults were chosen on (``swept``); circle and ines-quarry confirm. The chosen variant,
+``retain=0.1+clean=128x2+beta=2.5``, is VCE's default; what each variant did is in docs/methods/vce.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from robust_methods import SWEPT, met
 
 RESULTS = ROOT / "benchmarks" / "results"
 SMALL = {"n_clean_prompts": 32, "retain_seeds": 1}  # the retain data before this sweep
+BEFORE = {"beta": 5.0}  # the DPO beta before this sweep (variants that do not set their own)
 VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults does not change a variant
     "centre": {"retain_weight": 0.0, **SMALL},
     "retain=1": {"retain_weight": 1.0, **SMALL},
@@ -41,7 +42,63 @@ VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults
         "retain_seeds": 2,
         "steps": 400,
     },
+    "retain=0.1+clean=128x2+steps=400": {
+        "retain_weight": 0.1,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "steps": 400,
+    },
+    "retain=0.1+clean=128x2+beta=10": {
+        "retain_weight": 0.1,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "beta": 10.0,
+    },
+    "retain=0.1+clean=128x2+beta=2.5": {
+        "retain_weight": 0.1,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "beta": 2.5,
+    },
+    "retain=0.3+clean=128x2+beta=2.5": {
+        "retain_weight": 0.3,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "beta": 2.5,
+    },
+    "retain=0.1+clean=128x2+beta=2.5+harmful=128": {
+        "retain_weight": 0.1,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "beta": 2.5,
+        "n_harmful_prompts": 128,
+    },
+    "retain=0.3+clean=128x2+harmful=128": {
+        "retain_weight": 0.3,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "n_harmful_prompts": 128,
+    },
+    "retain=0.1+clean=128x2+harmful=128": {
+        "retain_weight": 0.1,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "n_harmful_prompts": 128,
+    },
+    "retain=0.3+clean=128x2+rpo=0.2": {
+        "retain_weight": 0.3,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "rpo_alpha": 0.2,
+    },
+    "retain=0.3+clean=128x2+rpo=1": {
+        "retain_weight": 0.3,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "rpo_alpha": 1.0,
+    },
 }
+VARIANTS = {name: BEFORE | v for name, v in VARIANTS.items()}
 
 
 def erase(concept: str, variant: str, seed: int, out: Path) -> str:
@@ -96,9 +153,11 @@ def write_table(rows: list[dict[str, Any]]) -> None:
     ]
     intro = (
         "`python benchmarks/sweep_vce_retain.py`: VCE on `mini-ar` (1 image per prompt) with the retain "
-        "term and its data varied one factor at a time around the defaults (`centre`: retain_weight 0, "
-        "32 clean prompts x 1 sample). `clean=128x2`: n_clean_prompts 128, retain_seeds 2. `targets`: "
-        "every robust-methods target met on the row."
+        "term, its data and the DPO beta varied from the defaults before this sweep (`centre`: "
+        "retain_weight 0, 32 clean prompts x 1 sample, beta 5; a variant that names no beta has 5). "
+        "`clean=128x2`: n_clean_prompts 128, retain_seeds 2; `harmful=128`: n_harmful_prompts 128; `rpo`: "
+        "rpo_alpha. The chosen `retain=0.1+clean=128x2+beta=2.5` is the default. `targets`: every "
+        "robust-methods target met on the row."
     )
     print(write_markdown(RESULTS / "sweep_vce_retain.md", "VCE retention sweep", intro, head, cells))
 

@@ -41,7 +41,7 @@ TINY = dict(
     steps=4,
     batch_size=4,
     retain_batch_size=2,
-    retain_weight=1.0,  # off by default since the sweep; the tests exercise it
+    retain_weight=1.0,  # ten times the default, so that four steps show it
     save_every=2,
     keep_checkpoints=0,
     lr=1e-2,
@@ -186,7 +186,8 @@ def test_pairs_differ_only_in_the_concept_under_the_same_seed(run, model):
         else:  # the same caption, the concept as its negative condition
             assert r["safe_prompt"] == r["prompt"] and r["negative"] == "red"
     tokens = load_file(str(out / "pairs" / "tokens.safetensors"))
-    assert tokens["unsafe"].shape == tokens["safe"].shape == (6, 16) and tokens["retain"].shape == (3, 16)
+    assert tokens["unsafe"].shape == tokens["safe"].shape == (6, 16)
+    assert tokens["retain"].shape == (3 * 2, 16)  # 3 clean prompts x retain_seeds (2 by default)
     seeds = [r["seed"] for r in rows]
     assert torch.equal(model.generate_tokens([r["prompt"] for r in rows], seeds), tokens["unsafe"])
     for negative in ("red", None):
@@ -196,7 +197,12 @@ def test_pairs_differ_only_in_the_concept_under_the_same_seed(run, model):
                                      negative_prompts=negatives)  # fmt: skip
         assert torch.equal(safe, tokens["safe"][idx])
     retain = [json.loads(r) for r in (out / "pairs" / "retain.jsonl").read_text().splitlines()]
-    assert len(retain) == 3 and not any(" red" in r["prompt"] for r in retain)
+    assert (
+        len(retain) == 6 and len({r["prompt"] for r in retain}) == 3 and len({r["seed"] for r in retain}) == 6
+    )
+    assert not any(" red" in r["prompt"] for r in retain)
+    base = model.generate_tokens([r["prompt"] for r in retain], [r["seed"] for r in retain])
+    assert torch.equal(base, tokens["retain"])  # the base model's own samples, one per prompt and seed
     manifest = json.loads((out / "pairs" / "manifest.json").read_text())
     assert (
         manifest["n_pairs"] == 6

@@ -5,7 +5,7 @@ Settings come in layers, later ones winning (:func:`safegen.options.load`)::
     dataclass defaults  <  --config FILE.yaml  <  --set KEY=VALUE  <  --steps N
 
     # safegen erase --method vce --concept red --model mini-ar --config vce-red.yaml --out runs/vce-red
-    beta: 5
+    beta: 2.5
     token_drop: 0.1
 
 Values are checked strictly (one-line :class:`~safegen.errors.SafegenError`). Where each default comes
@@ -36,8 +36,8 @@ class VCEConfig(PromptOptions, AdversarialOptions):
     # stage 1: contrastive pairs (same seed, prompt with / without the concept)
     n_harmful_prompts: int = option(32, "pairs", low=1, high=1_000_000, help="prompts naming the concept")
     seeds_per_prompt: int = option(4, "pairs", low=1, high=1000, help="pairs per prompt, one per seed")
-    n_clean_prompts: int = option(32, "pairs", low=0, high=1_000_000, help="retain prompts, without it")
-    retain_seeds: int = option(1, "pairs", low=1, high=1000, help="base-model samples per retain prompt")
+    n_clean_prompts: int = option(128, "pairs", low=0, high=1_000_000, help="retain prompts, without it")
+    retain_seeds: int = option(2, "pairs", low=1, high=1000, help="base-model samples per retain prompt")
     rewriter: str = option(
         "rule",
         "pairs",
@@ -73,13 +73,13 @@ class VCEConfig(PromptOptions, AdversarialOptions):
     warmup_steps: int = option(10, "train", low=0, high=1_000_000, help="linear warm-up")
     weight_decay: float = option(0.0, "train", low=0.0, high=1.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, "train", low=0.0, high=1e6, help="gradient clipping (0: off)")
-    beta: float = option(5.0, "train", low=1e-3, high=1e6, help="DPO beta on token-averaged log-ratios")
+    beta: float = option(2.5, "train", low=1e-3, high=1e6, help="DPO beta on token-averaged log-ratios")
     token_drop: float = option(0.1, "train", low=0.0, high=0.95, help="share of image positions dropped")
     token_drop_mode: str = option(
         "mask", "train", choices=("mask", "corrupt"), help="leave them out of the mean, or corrupt inputs"
     )
     retain_weight: float = option(
-        0.0, "train", low=0.0, high=1000.0, help="weight of the retain NLL (0: off; see the sweep)"
+        0.1, "train", low=0.0, high=1000.0, help="weight of the retain NLL (0: off; see the sweep)"
     )
     rpo_alpha: float = option(
         0.0,
