@@ -85,6 +85,12 @@ VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults
         "retain_seeds": 2,
         "n_harmful_prompts": 128,
     },
+    "retain=0.2+clean=128x2+harmful=128": {
+        "retain_weight": 0.2,
+        "n_clean_prompts": 128,
+        "retain_seeds": 2,
+        "n_harmful_prompts": 128,
+    },
     "retain=0.3+clean=128x2+rpo=0.2": {
         "retain_weight": 0.3,
         "n_clean_prompts": 128,
