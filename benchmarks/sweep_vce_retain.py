@@ -28,81 +28,31 @@ from robust_methods import SWEPT, met
 
 RESULTS = ROOT / "benchmarks" / "results"
 SMALL = {"n_clean_prompts": 32, "retain_seeds": 1}  # the retain data before this sweep
+CLEAN = {"n_clean_prompts": 128, "retain_seeds": 2}  # more retain data: clean=128x2
 BEFORE = {"beta": 5.0}  # the DPO beta before this sweep (variants that do not set their own)
 VARIANTS: dict[str, dict[str, Any]] = {  # explicit, so a change of the defaults does not change a variant
     "centre": {"retain_weight": 0.0, **SMALL},
     "retain=1": {"retain_weight": 1.0, **SMALL},
-    "retain=1+clean=128x2": {"retain_weight": 1.0, "n_clean_prompts": 128, "retain_seeds": 2},
-    "retain=0.3+clean=128x2": {"retain_weight": 0.3, "n_clean_prompts": 128, "retain_seeds": 2},
-    "retain=3+clean=128x2": {"retain_weight": 3.0, "n_clean_prompts": 128, "retain_seeds": 2},
-    "retain=0.1+clean=128x2": {"retain_weight": 0.1, "n_clean_prompts": 128, "retain_seeds": 2},
-    "retain=0.3+clean=128x2+steps=400": {
-        "retain_weight": 0.3,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "steps": 400,
-    },
-    "retain=0.1+clean=128x2+steps=400": {
-        "retain_weight": 0.1,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "steps": 400,
-    },
-    "retain=0.1+clean=128x2+beta=10": {
-        "retain_weight": 0.1,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "beta": 10.0,
-    },
-    "retain=0.1+clean=128x2+beta=2.5": {
-        "retain_weight": 0.1,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "beta": 2.5,
-    },
-    "retain=0.3+clean=128x2+beta=2.5": {
-        "retain_weight": 0.3,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "beta": 2.5,
-    },
+    "retain=1+clean=128x2": {"retain_weight": 1.0, **CLEAN},
+    "retain=0.3+clean=128x2": {"retain_weight": 0.3, **CLEAN},
+    "retain=3+clean=128x2": {"retain_weight": 3.0, **CLEAN},
+    "retain=0.1+clean=128x2": {"retain_weight": 0.1, **CLEAN},
+    "retain=0.3+clean=128x2+steps=400": {"retain_weight": 0.3, "steps": 400, **CLEAN},
+    "retain=0.1+clean=128x2+steps=400": {"retain_weight": 0.1, "steps": 400, **CLEAN},
+    "retain=0.1+clean=128x2+beta=10": {"retain_weight": 0.1, "beta": 10.0, **CLEAN},
+    "retain=0.1+clean=128x2+beta=2.5": {"retain_weight": 0.1, "beta": 2.5, **CLEAN},
+    "retain=0.3+clean=128x2+beta=2.5": {"retain_weight": 0.3, "beta": 2.5, **CLEAN},
     "retain=0.1+clean=128x2+beta=2.5+harmful=128": {
         "retain_weight": 0.1,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
         "beta": 2.5,
         "n_harmful_prompts": 128,
+        **CLEAN,
     },
-    "retain=0.3+clean=128x2+harmful=128": {
-        "retain_weight": 0.3,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "n_harmful_prompts": 128,
-    },
-    "retain=0.1+clean=128x2+harmful=128": {
-        "retain_weight": 0.1,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "n_harmful_prompts": 128,
-    },
-    "retain=0.2+clean=128x2+harmful=128": {
-        "retain_weight": 0.2,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "n_harmful_prompts": 128,
-    },
-    "retain=0.3+clean=128x2+rpo=0.2": {
-        "retain_weight": 0.3,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "rpo_alpha": 0.2,
-    },
-    "retain=0.3+clean=128x2+rpo=1": {
-        "retain_weight": 0.3,
-        "n_clean_prompts": 128,
-        "retain_seeds": 2,
-        "rpo_alpha": 1.0,
-    },
+    "retain=0.3+clean=128x2+harmful=128": {"retain_weight": 0.3, "n_harmful_prompts": 128, **CLEAN},
+    "retain=0.1+clean=128x2+harmful=128": {"retain_weight": 0.1, "n_harmful_prompts": 128, **CLEAN},
+    "retain=0.2+clean=128x2+harmful=128": {"retain_weight": 0.2, "n_harmful_prompts": 128, **CLEAN},
+    "retain=0.3+clean=128x2+rpo=0.2": {"retain_weight": 0.3, "rpo_alpha": 0.2, **CLEAN},
+    "retain=0.3+clean=128x2+rpo=1": {"retain_weight": 0.3, "rpo_alpha": 1.0, **CLEAN},
 }
 VARIANTS = {name: BEFORE | v for name, v in VARIANTS.items()}
 
