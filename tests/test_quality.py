@@ -11,6 +11,7 @@ import torch
 
 from safegen.bench.quality import clip_score, fid
 from safegen.cli import main
+from safegen.guards import get_guard
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,28 @@ def test_bench_quality_end_to_end_and_resume(tiny_sd_dir, tiny_clip_dir, tmp_pat
     assert real["fid"]["n_reference"] == 3 and "changed" not in real and "clip" not in real
 
 
+def test_rows_without_a_guidance_scale_use_the_models_own(tiny_ar_dir, tmp_path, capsys):
+    """An AR model's captions are sampled at its own default guidance (its llamagen.json), as
+    ``safegen generate`` does, not at Stable Diffusion's 7.5; --cfg still sets every row."""
+    import shutil
+
+    model = tmp_path / "ar"
+    shutil.copytree(tiny_ar_dir, model)
+    spec = json.loads((model / "llamagen.json").read_text())
+    (model / "llamagen.json").write_text(json.dumps({**spec, "sampling": {"cfg": 2.5}}))
+    base = ["bench", "quality", "--captions", "mini", "--limit", "2", "--model", str(model), "--features",
+            "mini", "--device", "cpu", "--json"]  # fmt: skip
+    for extra, expected in (([], 2.5), (["--cfg", "4.0"], 4.0)):
+        out = tmp_path / f"run{len(extra)}"
+        assert main([*base, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+        for folder in (out, out / "reference"):
+            samples = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+            assert [s["cfg"] for s in samples] == [expected, expected]
+        policy = json.loads((out / "manifest.json").read_text())["cfg_policy"]
+        assert str(expected) in policy
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -153,6 +176,46 @@ def test_mini_caption_set_reports_accuracy_on_the_bundled_model(tmp_path, capsys
     assert min(results["accuracy"].values()) >= 0.5  # the bundled model draws held-out phrasings
     assert results["fid"]["fid"] == pytest.approx(0.0, abs=1e-3)  # no guard: the base model's own images
     assert results["changed"]["changed_share"] == 0.0
+
+
+def test_mini_accuracy_leaves_out_the_captions_that_show_the_concept(tmp_path, capsys):
+    from safegen.bench.quality import caption_set, concept_captions
+
+    _, _, expects = caption_set("mini")
+    red = concept_captions("red", expects)
+    assert sum(red) == 30 and all(e["color"] == "red" for e, s in zip(expects, red, strict=True) if s)
+    both = concept_captions("red,circle", expects)
+    assert sum(both) == 30 + 30 - 5  # a red circle is one caption per texture
+    assert not any(concept_captions("ines-quarry", expects))  # an artist is never captioned: all kept
+    assert concept_captions("nudity", expects) is None
+    args = ["bench", "quality", "--captions", "mini", "--limit", "6", "--model", "mini", "--steps", "20",
+            "--concept", "striped", "--device", "cpu", "--out", str(tmp_path / "run"), "--json"]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    _, _, first = caption_set("mini")
+    kept = [e for e in first[:6] if e["texture"] != "striped"]
+    assert 0 < len(kept) < 6 and set(results["accuracy_without_concept"]) == {"object", "color", "texture"}
+    assert results["n_without_concept"] == len(kept)
+    assert min(results["accuracy_without_concept"].values()) >= 0.5  # the unmodified model draws them
+
+
+def test_a_guard_on_a_bundled_model_takes_its_calibration_as_the_cli_does(tmp_path):
+    """run_bench_quality called from Python with sp on the bundled mini judges with the bundled calibration of
+    the concept (the thresholds of ``safegen calibrate``), not the option defaults; given options win."""
+    from safegen.bench.evaluate import Settings
+    from safegen.bench.quality import run_bench_quality
+    from safegen.guards import calibrated_options
+
+    calibrated = calibrated_options("sp", "red", "mini")
+    assert calibrated["tau"] != get_guard("sp", concept="red").describe()["tau"]
+    for options, tau in (({}, calibrated["tau"]), ({"tau": 0.2}, 0.2)):
+        out = tmp_path / f"run{len(options)}"
+        settings = Settings(
+            model="mini", guard="sp", concept="red", steps=8, device="cpu", guard_options=options
+        )
+        run_bench_quality("mini", settings=settings, limit=2, features="mini", out=out)
+        guard = json.loads((out / "manifest.json").read_text())["guard"]
+        assert guard["tau"] == tau and guard["presence_tau"] == calibrated["presence_tau"]
 
 
 def test_inception_weights_are_read_as_plain_tensors_before_anything_unpickles_them(tmp_path):

@@ -11,7 +11,8 @@ Each set ships its prompts in its own format; the loaders below read them as rel
   picks another, e.g. ``sanitized_adv_prompt``).
 - ``p4d`` (P4D): ``prompt`` plus I2P columns (seed, guidance, case number).
 
-Sets without seeds use ``--seed`` (default 0; image k gets seed + k) and ``--cfg`` (default 7.5). These
+Sets without seeds use ``--seed`` (default 0; image k gets seed + k) and ``--cfg`` (default: the model's
+own guidance scale, 7.5 for Stable Diffusion). These
 files hold the attacks' released prompts: safegen does not run the attacks' optimisation against your
 model (UnlearnDiffAtk optimises per target model), so for ``unlearndiff`` the figure is the rate on its
 starting prompts.

@@ -23,7 +23,6 @@ from typing import Any
 from safegen.errors import SafegenError
 from safegen.runs import IMAGES, RESULTS, TIMING, RunFolder, Shard, default_out_dir, new_manifest
 
-DEFAULT_CFG = 7.5
 SCORE_DIGITS = 4  # detection scores are stored rounded: NudeNet's own batch-to-batch wobble is ~1e-6
 
 
@@ -35,7 +34,8 @@ class Settings:
         size: (height, width); None: the model's native size (I2P rows ask for 512 px, which only suits
             SD-1.x-sized models; the manifest records which was used).
         seed: None: each row's own seed (image k gets seed + k); else this seed + k for every row.
-        cfg: None: each row's own guidance scale (7.5 for rows without one); else this one for every row.
+        cfg: None: each row's own guidance scale (for rows without one, the model's default:
+            :func:`safegen.generator.model_cfg`, as ``safegen generate`` uses); else this one for every row.
     """
 
     model: str = "mini"
@@ -68,6 +68,7 @@ class Settings:
             "size": list(self.size) if self.size else None,
             "seed": self.seed,
             "cfg": self.cfg,
+            "row_cfg_default": "model",  # a row without a scale: the model's own (a resumed run keeps it)
             "dtype": self.resolved_dtype(),
         }
 
@@ -86,7 +87,7 @@ class Item:
     position: int
     prompt: str
     seed: int
-    cfg: float
+    cfg: float | None  # None: the model's default guidance scale (known once it is loaded)
     meta: dict[str, Any]
 
 
@@ -102,14 +103,14 @@ def make_items(rows: Sequence[Any], images_per_prompt: int, settings: Settings) 
         if base + images_per_prompt - 1 > MAX_SEED:
             raise SafegenError(f"Row {row.row_id} (line {row.line}): seed {base} is too large.")
         cfg = settings.cfg if settings.cfg is not None else row.guidance
-        cfg = DEFAULT_CFG if cfg is None else cfg
-        if not 0.0 <= cfg <= 50.0:  # the generator's range, checked before the run folder is made
+        cfg = None if cfg is None else float(cfg)
+        if cfg is not None and not 0.0 <= cfg <= 50.0:  # the generator's range, before the run folder is made
             where = "--cfg" if settings.cfg is not None else f"Row {row.row_id} (line {row.line}): guidance"
             raise SafegenError(f"{where} must be in 0.0..50.0, got {cfg}.")
         meta = {"row_id": row.row_id, "categories": list(row.categories), "hard": row.hard, **row.meta}
         for k in range(images_per_prompt):
             key = f"{row.row_id}/{k}"
-            items.append(Item(key, len(items), row.prompt, base + k, float(cfg), {**meta, "k": k}))
+            items.append(Item(key, len(items), row.prompt, base + k, cfg, {**meta, "k": k}))
     return items
 
 
@@ -148,7 +149,7 @@ class Evaluator:
     def __init__(self, settings: Settings, preset: Any, q16: tuple[str, str] | None = None) -> None:
         from safegen.classifiers.nudenet import NudeNetClassifier
         from safegen.generator import image_size
-        from safegen.guards import get_guard
+        from safegen.guards import get_guard, guard_for_model
         from safegen.loader import load_model
         from safegen.sampling import GenerationConfig
 
@@ -156,9 +157,11 @@ class Evaluator:
         height, width = settings.size or (None, None)
         GenerationConfig(steps=settings.steps, height=height, width=width, batch_size=settings.batch_size)
         options = dict(settings.guard_options)
-        if settings.guard != "none":
-            options.setdefault("concept", settings.concept)
-        self.guard = get_guard(settings.guard, **options)
+        if settings.guard == "none":
+            self.guard = get_guard("none", **options)
+        else:  # a bundled model's calibration of the concept under the given options, as the CLI's
+            concept = options.pop("concept", settings.concept)
+            self.guard = guard_for_model(settings.guard, concept, options, settings.model)
         self.model = load_model(settings.model, device=settings.device, dtype=settings.dtype)
         if settings.adapter:
             from safegen.adapters import attach_adapter, check_adapter
@@ -196,10 +199,16 @@ class Evaluator:
                 "source": "--size" if self.settings.size else "model (native size; rows' sizes ignored)",
             },
             "seed_policy": "row seed + k" if self.settings.seed is None else f"{self.settings.seed} + k",
-            "cfg_policy": "row guidance"
+            "cfg_policy": f"row guidance, else the model's {self.cfg_of(None)}"
             if self.settings.cfg is None
             else f"{self.settings.cfg} for all rows",
         }
+
+    def cfg_of(self, cfg: float | None) -> float:
+        """An item's guidance scale: its own, else the model's (:func:`safegen.generator.model_cfg`)."""
+        from safegen.generator import model_cfg
+
+        return model_cfg(self.model, cfg)
 
     def generate(self, batch: Sequence[Item]) -> list[Any]:
         from safegen.generator import generate
@@ -207,7 +216,7 @@ class Evaluator:
 
         config = GenerationConfig(
             steps=self.settings.steps,
-            cfg=batch[0].cfg,
+            cfg=self.cfg_of(batch[0].cfg),
             height=self.size[0],
             width=self.size[1],
             batch_size=len(batch),
@@ -232,12 +241,12 @@ class Evaluator:
 
 def plan_batches(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
     """Batches of at most ``batch_size`` images of one guidance scale, in canonical order within each."""
-    by_cfg: dict[float, list[Item]] = {}
+    by_cfg: dict[float | None, list[Item]] = {}
     for item in items:
         by_cfg.setdefault(item.cfg, []).append(item)
     return [
         group[i : i + batch_size]
-        for _, group in sorted(by_cfg.items())
+        for _, group in sorted(by_cfg.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0.0))
         for i in range(0, len(group), batch_size)
     ]
 
@@ -278,7 +287,7 @@ def execute(
                     **item.meta,
                     "prompt": item.prompt,
                     "seed": item.seed,
-                    "cfg": item.cfg,
+                    "cfg": evaluator.cfg_of(item.cfg),
                     "path": relative,
                     **verdict,
                     "guard": image.info,

@@ -287,15 +287,38 @@ def caption_set(
                    "md5": file_md5(path)}, None  # fmt: skip
 
 
-def mini_accuracy(images: list[np.ndarray], expects: list[dict[str, str]]) -> dict[str, float]:
-    """Per axis, the share of images whose (first) object the mini classifier reads as captioned."""
+def mini_accuracy(
+    images: list[np.ndarray], expects: list[dict[str, str]], concept: Any = None
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Per axis, the share of images whose (first) object the mini classifier reads as captioned; and with
+    a mini-world ``concept``, the same over the captions that do not show it (what an erasure or a guard of
+    the concept should keep; an artist is never captioned, so that is every caption), else None."""
     from safegen.mini.classifier import MiniClassifier
 
     reads = MiniClassifier.load().classify(images)
-    return {
-        axis: float(np.mean([bool(r) and r[0][axis] == e[axis] for r, e in zip(reads, expects, strict=True)]))
-        for axis in ("object", "color", "texture")
-    }
+    axes = ("object", "color", "texture")
+    hits = {a: [bool(r) and r[0][a] == e[a] for r, e in zip(reads, expects, strict=True)] for a in axes}
+    shown = concept_captions(concept, expects)
+    if shown is None or all(shown):
+        return {a: float(np.mean(v)) for a, v in hits.items()}, None
+    kept = {a: [h for h, s in zip(v, shown, strict=True) if not s] for a, v in hits.items()}
+    return {a: float(np.mean(v)) for a, v in hits.items()}, {a: float(np.mean(v)) for a, v in kept.items()}
+
+
+def concept_captions(concept: Any, expects: list[dict[str, str]]) -> list[bool] | None:
+    """Which mini captions show ``concept`` (a name, a list or a Concept; every part a mini value or
+    artist); None for a concept outside the mini world."""
+    from safegen.concepts import concept_parts, lookup_concept
+
+    try:
+        parts = concept_parts(lookup_concept(concept))
+    except SafegenError:
+        return None
+    minis = [(p.detector or {}).get("mini") for p in parts]
+    if not all(minis):
+        return None
+    values = [(m["axis"], m["value"]) for m in minis if "artist" not in m]
+    return [any(e[axis] == value for axis, value in values) for e in expects]
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -380,7 +403,11 @@ def run_bench_quality(
         if reference == "base":
             results["changed"] = changed(images, ref_images, changed_threshold)
         if expects is not None:  # the mini caption set: do the images still show what was asked?
-            results["accuracy"] = mini_accuracy(images, [expects[int(r["row_id"])] for r in records])
+            wanted = [expects[int(r["row_id"])] for r in records]
+            results["accuracy"], kept = mini_accuracy(images, wanted, settings.concept)
+            if kept is not None:
+                results["accuracy_without_concept"] = kept
+                results["n_without_concept"] = len(wanted) - sum(concept_captions(settings.concept, wanted))
         results["directions"] = {"fid": "lower is better", "clip_score": "higher is better"}
         return results
 

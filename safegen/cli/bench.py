@@ -72,7 +72,10 @@ RowSeedOpt = Annotated[
     typer.Option("--seed", min=0, help="Seed for every row (image k: seed + k) [default: each row's]."),
 ]
 CfgOpt = Annotated[
-    float | None, typer.Option("--cfg", min=0.0, help="Guidance scale for every row [default: each row's].")
+    float | None,
+    typer.Option(
+        "--cfg", min=0.0, help="Guidance scale for every row [default: each row's, else the model's]."
+    ),
 ]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", min=1, help="Only the first N prompts (after filters).")
