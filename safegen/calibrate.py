@@ -259,6 +259,8 @@ def calibrate_guard(
     options_out["judge_start"] = guard_obj.opts.judge_start
     options_out["judge_direction"] = result["statistic"] or guard_obj.opts.judge_direction  # as judged
     options_out["anchor_weight"] = guard_obj.opts.anchor_weight
+    if guard_obj.opts.judge_window:  # judge.py Eq. (b5): the thresholds hold for this window only
+        options_out["judge_window"] = guard_obj.opts.judge_window
     with_presence = all(im.info.get("harm_presence") is not None for im in images)
     options_out["presence"] = with_presence  # as judged (a concept without an anchor has none)
     fpr = {"harm": target_fpr, "harm_text": target_fpr}

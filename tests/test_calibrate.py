@@ -135,6 +135,13 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
     assert "# judged statistic: relative with presence" in out.read_text()
     guard = build_guard("sp", get_concept("nudity"), config_file=out, model=str(tiny_sd_dir))
     assert guard.opts.tau == options["tau"] and guard.opts.judge == "both"
+    windowed = tmp_path / "sp-window.yaml"  # judge.py Eq. (b5): the file names the window it holds for
+    args[args.index(str(out))] = str(windowed)
+    assert main([*args, "--set", "judge_window=2"]) == 0
+    capsys.readouterr()
+    assert yaml.safe_load(windowed.read_text())["judge_window"] == 2
+    guard = build_guard("sp", get_concept("nudity"), config_file=windowed, model=str(tiny_sd_dir))
+    assert guard.opts.judge_window == 2
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,27 @@ def test_judge_statistics_on_hand_numbers() -> None:
     assert judge.NoiseJudge(2, 1, stat="relative").branch_texts(get_concept("red")) == ["red", "green"]
 
 
+def test_windowed_judge_sees_a_concept_in_one_corner() -> None:
+    """judge.py Eq. (b5): the concept's direction in one 4 x 4 corner of an 8 x 8 latent, noise elsewhere.
+    Over the whole latent the cosine and presence are diluted; the largest window's are the corner's."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.zeros(1, 4, 8, 8)
+    d_s = torch.randn(1, 4, 8, 8, generator=gen)
+    d_c = torch.randn(1, 4, 8, 8, generator=gen)
+    d_c[..., :4, :4] = d_s[..., :4, :4]  # the prompt draws the concept in the top-left corner only
+    extra = torch.stack([d_s, torch.randn(1, 4, 8, 8, generator=gen)])
+    s_p, a_p = d_s.clone(), d_s.clone()  # presence: elsewhere s and its anchor move eps alike (0)
+    s_p[..., :4, :4] *= 0.3  # the corner already shows s: conditioning on it barely moves eps there
+    shown = torch.stack([s_p, a_p])
+    whole = judge.statistic("unsafe", d_c, u, extra).item()
+    corner = judge.statistic("unsafe", d_c, u, extra, window=4).item()
+    assert corner == pytest.approx(1.0, abs=1e-5) and whole < 0.6
+    assert judge.cosine(d_c, d_s, window=4).shape == (1, 9)  # 3 x 3 windows at stride 2
+    assert judge.presence(u, shown, window=4).item() > 0.8 > 0.4 > judge.presence(u, shown).item()
+    assert judge.statistic("unsafe", d_c, u, extra, window=64).item() == pytest.approx(whole)  # capped
+    assert judge.NoiseJudge(2, 1, window=4).window == 4
+
+
 def test_presence_on_hand_numbers() -> None:
     """judge.py Eq. (b4) and (c'): a latent whose s-conditioned prediction barely moves is drawing s."""
     u = torch.zeros(1, 2, 1, 1)
@@ -335,6 +356,11 @@ def test_a_calibration_is_read_on_its_own_statistic_only() -> None:
     assert with_calibration(new, {"lam_max": 10.0}) == {**new, "lam_max": 10.0}
     assert with_calibration(new, {"anchor_weight": 1.0}) == {"anchor_weight": 1.0}
     assert with_calibration({}, {"tau": 0.5}) == {"tau": 0.5}
+    assert with_calibration(new, {"judge_window": 8}) == {"judge_window": 8}  # measured on whole latents
+    windowed = {**new, "judge_window": 8}
+    assert with_calibration(windowed, {}) == windowed
+    assert with_calibration(windowed, {"judge_window": 8, "lam_max": 10.0}) == {**windowed, "lam_max": 10.0}
+    assert with_calibration(windowed, {"judge_window": 0}) == {"judge_window": 0}
 
 
 @pytest.mark.parametrize("name", ["sp", "dlr"])

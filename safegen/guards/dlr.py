@@ -99,6 +99,9 @@ class DLROptions:
     )
     judge_steps: int = option(6, low=1, high=1000, help="gate=noise: h is read by step K (omega known there)")
     judge_start: int = option(4, low=0, high=999, help="gate=noise: S, first judged step, at most K-1")
+    judge_window: int = option(
+        0, low=0, high=128, help="gate=noise: judge each k x k latent window, the largest (judge.py Eq. b5)"
+    )
     judge_direction: str = option(
         "relative", choices=STATISTICS, help="gate=noise: the judged statistic (judge.py Eq. b1-b3)"
     )
@@ -272,7 +275,7 @@ class DualLatentGuard(GuardBase):
         self.judges, self.judge_rows, texts = [], [], []
         for part, v in zip(self.parts, self.part_values, strict=True):  # one judgement per part
             judge = NoiseJudge(steps, ctx.batch_size, opts.judge_start, v["judge_direction"],
-                               v["anchor_weight"], v["presence"])  # fmt: skip
+                               v["anchor_weight"], v["presence"], opts.judge_window)  # fmt: skip
             own = judge.branch_texts(part) if steps else []
             self.judges.append(judge)
             self.judge_rows.append(list(range(len(texts), len(texts) + len(own))))

@@ -11,6 +11,7 @@ model's own noise predictions in the first K denoising steps (SP-Guard's Eq. b; 
     r   = clamp((h - tau) / (h_sat - tau), 0, 1)                         (c)  the share of full strength
     r   = max(r(h; tau, h_sat), r(p; presence_tau, presence_h_sat))      (c') with presence on
     r   = [r > 0]                                                        (c'') shape=hard: all or nothing
+    g_t, p_t over windows W of the latent: max_W g_t[W], max_W p_t[W]    (b5)  judge_window > 0
 
 It reads no word of the prompt: a prompt that reaches the concept through an artist, a description or a
 learned token is judged by what the model is about to draw. ``tau`` and ``h_sat`` are on the cosine scale
@@ -23,6 +24,12 @@ benchmark prompts (results/judge_study.md): (b1) separates colours and textures 
 objects; (b3) with w = 0.5 (``anchor_weight``) kept (b1)'s recall on colours and textures and raised it on
 the object, so it is the guards' default. A concept without a safe anchor is judged with (b1); each image's
 report names the statistic used.
+
+Windows (b5, our addition, ``judge_window``): (b1)-(b4) compare whole latents, so a concept that fills
+part of the image (one object of several, a figure in a crowd) moves them less than one that fills it, and
+an attack that adds other objects to the prompt dilutes the judgement below its threshold. With a window
+of k latent pixels each statistic is computed on every k x k window (stride k / 2) and the largest is
+taken. A calibration holds for the window it was measured with.
 
 Presence (b4, our addition, ``presence``): (b1)-(b3) read what the *prompt* adds (d_c), so an image the
 model draws with the concept although the prompt leaves it out (the unprompted case: a plain "a square" the
@@ -49,9 +56,21 @@ PART_KEYS = ("tau", "h_sat", "judge_direction", "anchor_weight")
 PART_KEYS += ("presence", "presence_tau", "presence_h_sat")
 
 
-def cosine(d_c: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
-    """Eq. (b): per-image cosine of the flattened directions, (B, C, h, w) x2 -> (B,)."""
-    return F.cosine_similarity(d_c.flatten(1).float(), d_s.flatten(1).float(), dim=1)
+def windows(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C * k * k, L): every k x k window at stride max(1, k // 2) (k = min(size, h, w));
+    ``size`` 0: the whole latent as one window, (B, C * h * w, 1)."""
+    if size <= 0:
+        return x.flatten(1)[..., None]
+    k = min(size, x.shape[-2], x.shape[-1])
+    return F.unfold(x.float(), k, stride=max(1, k // 2))
+
+
+def cosine(d_c: torch.Tensor, d_s: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """Eq. (b): per-image cosine of the flattened directions, (B, C, h, w) x2 -> (B,); with ``window`` the
+    cosine of each window's (B, L), Eq. (b5) (the caller takes the largest)."""
+    if window <= 0:
+        return F.cosine_similarity(d_c.flatten(1).float(), d_s.flatten(1).float(), dim=1)
+    return F.cosine_similarity(windows(d_c, window), windows(d_s, window), dim=1)
 
 
 STATISTICS = ("unsafe", "contrast", "relative")
@@ -63,27 +82,30 @@ def statistic(
     eps_uncond: torch.Tensor,
     eps_extra: torch.Tensor,
     anchor_weight: float = 1.0,
+    window: int = 0,
 ) -> torch.Tensor:
     """One step's g_t, (B,): Eq. (b1)-(b3) from ``eps_extra`` = [eps_s] or [eps_s, eps_a] (k, B, C, h, w);
-    ``anchor_weight`` is (b3)'s w."""
+    ``anchor_weight`` is (b3)'s w; ``window``: the largest over the latent's windows, Eq. (b5)."""
     d_s = eps_extra[0] - eps_uncond
     if name == "unsafe":
-        return cosine(d_c, d_s)
-    if eps_extra.shape[0] < 2:
+        g = cosine(d_c, d_s, window)
+    elif eps_extra.shape[0] < 2:
         raise ValueError(f"statistic {name!r} needs the safe anchor's prediction (eps_extra[1])")
-    if name == "contrast":
-        return cosine(d_c, eps_extra[0] - eps_extra[1])
-    return cosine(d_c, d_s) - anchor_weight * cosine(d_c, eps_extra[1] - eps_uncond)
+    elif name == "contrast":
+        g = cosine(d_c, eps_extra[0] - eps_extra[1], window)
+    else:
+        g = cosine(d_c, d_s, window) - anchor_weight * cosine(d_c, eps_extra[1] - eps_uncond, window)
+    return g if window <= 0 else g.amax(-1)
 
 
-def presence(eps_uncond: torch.Tensor, eps_extra: torch.Tensor) -> torch.Tensor:
+def presence(eps_uncond: torch.Tensor, eps_extra: torch.Tensor, window: int = 0) -> torch.Tensor:
     """Eq. (b4): (|d_a|^2 - |d_s|^2) / (|d_a|^2 + |d_s|^2) per image (B,), in [-1, 1], from
-    ``eps_extra`` = [eps_s, eps_a]."""
+    ``eps_extra`` = [eps_s, eps_a]; ``window``: the largest over the latent's windows, Eq. (b5)."""
     if eps_extra.shape[0] < 2:
         raise ValueError("presence needs the safe anchor's prediction (eps_extra[1])")
-    s2 = (eps_extra[0] - eps_uncond).flatten(1).float().pow(2).sum(1)
-    a2 = (eps_extra[1] - eps_uncond).flatten(1).float().pow(2).sum(1)
-    return (a2 - s2) / (a2 + s2).clamp_min(1e-12)
+    s2 = windows(eps_extra[0] - eps_uncond, window).pow(2).sum(1)  # (B, L)
+    a2 = windows(eps_extra[1] - eps_uncond, window).pow(2).sum(1)
+    return ((a2 - s2) / (a2 + s2).clamp_min(1e-12)).amax(-1)
 
 
 def needs_anchor(name: str) -> bool:
@@ -107,11 +129,12 @@ class NoiseJudge:
         stat: str = "unsafe",
         anchor_weight: float = 1.0,
         presence: bool = False,
+        window: int = 0,
     ) -> None:
         if stat not in STATISTICS:
             raise ValueError(f"unknown judge statistic {stat!r} (one of {', '.join(STATISTICS)})")
         self.steps, self.start, self.stat = steps, min(start, max(steps - 1, 0)), stat
-        self.anchor_weight, self.presence = anchor_weight, presence
+        self.anchor_weight, self.presence, self.window = anchor_weight, presence, window
         self.total, self.total_p = torch.zeros(batch_size), torch.zeros(batch_size)
         self.per_step: list[list[float]] = [[] for _ in range(batch_size)]
         self.h = torch.zeros(batch_size)
@@ -132,12 +155,12 @@ class NoiseJudge:
 
     def update(self, step: int, d_c: torch.Tensor, eps_uncond: torch.Tensor, eps_extra: torch.Tensor) -> bool:
         """Add one step's g_t; True when this was the last judged step (``h`` is then set)."""
-        cos = statistic(self.stat, d_c, eps_uncond, eps_extra, self.anchor_weight).cpu()
+        cos = statistic(self.stat, d_c, eps_uncond, eps_extra, self.anchor_weight, self.window).cpu()
         self.total += cos
         for b, value in enumerate(cos.tolist()):
             self.per_step[b].append(round(value, 5))
         if self.presence:
-            self.total_p += presence(eps_uncond, eps_extra).cpu()
+            self.total_p += presence(eps_uncond, eps_extra, self.window).cpu()
         if step == self.steps - 1:
             n = self.steps - self.start
             self.h = self.total / n

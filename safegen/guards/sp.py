@@ -104,6 +104,9 @@ class SPGuardOptions:
         help="judged statistic (judge.py Eq. b1-b3): cos to eps_s - eps_u (the paper's), to eps_s - eps_a, "
         "or the first minus anchor_weight x cos to eps_a - eps_u (the paper's where no anchor)",
     )
+    judge_window: int = option(
+        0, low=0, high=128, help="judge each k x k latent window, the largest (judge.py Eq. b5; 0: whole)"
+    )
     anchor_weight: float = option(
         0.5, low=0.0, high=2.0, help="judge_direction=relative: w, the weight of the anchor's cosine (Eq. b3)"
     )
@@ -258,8 +261,9 @@ class SPGuard(GuardBase):
         judged: list[str] = []
         for part in self.parts:
             part.judge = NoiseJudge(
-                self.judge, size, opts.judge_start, part.stat, part.anchor_weight, part.presence
-            )
+                self.judge, size, opts.judge_start, part.stat, part.anchor_weight, part.presence,
+                opts.judge_window,
+            )  # fmt: skip
             texts = part.judge.branch_texts(part.concept) if self.judge else []
             part.judge_rows = list(range(len(judged), len(judged) + len(texts)))
             judged += texts
