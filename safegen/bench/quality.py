@@ -289,20 +289,22 @@ def caption_set(
 
 def mini_accuracy(
     images: list[np.ndarray], expects: list[dict[str, str]], concept: Any = None
-) -> tuple[dict[str, float], dict[str, float] | None]:
+) -> tuple[dict[str, float], dict[str, float] | None, int]:
     """Per axis, the share of images whose (first) object the mini classifier reads as captioned; and with
     a mini-world ``concept``, the same over the captions that do not show it (what an erasure or a guard of
-    the concept should keep; an artist is never captioned, so that is every caption), else None."""
+    the concept should keep; an artist is never captioned, so that is every caption), else None; and how
+    many captions that is."""
     from safegen.mini.classifier import MiniClassifier
 
     reads = MiniClassifier.load().classify(images)
     axes = ("object", "color", "texture")
     hits = {a: [bool(r) and r[0][a] == e[a] for r, e in zip(reads, expects, strict=True)] for a in axes}
     shown = concept_captions(concept, expects)
+    overall = {a: float(np.mean(v)) for a, v in hits.items()}
     if shown is None or all(shown):
-        return {a: float(np.mean(v)) for a, v in hits.items()}, None
+        return overall, None, 0
     kept = {a: [h for h, s in zip(v, shown, strict=True) if not s] for a, v in hits.items()}
-    return {a: float(np.mean(v)) for a, v in hits.items()}, {a: float(np.mean(v)) for a, v in kept.items()}
+    return overall, {a: float(np.mean(v)) for a, v in kept.items()}, len(kept["object"])
 
 
 def concept_captions(concept: Any, expects: list[dict[str, str]]) -> list[bool] | None:
@@ -404,10 +406,9 @@ def run_bench_quality(
             results["changed"] = changed(images, ref_images, changed_threshold)
         if expects is not None:  # the mini caption set: do the images still show what was asked?
             wanted = [expects[int(r["row_id"])] for r in records]
-            results["accuracy"], kept = mini_accuracy(images, wanted, settings.concept)
+            results["accuracy"], kept, n_kept = mini_accuracy(images, wanted, settings.concept)
             if kept is not None:
-                results["accuracy_without_concept"] = kept
-                results["n_without_concept"] = len(wanted) - sum(concept_captions(settings.concept, wanted))
+                results["accuracy_without_concept"], results["n_without_concept"] = kept, n_kept
         results["directions"] = {"fid": "lower is better", "clip_score": "higher is better"}
         return results
 
