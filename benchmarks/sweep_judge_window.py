@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--windows", default="0,8")
     parser.add_argument("--guards", default="sp,dlr")
-    parser.add_argument("--attack-concepts", default="red,circle")
+    parser.add_argument("--attack-concepts", default="circle", help="concepts also attacked")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-judge-window")
     parser.add_argument("--base-work", type=Path, default=ROOT / "runs" / "robust-methods")
     args = parser.parse_args()
