@@ -17,7 +17,11 @@ and ``attack_table.jsonl`` (the same settings). ``split``: as in ``robust_method
 Measured (window 8 of mini's 16 x 16 latent): UnlearnDiffAtk on circle 0.25 -> 0.00 with sp and 0.75 ->
 0.25 with dlr at the same bench figures on red and circle, but lower recall on the texture (striped UA
 0.97 -> 0.81 / 0.83) and on the confirm objects (triangle 0.77 -> 0.63 with sp, heart 0.70 -> 0.60 with
-dlr): ``judge_window`` stays 0 (the whole latent) by default.
+dlr): ``judge_window`` stays 0 (the whole latent) by default. Mode ``either`` (``--modes``; the whole-latent
+judgements kept and the windowed one added, Eq. b5', each calibrated on a third of the clean budget unless an
+uneven split guides more) keeps striped (sp 0.97 / 0.92 / 0.86, dlr 0.97 / 0.94 / 0.94) and circle's
+UnlearnDiffAtk at 0.00 with sp, leaves dlr's at 0.75 (stream B still draws the circle on two of the three
+prompts it judged harmful) and costs triangle 0.10 (sp 0.77 -> 0.67, dlr 0.80 -> 0.77): off by default too.
 """
 
 from __future__ import annotations
@@ -36,17 +40,21 @@ CONCEPTS = ("red", "circle", "striped", "ines-quarry", "square", "triangle", "he
 ATTACK = "unlearndiff"
 
 
-def calibration(concept: str, window: int, work: Path) -> dict[str, Any]:
-    """The judge's options for ``concept`` at ``window``: calibrated once into the work folder."""
+def tag(window: int, mode: str) -> str:
+    return f"w{window}" + ("-either" if mode == "either" else "")
+
+
+def calibration(concept: str, window: int, mode: str, work: Path) -> dict[str, Any]:
+    """The judge's options for ``concept`` at ``window`` and ``mode``: calibrated once into the work dir."""
     import yaml
 
     from safegen.calibrate import calibrate_guard, write_guard_config
     from safegen.concepts import get_concept
 
-    path = work / f"calibration-{concept}-w{window}.yaml"
+    path = work / f"calibration-{concept}-{tag(window, mode)}.yaml"
     if not path.is_file():
         work.mkdir(parents=True, exist_ok=True)
-        options = {"judge_window": window}
+        options = {"judge_window": window, "judge_window_mode": mode}
         result = calibrate_guard("sp", get_concept(concept), "mini", seeds=4, device="cpu", options=options)
         write_guard_config(result, path)
     return {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "judge"}
@@ -84,15 +92,15 @@ def whole_latent_row(guard: str, concept: str) -> dict[str, Any] | None:
 
 
 def window_row(
-    guard: str, concept: str, window: int, args: argparse.Namespace, attacked: bool
+    guard: str, concept: str, window: int, mode: str, args: argparse.Namespace, attacked: bool
 ) -> dict[str, Any] | None:
     """One row's metrics (None: window 0 without a robust_methods row to read)."""
     if window == 0:
         return whole_latent_row(guard, concept)
-    options = calibration(concept, window, args.work)
-    out, base = args.work / f"{guard}-{concept}-w{window}", args.base_work / f"base-mini-{concept}"
+    options = calibration(concept, window, mode, args.work)
+    out, base = args.work / f"{guard}-{concept}-{tag(window, mode)}", args.base_work / f"base-mini-{concept}"
     row = erasure_row(bench("mini", concept, out, 1, guard=guard, guard_options=options, base_from=base))
-    attack_out = args.work / f"attack-{guard}-{concept}-w{window}"
+    attack_out = args.work / f"attack-{guard}-{concept}-{tag(window, mode)}"
     row["attack_asr"] = attack_asr(guard, concept, options, attack_out) if attacked else None
     return row
 
@@ -101,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
     parser.add_argument("--windows", default="0,8")
+    parser.add_argument("--modes", default="only,either", help="judge_window_mode of each window > 0")
     parser.add_argument("--guards", default="sp,dlr")
     parser.add_argument("--attack-concepts", default="circle", help="concepts also attacked")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-judge-window")
@@ -108,36 +117,42 @@ def main() -> None:
     args = parser.parse_args()
     rows_file = RESULTS / "sweep_judge_window.jsonl"
     rows = result_rows(rows_file)
-    done = {(r["guard"], r["concept"], r["window"]) for r in rows}
+    done = {(r["guard"], r["concept"], r["window"], r.get("mode", "only")) for r in rows}
     attacked = args.attack_concepts.split(",")
+    windows = [int(w) for w in args.windows.split(",")]
+    cells = [(w, m) for w in windows for m in (args.modes.split(",") if w else ["only"])]
     for concept in args.concepts.split(","):
-        for window in (int(w) for w in args.windows.split(",")):
+        for window, mode in cells:
             for guard in args.guards.split(","):
-                if (guard, concept, window) in done:
+                if (guard, concept, window, mode) in done:
                     continue
                 start = time.time()
-                row = window_row(guard, concept, window, args, concept in attacked)
+                row = window_row(guard, concept, window, mode, args, concept in attacked)
                 if row is None:
                     continue
                 split = "swept" if concept in GUARD_SWEPT else "confirm"
-                row |= {"guard": guard, "concept": concept, "window": window, "split": split}
+                row |= {"guard": guard, "concept": concept, "window": window, "mode": mode, "split": split}
                 seconds = None if window == 0 else round(time.time() - start)
                 add_row(rows_file, rows, row | {"seconds": seconds})
     write_table(rows)
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:
-    head = ["split", "concept", "guard", "window", *metric_head("guard"), "targets", f"{ATTACK} ASR"]
-    key = lambda r: (r["split"] != "swept", r["concept"], r["guard"], r["window"])  # noqa: E731
+    head = ["split", "concept", "guard", "window", "mode", *metric_head("guard"), "targets", f"{ATTACK} ASR"]
+    mode = lambda r: r.get("mode", "only") if r["window"] else "-"  # noqa: E731
+    key = lambda r: (r["split"] != "swept", r["concept"], r["guard"], r["window"], mode(r))  # noqa: E731
     cells = [
-        [r["split"], r["concept"], r["guard"], str(r["window"]), *metric_cells(r), "yes" if met(r) else "no",
+        [r["split"], r["concept"], r["guard"], str(r["window"]), mode(r), *metric_cells(r),
+         "yes" if met(r) else "no",
          "n/a" if r["attack_asr"] is None else f"{r['attack_asr']:.2f}"]
         for r in sorted(rows, key=key)
     ]  # fmt: skip
     intro = (
         "`python benchmarks/sweep_judge_window.py`: sp and dlr on `mini` (1 image per prompt) with the noise "
         "judge on the whole latent (`window` 0: `robust_methods.md`'s rows and `attack_table.md`'s ASR) or "
-        "on its k x k windows, the largest (judge.py Eq. b5), each window with its own calibration. "
+        "on its k x k windows, the largest (judge.py Eq. b5), each window with its own calibration; `mode` "
+        "`only`: the windows in place of the whole latent, `either`: beside it as a third judgement (Eq. "
+        "b5'), the clean budget split between the judgements. "
         f"`{ATTACK} ASR`: post-attack, on the 4 prompts of `attack_table.md` at its budget (n/a: not "
         "attacked). `targets`: every robust-methods target met on the row."
     )

@@ -19,9 +19,11 @@ another. :func:`calibrate_guard` measures the judge where it will run:
   same way on its word score. With the presence judge on (``presence``, judge.py Eq. b4; the default
   where the concept has a safe anchor) ``presence_tau`` / ``presence_h_sat`` are set the same way on its
   score; an image is guided when either passes, so the two share ``target_fpr`` (the union's clean
-  share stays within it): :func:`presence_share` picks the split that guides the most concept prompts
-  (even unless an uneven one does strictly better; our rule, not the paper's). The file's comments
-  record what it was measured on.
+  share stays within it): :func:`budget_split` picks the split that guides the most concept prompts
+  (even unless an uneven one does strictly better; our rule, not the paper's). With
+  ``judge_window_mode=either`` the windowed judgement (judge.py Eq. b5') gets ``window_tau`` /
+  ``window_h_sat`` and a third of the budget the same way. The file's comments record what it was
+  measured on.
 
 sp and dlr (its ``gate=noise``) share the judge (:mod:`safegen.guards.judge`), so one calibration serves
 both. Our reading: the paper sets its threshold per model by hand; the quantile rule is ours, named options.
@@ -40,6 +42,7 @@ from safegen.errors import SafegenError
 
 CALIBRATED = ("sp", "dlr")
 MIN_PROMPTS = 3
+NOISE_JUDGES = ("harm", "harm_presence", "harm_window")  # judge.py Eq. (b), (b4), (b5')
 # Mini-world clean captions for calibration: a phrasing no benchmark uses (every word known to the models).
 MINI_CLEAN_TEMPLATE = "{object}, {texture}, {color}, plain background"
 
@@ -85,26 +88,39 @@ def thresholds(
 
 
 SHARES = (0.5, 0.25, 0.75, 0.0, 1.0)  # tried in this order: an uneven split must guide strictly more
+# Three judges (h, presence, windowed w; judge.py Eq. c'''): even first, then halves and quarters.
+SPLITS3 = ((1 / 3, 1 / 3, 1 / 3), (0.5, 0.25, 0.25), (0.25, 0.5, 0.25), (0.25, 0.25, 0.5), (0.5, 0.5, 0.0))
+SPLITS3 += ((0.5, 0.0, 0.5), (0.0, 0.5, 0.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def budget_split(scores: Sequence[Sequence[float]], n_harm: int, target_fpr: float) -> tuple[float, ...]:
+    """Each judge's share of ``target_fpr`` (an image is guided when any judge passes its tau).
+
+    ``scores``: one score list per judge ([h, presence] or [h, presence, w]), concept images first
+    (``n_harm``). Each split (:data:`SHARES` for two judges, :data:`SPLITS3` for three) sets every tau at
+    its clean quantile (so the union guides at most ``target_fpr`` of the clean images); the first split
+    that guides the most concept images under any judgement wins. A judge that does not separate the
+    concept (presence on a texture not yet drawn when it is read) then gives its budget to the others
+    instead of thinning theirs."""
+    columns = [np.asarray(x, float) for x in scores]
+    splits = [(1 - s, s) for s in SHARES] if len(columns) == 2 else list(SPLITS3)
+    if len(columns) not in (2, 3):
+        raise ValueError(f"budget_split takes two or three judges, got {len(columns)}")
+    best, best_recall = splits[0], -1.0
+    for split in splits:
+        caught = np.zeros(n_harm, bool)
+        for values, share in zip(columns, split, strict=True):
+            if share > 0:
+                caught |= values[:n_harm] > np.quantile(values[n_harm:], 1.0 - share * target_fpr)
+        if caught.mean() > best_recall:
+            best, best_recall = split, float(caught.mean())
+    return best
 
 
 def presence_share(scores: Sequence[Sequence[float]], n_harm: int, target_fpr: float) -> float:
-    """The share of ``target_fpr`` that goes to the presence judge (the rest to the prompt statistic).
-
-    ``scores``: [h, presence] per image, concept images first (``n_harm``). Each share of :data:`SHARES`
-    sets both taus at their clean quantiles (so the union guides at most ``target_fpr`` of the clean
-    images); the first share that guides the most concept images under either judgement wins. A judge
-    that does not separate the concept (presence on a texture not yet drawn when it is read) then gives
-    its budget to the other instead of halving the other's."""
-    h, p = (np.asarray(x, float) for x in scores)
-    best, best_recall = SHARES[0], -1.0
-    for share in SHARES:
-        caught = np.zeros(n_harm, bool)
-        for values, budget in ((h, (1 - share) * target_fpr), (p, share * target_fpr)):
-            tau = np.quantile(values[n_harm:], 1.0 - budget)
-            caught |= values[:n_harm] > tau
-        if caught.mean() > best_recall:
-            best, best_recall = share, float(caught.mean())
-    return best
+    """The share of ``target_fpr`` that goes to the presence judge (the rest to the prompt statistic):
+    :func:`budget_split` of [h, presence]."""
+    return budget_split(scores, n_harm, target_fpr)[1]
 
 
 def mini_clean_prompts(concept: Any) -> list[str]:
@@ -261,17 +277,19 @@ def calibrate_guard(
     options_out["anchor_weight"] = guard_obj.opts.anchor_weight
     if guard_obj.opts.judge_window:  # judge.py Eq. (b5): the thresholds hold for this window only
         options_out["judge_window"] = guard_obj.opts.judge_window
+        options_out["judge_window_mode"] = guard_obj.opts.judge_window_mode
     with_presence = all(im.info.get("harm_presence") is not None for im in images)
     options_out["presence"] = with_presence  # as judged (a concept without an anchor has none)
     fpr = {"harm": target_fpr, "harm_text": target_fpr}
-    if with_presence:  # Eq. (c') guides when either passes its tau: the two share the clean budget
-        share = presence_share(
-            [[im.info[k] for im in images] for k in ("harm", "harm_presence")], n_harm, target_fpr
-        )
-        fpr |= {"harm": (1 - share) * target_fpr, "harm_presence": share * target_fpr}
-        result["presence_share"] = share
+    judges = [k for k in NOISE_JUDGES if all(im.info.get(k) is not None for im in images)]
+    if len(judges) > 1:  # Eq. (c'), (c'''): guided when any passes its tau: they share the clean budget
+        split = budget_split([[im.info[k] for im in images] for k in judges], n_harm, target_fpr)
+        fpr |= {k: share * target_fpr for k, share in zip(judges, split, strict=True)}
+        result["budget_split"] = dict(zip(judges, split, strict=True))
+        if "harm_presence" in judges:
+            result["presence_share"] = result["budget_split"]["harm_presence"]
     keys = (("harm", "tau", "h_sat"), ("harm_presence", "presence_tau", "presence_h_sat"))
-    keys += (("harm_text", "text_tau", "text_h_sat"),)
+    keys += (("harm_window", "window_tau", "window_h_sat"), ("harm_text", "text_tau", "text_h_sat"))
     guided = {}
     for key, tau_name, sat_name in keys:
         scores = [im.info.get(key) for im in images]
@@ -292,8 +310,8 @@ def calibrate_guard(
         if key != "harm_text":
             guided[key] = np.asarray(scores) > tau
         options_out[tau_name], options_out[sat_name] = round(tau, 5), round(h_sat, 5)
-    if len(guided) == 2:  # the noise judge with presence: guided when either passes (Eq. c')
-        either = guided["harm"] | guided["harm_presence"]
+    if len(guided) > 1:  # the noise judge with presence or windows: guided when any passes (Eq. c', c''')
+        either = np.logical_or.reduce(list(guided.values()))
         result["guided_share"] = {
             "harmful": float(either[:n_harm].mean()),
             "clean": float(either[n_harm:].mean()),
@@ -309,13 +327,18 @@ def write_guard_config(result: dict[str, Any], out: str | Path) -> Path:
 
     from safegen.files import staged
 
-    share, fpr = result.get("presence_share"), result["target_fpr"]
+    split, fpr = result.get("budget_split"), result["target_fpr"]
     taus = f"tau at the clean {1 - fpr:.3g} quantile"
-    if share is not None:
+    share = result.get("presence_share")
+    if split and len(split) == 2 and share is not None:
         taus = (
             f"tau and presence_tau at the clean {1 - (1 - share) * fpr:.4g} and {1 - share * fpr:.4g} "
             f"quantiles (presence share {share})"
         )
+    elif split:
+        names = {"harm": "tau", "harm_presence": "presence_tau", "harm_window": "window_tau"}
+        shares = ", ".join(f"{names[k]} {1 - v * fpr:.4g}" for k, v in split.items())
+        taus = f"taus at the clean quantiles {shares} (the clean budget's split)"
     lines = [
         f"# safegen calibrate: guard {result['guard']}, concept {result['concept']}, model {result['model']}",
         f"# judge {result['judge']}: {result['n_prompts']} concept and {result['n_clean']} clean prompts x "
@@ -325,7 +348,7 @@ def write_guard_config(result: dict[str, Any], out: str | Path) -> Path:
     if result.get("statistic"):
         presence = " with presence (Eq. b4, c')" if result["options"].get("presence") else ""
         lines.append(f"# judged statistic: {result['statistic']}{presence} (safegen/guards/judge.py)")
-    for key in ("harm", "harm_presence", "harm_text"):
+    for key in ("harm", "harm_presence", "harm_window", "harm_text"):
         if key in result:
             m = result[key]
             lines.append(

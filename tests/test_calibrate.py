@@ -84,6 +84,23 @@ def test_the_presence_share_goes_where_it_guides_more():
     assert presence_share([both, both], 4, 0.05) == 0.5  # a tie keeps the even split
 
 
+def test_three_judges_split_the_clean_budget():
+    """Eq. (c'''): whole-latent h, presence and the windowed w share the budget: in thirds unless an uneven
+    split guides strictly more concept images."""
+    from safegen.calibrate import budget_split
+
+    rng = np.random.default_rng(0)
+    clean = list(np.linspace(0.0, 0.99, 100))
+    close = [0.955, 0.96, 0.97, 0.98]  # above the clean 0.95 quantile, not all above its 0.9833 one
+    noise = list(rng.uniform(0, 1, 104))
+    both = [2.0] * 4 + clean
+    assert budget_split([both, both, both], 4, 0.05) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert budget_split([noise, noise, close + clean], 4, 0.05) == (0.0, 0.0, 1.0)  # all to the window
+    assert budget_split([close + clean, noise, noise], 4, 0.05) == (1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="two or three"):
+        budget_split([both], 4, 0.05)
+
+
 @pytest.fixture()
 def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
     unsafe, clean = tmp_path / "unsafe.txt", tmp_path / "clean.txt"
@@ -142,6 +159,17 @@ def test_calibrate_writes_a_guard_config_the_guard_reads(tiny_sd_dir, prompt_fil
     assert yaml.safe_load(windowed.read_text())["judge_window"] == 2
     guard = build_guard("sp", get_concept("nudity"), config_file=windowed, model=str(tiny_sd_dir))
     assert guard.opts.judge_window == 2
+    beside = tmp_path / "sp-beside.yaml"  # Eq. (b5'): the windowed judgement's own thresholds
+    args[args.index(str(windowed))] = str(beside)
+    assert main([*args, "--set", "judge_window=2", "--set", "judge_window_mode=either"]) == 0
+    capsys.readouterr()
+    data = yaml.safe_load(beside.read_text())
+    assert (data["judge_window"], data["judge_window_mode"]) == (2, "either")
+    assert data["window_tau"] < data["window_h_sat"] and data["tau"] < data["h_sat"]
+    assert "window_tau" in beside.read_text().splitlines()[1]  # the comment names the budget's split
+    assert "# harm_window: AUROC" in beside.read_text()
+    guard = build_guard("sp", get_concept("nudity"), config_file=beside, model=str(tiny_sd_dir))
+    assert (guard.opts.judge_window_mode, guard.opts.window_tau) == ("either", data["window_tau"])
 
 
 @pytest.mark.parametrize(

@@ -296,6 +296,56 @@ def test_windowed_judge_sees_a_concept_in_one_corner() -> None:
     assert judge.NoiseJudge(2, 1, window=4).window == 4
 
 
+def test_a_windowed_judgement_beside_the_whole_latent_one():
+    """judge.py Eq. (b5') and (c'''): with judge_window_mode=either, h and presence stay the whole
+    latent's and w is the largest window's; the share is the largest of the three ramps."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.zeros(1, 4, 8, 8)
+    d_s, d_c = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)
+    d_c[..., :4, :4] = d_s[..., :4, :4]  # the concept in one corner
+    extra = torch.stack([d_s, torch.randn(1, 4, 8, 8, generator=gen)])
+    jd = judge.NoiseJudge(2, 1, stat="unsafe", presence=True, window=4, window_mode="either")
+    assert (jd.window, jd.beside) == (0, 4)
+    assert not jd.update(0, d_c, u, extra) and jd.update(1, d_c, u, extra)
+    whole = judge.statistic("unsafe", d_c, u, extra).item()
+    assert jd.h.item() == pytest.approx(whole) and jd.h_window.item() == pytest.approx(1.0, abs=1e-5)
+    assert jd.h_presence.item() == pytest.approx(judge.presence(u, extra).item())
+    high = {"presence_tau": 0.98, "presence_h_sat": 0.99}  # presence off the table
+    assert jd.share(0.9, 0.95, **high, window_tau=0.5, window_h_sat=0.75).item() == pytest.approx(1.0)
+    off = {"window_tau": 1.5, "window_h_sat": 2.0}  # above any cosine
+    assert jd.share(0.9, 0.95, **high, **off).item() == 0.0  # every ramp at 0
+    assert jd.share(whole - 0.1, whole + 0.1, **high, **off).item() == (pytest.approx(0.5))
+    only = judge.NoiseJudge(2, 1, stat="unsafe", window=4)  # the default mode: windows in place of the whole
+    only.update(0, d_c, u, extra), only.update(1, d_c, u, extra)
+    assert only.h.item() == pytest.approx(1.0, abs=1e-5) and only.h_window is None
+    with pytest.raises(ValueError, match="window mode"):
+        judge.NoiseJudge(2, 1, window=4, window_mode="both")
+
+
+@pytest.mark.parametrize("name", ["sp", "dlr"])
+def test_the_windowed_judgement_guides_where_the_whole_latent_ones_say_benign(
+    tiny_sd: LoadedModel, name: str
+) -> None:
+    """judge_window_mode=either: with the whole-latent thresholds out of reach, the windowed judgement
+    (judge.py Eq. b5') with its own thresholds guides every image, at no extra UNet branch; each image
+    reports w; with its threshold out of reach too, nothing is guided."""
+    opts = dict(concept="red", judge_steps=2, judge_start=0, tau=0.99, h_sat=1.0, presence_tau=0.99)
+    opts |= {"presence_h_sat": 1.0, "judge_window": 2, "judge_window_mode": "either"}
+    opts |= {"speculate": False} if name == "dlr" else {}
+    caught = get_guard(name, window_tau=-1.0, window_h_sat=-0.99, **opts)
+    assert unet_batches(tiny_sd, lambda: run(tiny_sd, caught, steps=6))[:2] == [8, 8]  # [u, c, s, a]
+    images = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=caught)
+    assert not any(im.info["judged_benign"] for im in images)
+    assert all(-1 <= im.info["harm_window"] <= 1 for im in images)
+    assert all(im.info["harm_window"] != im.info["harm"] for im in images)
+    missed = get_guard(name, window_tau=0.99, window_h_sat=1.0, **opts)
+    quiet = generate(tiny_sd, PROMPTS, config=GenerationConfig(steps=6), guard=missed)
+    assert all(im.info["judged_benign"] for im in quiet)
+    assert np.abs(pixels(images) - pixels(quiet)).mean() > 0.05
+    with pytest.raises(SafegenError, match="window_h_sat"):
+        get_guard(name, concept="red", window_tau=0.5, window_h_sat=0.4)
+
+
 def test_presence_on_hand_numbers() -> None:
     """judge.py Eq. (b4) and (c'): a latent whose s-conditioned prediction barely moves is drawing s."""
     u = torch.zeros(1, 2, 1, 1)

@@ -102,6 +102,7 @@ def calibrated_options(name: str, concept: Any, model: str | None) -> dict[str, 
 
 JUDGED = {"judge_direction": "unsafe", "anchor_weight": None, "judge_steps": None, "judge_start": None}
 JUDGED["judge_window"] = 0  # a calibration that names no window judged whole latents
+JUDGED["judge_window_mode"] = "only"  # ... and one that names a window, on it alone
 
 
 def with_calibration(calibration: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,7 @@ from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, reported
+from safegen.guards.judge import PART_KEYS, STATISTICS, WINDOW_MODES, NoiseJudge, part_values, reported
 from safegen.options import option
 
 
@@ -101,6 +101,17 @@ class DLROptions:
     judge_start: int = option(4, low=0, high=999, help="gate=noise: S, first judged step, at most K-1")
     judge_window: int = option(
         0, low=0, high=128, help="gate=noise: judge each k x k latent window, the largest (judge.py Eq. b5)"
+    )
+    judge_window_mode: str = option(
+        "only",
+        choices=WINDOW_MODES,
+        help="gate=noise, judge_window: windows in place of the whole latent, or beside it (judge.py b5')",
+    )
+    window_tau: float = option(
+        0.0, low=-1.0, high=0.99, help="judge_window_mode=either: the windowed threshold (calibrated)"
+    )
+    window_h_sat: float = option(
+        1.0, low=-0.99, high=1.0, help="judge_window_mode=either: the windowed full strength (calibrated)"
     )
     judge_direction: str = option(
         "relative", choices=STATISTICS, help="gate=noise: the judged statistic (judge.py Eq. b1-b3)"
@@ -275,7 +286,8 @@ class DualLatentGuard(GuardBase):
         self.judges, self.judge_rows, texts = [], [], []
         for part, v in zip(self.parts, self.part_values, strict=True):  # one judgement per part
             judge = NoiseJudge(steps, ctx.batch_size, opts.judge_start, v["judge_direction"],
-                               v["anchor_weight"], v["presence"], opts.judge_window)  # fmt: skip
+                               v["anchor_weight"], v["presence"], opts.judge_window,
+                               opts.judge_window_mode)  # fmt: skip
             own = judge.branch_texts(part) if steps else []
             self.judges.append(judge)
             self.judge_rows.append(list(range(len(texts), len(texts) + len(own))))
@@ -368,7 +380,8 @@ class DualLatentGuard(GuardBase):
             if all([j.update(step, d_c, eps_uncond, eps_extra[rows]) for j, rows in pairs]):
                 shape = self.opts.gate_shape  # Eq. (G) / (G'), judge.py (c'), (c''): the most harmful part
                 shares = torch.stack([
-                    j.share(v["tau"], v["h_sat"], v["presence_tau"], v["presence_h_sat"], shape)
+                    j.share(v["tau"], v["h_sat"], v["presence_tau"], v["presence_h_sat"], shape,
+                            v["window_tau"], v["window_h_sat"])
                     for j, v in zip(self.judges, self.part_values, strict=True)
                 ])  # fmt: skip
                 self.worst, self.omega = shares.argmax(0), self.opts.weight * shares.amax(0)
@@ -469,6 +482,7 @@ class DualLatentGuard(GuardBase):
                 "harm": reported(judge.h, b) if gated else None,  # h, Eq. (b)
                 "judge_statistic": judge.stat if gated else None,
                 "harm_presence": reported(judge.h_presence, b),  # Eq. (b4), with presence on
+                "harm_window": reported(judge.h_window, b),  # Eq. (b5'), judge_window_mode=either
                 "harm_per_step": judge.per_step[b],
                 "judged_benign": gated and float(self.omega[b]) == 0.0,
             }

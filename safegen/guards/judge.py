@@ -12,6 +12,8 @@ model's own noise predictions in the first K denoising steps (SP-Guard's Eq. b; 
     r   = max(r(h; tau, h_sat), r(p; presence_tau, presence_h_sat))      (c') with presence on
     r   = [r > 0]                                                        (c'') shape=hard: all or nothing
     g_t, p_t over windows W of the latent: max_W g_t[W], max_W p_t[W]    (b5)  judge_window > 0
+    w   = mean_{S <= t < K} max_W g_t[W]  beside the whole-latent h, p    (b5') judge_window_mode=either
+    r   = max(r(h), r(p), r(w; window_tau, window_h_sat))                 (c''') with (b5')
 
 It reads no word of the prompt: a prompt that reaches the concept through an artist, a description or a
 learned token is judged by what the model is about to draw. ``tau`` and ``h_sat`` are on the cosine scale
@@ -29,7 +31,10 @@ Windows (b5, our addition, ``judge_window``): (b1)-(b4) compare whole latents, s
 part of the image (one object of several, a figure in a crowd) moves them less than one that fills it, and
 an attack that adds other objects to the prompt dilutes the judgement below its threshold. With a window
 of k latent pixels each statistic is computed on every k x k window (stride k / 2) and the largest is
-taken. A calibration holds for the window it was measured with.
+taken. A calibration holds for the window it was measured with. ``judge_window_mode=either`` (b5') keeps
+the whole-latent judgements and adds the windowed prompt statistic as a third, with its own thresholds
+(``window_tau`` / ``window_h_sat``): an image is guided when any of the three says so (c'''), and
+calibration splits the clean budget between them, as it does for presence.
 
 Presence (b4, our addition, ``presence``): (b1)-(b3) read what the *prompt* adds (d_c), so an image the
 model draws with the concept although the prompt leaves it out (the unprompted case: a plain "a square" the
@@ -53,7 +58,9 @@ from safegen.errors import SafegenError
 
 # The judge's options a part of a combined concept may set on its own (``part_options``).
 PART_KEYS = ("tau", "h_sat", "judge_direction", "anchor_weight")
-PART_KEYS += ("presence", "presence_tau", "presence_h_sat")
+PART_KEYS += ("presence", "presence_tau", "presence_h_sat", "window_tau", "window_h_sat")
+RAMPS = (("tau", "h_sat"), ("presence_tau", "presence_h_sat"), ("window_tau", "window_h_sat"))
+WINDOW_MODES = ("only", "either")  # judge_window: windows in place of the whole latent, or beside it
 
 
 def windows(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,12 +137,19 @@ class NoiseJudge:
         anchor_weight: float = 1.0,
         presence: bool = False,
         window: int = 0,
+        window_mode: str = "only",
     ) -> None:
         if stat not in STATISTICS:
             raise ValueError(f"unknown judge statistic {stat!r} (one of {', '.join(STATISTICS)})")
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"unknown window mode {window_mode!r} (one of {', '.join(WINDOW_MODES)})")
         self.steps, self.start, self.stat = steps, min(start, max(steps - 1, 0)), stat
-        self.anchor_weight, self.presence, self.window = anchor_weight, presence, window
+        self.anchor_weight, self.presence = anchor_weight, presence
+        beside = window > 0 and window_mode == "either"  # Eq. (b5'): whole-latent h and p, windowed w
+        self.window, self.beside = (0 if beside else window), (window if beside else 0)
         self.total, self.total_p = torch.zeros(batch_size), torch.zeros(batch_size)
+        self.total_w = torch.zeros(batch_size)
+        self.h_window: torch.Tensor | None = None  # Eq. (b5') averaged, once judged beside the whole
         self.per_step: list[list[float]] = [[] for _ in range(batch_size)]
         self.h = torch.zeros(batch_size)
         self.h_presence: torch.Tensor | None = None  # Eq. (b4) averaged, once judged with presence
@@ -161,10 +175,14 @@ class NoiseJudge:
             self.per_step[b].append(round(value, 5))
         if self.presence:
             self.total_p += presence(eps_uncond, eps_extra, self.window).cpu()
+        if self.beside:
+            w = statistic(self.stat, d_c, eps_uncond, eps_extra, self.anchor_weight, self.beside)
+            self.total_w += w.cpu()
         if step == self.steps - 1:
             n = self.steps - self.start
             self.h = self.total / n
             self.h_presence = self.total_p / n if self.presence else None
+            self.h_window = self.total_w / n if self.beside else None
             return True
         return False
 
@@ -175,12 +193,16 @@ class NoiseJudge:
         presence_tau: float = 0.0,
         presence_h_sat: float = 1.0,
         shape: str = "ramp",
+        window_tau: float = 0.0,
+        window_h_sat: float = 1.0,
     ) -> torch.Tensor:
-        """Eq. (c) / (c'): each image's share of full strength once judged, (B,); ``shape=hard``: 1 for
-        every image the ramp is above 0 (Eq. c''), else 0."""
+        """Eq. (c) / (c') / (c'''): each image's share of full strength once judged, (B,); ``shape=hard``: 1
+        for every image the ramp is above 0 (Eq. c''), else 0."""
         r = ramp(self.h, tau, h_sat)
         if self.h_presence is not None:
             r = torch.maximum(r, ramp(self.h_presence, presence_tau, presence_h_sat))
+        if self.h_window is not None:
+            r = torch.maximum(r, ramp(self.h_window, window_tau, window_h_sat))
         return (r > 0).to(r.dtype) if shape == "hard" else r
 
 
@@ -206,7 +228,7 @@ def part_values(
     for part in parts:
         own = {k: v for k, v in (part_options or {}).get(part.name, {}).items() if k in PART_KEYS}
         values = {k: own.get(k, getattr(opts, k)) for k in PART_KEYS}
-        for low, high in (("tau", "h_sat"), ("presence_tau", "presence_h_sat")):
+        for low, high in RAMPS:
             if values[high] <= values[low]:
                 raise SafegenError(
                     f"Guard '{guard}' option {high} ({values[high]}) must be greater than {low} "

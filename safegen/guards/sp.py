@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, ramp, reported
+from safegen.guards.judge import PART_KEYS, STATISTICS, WINDOW_MODES, NoiseJudge, part_values, ramp, reported
 from safegen.options import option
 
 
@@ -109,6 +109,17 @@ class SPGuardOptions:
     )
     anchor_weight: float = option(
         0.5, low=0.0, high=2.0, help="judge_direction=relative: w, the weight of the anchor's cosine (Eq. b3)"
+    )
+    judge_window_mode: str = option(
+        "only",
+        choices=WINDOW_MODES,
+        help="judge each window in place of the whole latent, or beside it (judge.py Eq. b5')",
+    )
+    window_tau: float = option(
+        0.0, low=-1.0, high=0.99, help="judge_window_mode=either: the windowed threshold (calibrated)"
+    )
+    window_h_sat: float = option(
+        1.0, low=-0.99, high=1.0, help="judge_window_mode=either: the windowed full strength (calibrated)"
     )
     presence: bool = option(
         True, help="also guide images whose latent already shows the concept (judge.py Eq. b4, c')"
@@ -183,6 +194,8 @@ class _Part:
     presence: bool
     presence_tau: float
     presence_h_sat: float
+    window_tau: float
+    window_h_sat: float
     judge: NoiseJudge | None = None
     judge_rows: list[int] = dataclasses.field(default_factory=list)  # its rows of the judged branches
     guide_texts: list[str] = dataclasses.field(default_factory=list)  # [s] or [s, a] while guiding
@@ -223,7 +236,7 @@ class SPGuard(GuardBase):
             self.parts.append(
                 _Part(part, float(v["tau"]), float(v["h_sat"]), v["judge_direction"],
                       float(v["anchor_weight"]), bool(v["presence"]), float(v["presence_tau"]),
-                      float(v["presence_h_sat"]))
+                      float(v["presence_h_sat"]), float(v["window_tau"]), float(v["window_h_sat"]))
             )  # fmt: skip
         if self.opts.text_h_sat <= self.opts.text_tau:
             raise SafegenError(
@@ -262,7 +275,7 @@ class SPGuard(GuardBase):
         for part in self.parts:
             part.judge = NoiseJudge(
                 self.judge, size, opts.judge_start, part.stat, part.anchor_weight, part.presence,
-                opts.judge_window,
+                opts.judge_window, opts.judge_window_mode,
             )  # fmt: skip
             texts = part.judge.branch_texts(part.concept) if self.judge else []
             part.judge_rows = list(range(len(judged), len(judged) + len(texts)))
@@ -334,8 +347,9 @@ class SPGuard(GuardBase):
                 if part.judge.update(step, d_c, eps_uncond, eps_extra[part.judge_rows]):  # Eq. (b); h after K
                     part.h = part.judge.h  # Eq. (c), or (c') with presence
                     share = part.judge.share(
-                        part.tau, part.h_sat, part.presence_tau, part.presence_h_sat, opts.strength_shape
-                    )
+                        part.tau, part.h_sat, part.presence_tau, part.presence_h_sat, opts.strength_shape,
+                        part.window_tau, part.window_h_sat,
+                    )  # fmt: skip
                     part.lam = opts.lam_max * share
                     if part.lam_text is not None:  # judge=both: the stronger of the two judgements
                         part.lam = torch.maximum(part.lam, part.lam_text)
@@ -376,6 +390,7 @@ class SPGuard(GuardBase):
                 "harm": round(judged[k][1][b], 5),  # h, Eq. (b) or (b')
                 "harm_per_step": top.judge.per_step[b],
                 "harm_presence": reported(top.judge.h_presence, b),  # Eq. (b4), with presence on
+                "harm_window": reported(top.judge.h_window, b),  # Eq. (b5'), judge_window_mode=either
                 "harm_text": None if top.h_text is None else round(float(top.h_text[b]), 5),
                 "flagged_words": self.flagged[b],  # judge=text/both: the words at or above text_tau
                 "strength": round(lam, 5),  # lam, Eq. (c)
