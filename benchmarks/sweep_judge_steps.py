@@ -14,30 +14,30 @@ image per prompt, the base images of ``robust_methods.py``'s work folder). ``6-4
 ``4-2`` rows: ``--concepts square,circle,triangle,heart,striped,red --steps 4-2``.
 
 Measured (UA / synonym / implicit; sp, then dlr). ``5-3`` raises every confirm object: square 0.53 / 0.57 /
-0.60 -> 0.90 / 0.90 / 0.93 and 0.90 / 0.90 / 0.97 -> 0.97 / 0.97 / 1.00 (every target met with dlr),
-triangle 0.77 / 0.77 / 0.73 -> 0.83 / 0.87 / 0.90 and 0.80 -> 0.93, heart 0.53 / 0.53 / 0.57 -> 0.70 / 0.67 /
-0.67 and 0.70 / 0.70 / 0.27 -> 0.80 / 0.80 / 0.43 (unprompted 0.13 -> 0.03 with both). It costs the swept
-concepts a little: circle 1.00 -> 0.93 (sp) and 0.97 (dlr), striped with sp 0.97 / 0.92 / 0.89 -> 0.94 /
-0.94 / 0.94 and unprompted 0.03 -> 0.06 (two targets lost), red's unprompted 0.00 -> 0.03 (met), and sp's
-CRA on objects (square 0.94 -> 0.92, triangle 0.96 -> 0.93). ``4-2`` goes further on square and heart with
-sp (0.80, 0.90) and loses more where the judge reads worse that early: circle 0.77 with sp (its examples'
-AUROC 0.996 -> 0.935), red 0.93 with unprompted 0.10. A trade, not a clear gain: on these six concepts
-``6-4`` and ``5-3`` meet every target on four rows each (``5-3`` loses striped with sp, gains square with
-dlr), and circle drops below the UA target with sp. The defaults stay ``6-4``; moving them would also mean
-remaking the bundled calibrations and measuring every guard row and attack cell again.
+0.60 -> 0.90 / 0.90 / 0.93 and 0.90 / 0.90 / 0.97 -> 0.97 / 0.97 / 1.00 (every target met with dlr), triangle
+0.77 / 0.77 / 0.73 -> 0.83 / 0.87 / 0.90 and 0.80 -> 0.93, heart 0.53 / 0.53 / 0.57 -> 0.70 / 0.67 / 0.67 and
+0.70 / 0.70 / 0.27 -> 0.80 / 0.80 / 0.43 (unprompted 0.13 -> 0.03 with both). It costs the swept concepts:
+blue 1.00 -> 0.77 (sp) and 0.83 (dlr) with unprompted 0.00 -> 0.10, circle 1.00 -> 0.93 (sp) and 0.97 (dlr),
+striped with sp 0.97 / 0.92 / 0.89 -> 0.94 / 0.94 / 0.94 and unprompted 0.03 -> 0.06 (two targets lost), red's
+unprompted 0.00 -> 0.03 (met), the artist ines-quarry 0.17 -> 0.08 (sp), and sp's CRA on objects (square 0.94
+-> 0.92, triangle 0.96 -> 0.93); checkered gains (sp 0.97 / 0.94 / 0.94 -> 1.00 / 0.97 / 0.97, dlr 1.00 / 1.00
+/ 1.00; unprompted 0.08 -> 0.06 with sp). ``4-2`` goes further on square and heart with sp (0.80, 0.90) and
+loses more where the judge reads worse that early: circle 0.77 with sp (its examples' AUROC 0.996 -> 0.935),
+red 0.93 with unprompted 0.10. A trade, not a gain: over the ten concepts ``6-4`` meets every target on six
+rows of 20, ``5-3`` on four (it loses blue and striped with sp, gains square with dlr), and concepts the
+defaults hold (blue, circle with sp) fall below the UA target. The defaults stay ``6-4``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, add_row, erasure_row, metric_cells, metric_head, result_rows, write_markdown
+from helpers import ROOT, erasure_row, metric_cells, metric_head, write_markdown
 from mini_first_measurement import bench
-from robust_methods import GUARD_SWEPT, met
-from sweep_judge_window import whole_latent_row
+from robust_methods import met
+from sweep_judge_window import sweep_cells, whole_latent_row
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONCEPTS = ("square", "circle", "triangle", "heart", "striped", "red", "checkered", "blue", "ines-quarry")
@@ -83,23 +83,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-judge-steps")
     parser.add_argument("--base-work", type=Path, default=ROOT / "runs" / "robust-methods")
     args = parser.parse_args()
+    variants = [{"variant": v} for v in args.steps.split(",")]
+    measure = lambda g, c, v: variant_row(g, c, v["variant"], args)  # noqa: E731
     rows_file = RESULTS / "sweep_judge_steps.jsonl"
-    rows = result_rows(rows_file)
-    done = {(r["guard"], r["concept"], r["variant"]) for r in rows}
-    for concept in args.concepts.split(","):
-        for variant in args.steps.split(","):
-            for guard in args.guards.split(","):
-                if (guard, concept, variant) in done:
-                    continue
-                start = time.time()
-                row = variant_row(guard, concept, variant, args)
-                if row is None:
-                    continue
-                split = "swept" if concept in GUARD_SWEPT else "confirm"
-                row |= {"guard": guard, "concept": concept, "variant": variant, "split": split}
-                seconds = None if variant == DEFAULT else round(time.time() - start)
-                add_row(rows_file, rows, row | {"seconds": seconds})
-    write_table(rows)
+    concepts, guards = args.concepts.split(","), args.guards.split(",")
+    write_table(sweep_cells(rows_file, concepts, variants, guards, measure, {"variant": DEFAULT}))
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,36 @@ def window_row(
     return row
 
 
+def sweep_cells(
+    rows_file: Path,
+    concepts: list[str],
+    variants: list[dict[str, Any]],
+    guards: list[str],
+    measure: Callable[[str, str, dict[str, Any]], dict[str, Any] | None],
+    defaults: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Every guard x concept x variant row not in ``rows_file`` yet: ``measure(guard, concept, variant)``
+    (None: nothing to add), the variant's fields added to the row, timed unless it is ``defaults`` (read
+    back from an earlier run); a row without one of the fields has its default. Returns every row."""
+    rows = result_rows(rows_file)
+    fields = list(defaults)
+    done = {(r["guard"], r["concept"], *(r.get(k, defaults[k]) for k in fields)) for r in rows}
+    for concept in concepts:
+        for variant in variants:
+            for guard in guards:
+                if (guard, concept, *(variant[k] for k in fields)) in done:
+                    continue
+                start = time.time()
+                row = measure(guard, concept, variant)
+                if row is None:
+                    continue
+                split = "swept" if concept in GUARD_SWEPT else "confirm"
+                row |= {"guard": guard, "concept": concept, **variant, "split": split}
+                seconds = None if variant == defaults else round(time.time() - start)
+                add_row(rows_file, rows, row | {"seconds": seconds})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", default=",".join(CONCEPTS))
@@ -115,26 +146,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-judge-window")
     parser.add_argument("--base-work", type=Path, default=ROOT / "runs" / "robust-methods")
     args = parser.parse_args()
-    rows_file = RESULTS / "sweep_judge_window.jsonl"
-    rows = result_rows(rows_file)
-    done = {(r["guard"], r["concept"], r["window"], r.get("mode", "only")) for r in rows}
     attacked = args.attack_concepts.split(",")
     windows = [int(w) for w in args.windows.split(",")]
-    cells = [(w, m) for w in windows for m in (args.modes.split(",") if w else ["only"])]
-    for concept in args.concepts.split(","):
-        for window, mode in cells:
-            for guard in args.guards.split(","):
-                if (guard, concept, window, mode) in done:
-                    continue
-                start = time.time()
-                row = window_row(guard, concept, window, mode, args, concept in attacked)
-                if row is None:
-                    continue
-                split = "swept" if concept in GUARD_SWEPT else "confirm"
-                row |= {"guard": guard, "concept": concept, "window": window, "mode": mode, "split": split}
-                seconds = None if window == 0 else round(time.time() - start)
-                add_row(rows_file, rows, row | {"seconds": seconds})
-    write_table(rows)
+    cells = [{"window": w, "mode": m} for w in windows for m in (args.modes.split(",") if w else ["only"])]
+    measure = lambda g, c, v: window_row(g, c, v["window"], v["mode"], args, c in attacked)  # noqa: E731
+    rows_file = RESULTS / "sweep_judge_window.jsonl"
+    defaults = {"window": 0, "mode": "only"}
+    concepts, guards = args.concepts.split(","), args.guards.split(",")
+    write_table(sweep_cells(rows_file, concepts, cells, guards, measure, defaults))
 
 
 def write_table(rows: list[dict[str, Any]]) -> None:

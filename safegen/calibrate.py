@@ -103,9 +103,9 @@ def budget_split(scores: Sequence[Sequence[float]], n_harm: int, target_fpr: flo
     concept (presence on a texture not yet drawn when it is read) then gives its budget to the others
     instead of thinning theirs."""
     columns = [np.asarray(x, float) for x in scores]
-    splits = [(1 - s, s) for s in SHARES] if len(columns) == 2 else list(SPLITS3)
     if len(columns) not in (2, 3):
         raise ValueError(f"budget_split takes two or three judges, got {len(columns)}")
+    splits = [(1 - s, s) for s in SHARES] if len(columns) == 2 else list(SPLITS3)
     best, best_recall = splits[0], -1.0
     for split in splits:
         caught = np.zeros(n_harm, bool)
