@@ -70,7 +70,7 @@ from safegen.concepts import rewrite
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import PART_KEYS, STATISTICS, WINDOW_MODES, NoiseJudge, part_values, reported
+from safegen.guards.judge import PART_KEYS, STATISTICS, NoiseJudge, part_values, reported, window_options
 from safegen.options import option
 
 
@@ -102,17 +102,10 @@ class DLROptions:
     judge_window: int = option(
         0, low=0, high=128, help="gate=noise: judge each k x k latent window, the largest (judge.py Eq. b5)"
     )
-    judge_window_mode: str = option(
-        "only",
-        choices=WINDOW_MODES,
-        help="gate=noise, judge_window: windows in place of the whole latent, or beside it (judge.py b5')",
-    )
-    window_tau: float = option(
-        0.0, low=-1.0, high=0.99, help="judge_window_mode=either: the windowed threshold (calibrated)"
-    )
-    window_h_sat: float = option(
-        1.0, low=-0.99, high=1.0, help="judge_window_mode=either: the windowed full strength (calibrated)"
-    )
+    judge_window_mode: str
+    window_tau: float
+    window_h_sat: float
+    judge_window_mode, window_tau, window_h_sat = window_options("gate=noise, judge_window: ")
     judge_direction: str = option(
         "relative", choices=STATISTICS, help="gate=noise: the judged statistic (judge.py Eq. b1-b3)"
     )

@@ -55,12 +55,31 @@ import torch
 import torch.nn.functional as F
 
 from safegen.errors import SafegenError
+from safegen.options import option
 
 # The judge's options a part of a combined concept may set on its own (``part_options``).
 PART_KEYS = ("tau", "h_sat", "judge_direction", "anchor_weight")
 PART_KEYS += ("presence", "presence_tau", "presence_h_sat", "window_tau", "window_h_sat")
 RAMPS = (("tau", "h_sat"), ("presence_tau", "presence_h_sat"), ("window_tau", "window_h_sat"))
 WINDOW_MODES = ("only", "either")  # judge_window: windows in place of the whole latent, or beside it
+
+
+def window_options(prefix: str = "") -> tuple[Any, Any, Any]:
+    """The option fields ``judge_window_mode``, ``window_tau``, ``window_h_sat`` (Eq. b5', c'''), the same
+    in every guard that judges (sp, dlr); ``prefix`` heads the mode's help."""
+    return (
+        option(
+            "only",
+            choices=WINDOW_MODES,
+            help=f"{prefix}windows in place of the whole latent, or beside it (b5')",
+        ),
+        option(
+            0.0, low=-1.0, high=0.99, help="judge_window_mode=either: the windowed threshold (calibrated)"
+        ),
+        option(
+            1.0, low=-0.99, high=1.0, help="judge_window_mode=either: the windowed full strength (calibrated)"
+        ),
+    )
 
 
 def windows(x: torch.Tensor, size: int) -> torch.Tensor:

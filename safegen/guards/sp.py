@@ -58,7 +58,15 @@ import torch.nn.functional as F
 from safegen.errors import SafegenError
 from safegen.guards.base import GuardBase, RunContext, configure
 from safegen.guards.detect import ConceptDetector
-from safegen.guards.judge import PART_KEYS, STATISTICS, WINDOW_MODES, NoiseJudge, part_values, ramp, reported
+from safegen.guards.judge import (
+    PART_KEYS,
+    STATISTICS,
+    NoiseJudge,
+    part_values,
+    ramp,
+    reported,
+    window_options,
+)
 from safegen.options import option
 
 
@@ -110,17 +118,10 @@ class SPGuardOptions:
     anchor_weight: float = option(
         0.5, low=0.0, high=2.0, help="judge_direction=relative: w, the weight of the anchor's cosine (Eq. b3)"
     )
-    judge_window_mode: str = option(
-        "only",
-        choices=WINDOW_MODES,
-        help="judge each window in place of the whole latent, or beside it (judge.py Eq. b5')",
-    )
-    window_tau: float = option(
-        0.0, low=-1.0, high=0.99, help="judge_window_mode=either: the windowed threshold (calibrated)"
-    )
-    window_h_sat: float = option(
-        1.0, low=-0.99, high=1.0, help="judge_window_mode=either: the windowed full strength (calibrated)"
-    )
+    judge_window_mode: str
+    window_tau: float
+    window_h_sat: float
+    judge_window_mode, window_tau, window_h_sat = window_options()  # judge.py Eq. (b5')
     presence: bool = option(
         True, help="also guide images whose latent already shows the concept (judge.py Eq. b4, c')"
     )
